@@ -1,0 +1,15 @@
+"""lucir: the LUCIR class-incremental trainer (Hou et al., CVPR 2019), faithful to the reference code.
+
+``lucir.run(config, state=None)`` yields ``(PhaseResult, state)`` per phase; see ``lucir.run``.
+The trainer knows nothing of Ray, Optuna or MLflow (DESIGN §2).
+"""
+
+from lucir.checkpoint import CheckpointError, load_state, save_state
+from lucir.config import LADDER, PRESETS, Config, ConfigError
+from lucir.data import DatasetMissingError
+from lucir.learner import TrainingDivergedError
+from lucir.run import PhaseResult, run
+
+__all__ = ["Config", "ConfigError", "CheckpointError", "DatasetMissingError", "LADDER", "PRESETS",
+           "PhaseResult", "TrainingDivergedError", "load_state", "run", "save_state"]
+__version__ = "0.1.0"

@@ -1,0 +1,177 @@
+"""The ``lucir`` command line: ``train`` and ``bench`` here; ``ablate``, ``search``, ``resume`` come
+from ``tune.cli`` and ``report`` from ``analysis.report`` (imported only when used, so the trainer
+never imports Ray or MLflow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+from lucir.config import FIELD_SECTION, LADDER, Config, ConfigError
+
+
+def add_config_args(p: argparse.ArgumentParser, *, with_preset: bool = True) -> None:
+    """Flags for the common fields; ``--set key=value`` reaches any other config field."""
+    g = p.add_argument_group("configuration (defaults depend on --dataset)")
+    g.add_argument("--dataset", choices=["digits", "cifar100", "imagefolder"])
+    g.add_argument("--data-root", dest="data_root")
+    if with_preset:
+        g.add_argument("--preset", help=f"one of {', '.join(LADDER)} (default lucir)")
+    g.add_argument("--base", dest="base_classes", type=int, help="base classes")
+    g.add_argument("--phases", type=int, help="incremental phases after the base phase")
+    g.add_argument("--exemplars", dest="exemplars_per_class", type=int, help="exemplars per class")
+    g.add_argument("--memory-total", dest="memory_total", type=int, help="fixed total memory (0 = per class)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--epochs", type=int, help="epochs per phase; milestones scale in proportion")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--batch-size", dest="batch_size", type=int)
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--threads", type=int, help="torch CPU threads (0 = torch default)")
+    g.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
+    g.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set margin=0.3 --set K=1 (repeatable)")
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    flat = {}
+    for k in FIELD_SECTION:
+        v = getattr(args, k, None)
+        if v is not None:
+            flat[k] = v
+    for item in args.sets:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is invalid: allowed KEY=VALUE with KEY one of {sorted(FIELD_SECTION)}")
+        k, v = item.split("=", 1)
+        k = k.strip().replace("-", "_")
+        if k not in FIELD_SECTION:
+            raise ConfigError(f"--set {k}: unknown config field; allowed {sorted(FIELD_SECTION)}")
+        flat[k] = json.loads(v) if v[:1] in "[{" else v
+    return flat
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.2f}"
+    return str(v)
+
+
+TABLE_COLS = ("phase", "classes_seen", "acc_cnn", "acc_nme", "acc_old_cnn", "acc_new_cnn", "avg_inc_acc_cnn",
+              "avg_inc_acc_nme", "forgetting_cnn", "train_seconds")
+
+
+def format_table(rows: list[dict], cols=TABLE_COLS) -> str:
+    from tabulate import tabulate
+
+    return tabulate([[_fmt(r[c]) for c in cols] for r in rows], headers=list(cols), tablefmt="github")
+
+
+def write_results(out: Path, cfg: Config, results: list[dict], acc_cnn, acc_nme, wall: float) -> None:
+    from lucir.checkpoint import atomic_write_json, atomic_write_text
+
+    atomic_write_json(out / "results.json", {"config": cfg.to_flat(), "phases": results,
+                                             "acc_matrix_cnn": acc_cnn, "acc_matrix_nme": acc_nme,
+                                             "wall_seconds": wall})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(results[0]))
+    w.writeheader()
+    w.writerows(results)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    buf = io.StringIO()
+    cw = csv.writer(buf)
+    cw.writerow(["phase"] + [f"group_{g}" for g in range(len(acc_cnn))])
+    for t, row in enumerate(acc_cnn):
+        cw.writerow([t] + [f"{a:.4f}" for a in row])
+    atomic_write_text(out / "acc_matrix_cnn.csv", buf.getvalue())
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import lucir
+    from lucir.checkpoint import atomic_write_json, load_state, save_state
+    from lucir.data import check_dataset
+
+    cfg = Config.from_flat(config_overrides(args))
+    out = Path(args.out).absolute()
+    state = None
+    ckpt = out / "state.pt"
+    if args.resume:
+        state = load_state(ckpt)
+        lucir.run  # noqa: B018  (validation happens in run)
+        print(f"resuming {out} after phase {state['phase']}")
+    check_dataset(cfg.protocol.dataset, cfg.protocol.data_root)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", cfg.to_flat())
+    print(f"lucir train: dataset={cfg.protocol.dataset} preset={cfg.method.preset} base={cfg.protocol.base_classes} "
+          f"phases={cfg.protocol.phases} epochs={cfg.schedule.epochs} milestones={list(cfg.schedule.milestones)} "
+          f"seed={cfg.protocol.seed} -> {out}", flush=True)
+    t0 = time.perf_counter()
+    results = list(state["results"]) if state else []
+    for res, st in lucir.run(cfg, state, progress=not args.quiet):
+        save_state(st, ckpt)
+        results.append(res.metrics())
+        write_results(out, cfg, results, res.acc_matrix_cnn, res.acc_matrix_nme, time.perf_counter() - t0)
+        print(format_table([results[-1]]) if res.phase == 0 or args.quiet
+              else format_table([results[-1]]).splitlines()[-1], flush=True)
+    print()
+    print(format_table(results))
+    last = results[-1]
+    print(f"\naverage incremental accuracy: CNN {last['avg_inc_acc_cnn']:.2f}  NME {last['avg_inc_acc_nme']:.2f}  "
+          f"({time.perf_counter() - t0:.0f} s); results in {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lucir", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="one run, no Ray: a table per phase, results as JSON and CSV")
+    add_config_args(p)
+    p.add_argument("--out", default="runs/train", help="output folder (results.json, results.csv, state.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/state.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="images/s of training steps, herding and evaluation; peak RSS")
+    from lucir.bench import add_bench_args, cmd_bench
+
+    add_bench_args(p)
+    p.set_defaults(func=cmd_bench)
+
+    try:
+        from tune.cli import add_tune_commands
+    except ImportError as exc:  # tune/ ships in the same wheel; only a broken install gets here
+        add_tune_commands = None
+        _tune_error = exc
+    if add_tune_commands is not None:
+        add_tune_commands(sub, add_config_args, config_overrides)
+    try:
+        from analysis.cli import add_report_command
+    except ImportError:
+        add_report_command = None
+    if add_report_command is not None:
+        add_report_command(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from lucir.checkpoint import CheckpointError
+    from lucir.data import DatasetMissingError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, CheckpointError, DatasetMissingError) as exc:
+        print(f"lucir {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""Run configuration: protocol, method switches, hyperparameters, schedule, runtime.
+
+Frozen dataclasses, validated at construction (DESIGN §7): every invalid value is a
+``ConfigError`` that names the field and the allowed values.  The flat key/value form
+(``Config.to_flat`` / ``Config.from_flat``) is what Ray Tune param spaces, MLflow params
+and the command line use; every field name is unique across the sections.
+
+Defaults are the reference code's (DESIGN §3, LUCIR_REFERENCE §1-§4): seed-1993 class
+order, 20 exemplars per class, eta_init 1.0, lambda_base 5 (10 for ImageNet-size data),
+margin 0.5, K 2, 160 epochs at lr 0.1 with milestones 80/120 for CIFAR-100.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field and what is allowed."""
+
+
+DATASETS = {
+    # name: (number of classes or None when read from disk, default base, default phases)
+    "digits": 10,
+    "cifar100": 100,
+    "imagefolder": None,
+}
+BACKBONES = ("auto", "convnet", "resnet32", "resnet18")
+
+# Ablation ladder (paper Fig. 7, official run.sh).  Each preset sets every switch.
+_SWITCHES = ("cosine", "imprint", "less_forget", "adaptive_lambda", "margin_ranking", "kd",
+             "mimic_scores", "cbf", "joint")
+PRESETS: dict[str, dict[str, bool]] = {
+    "finetune": dict(cosine=False, imprint=False, less_forget=False, adaptive_lambda=False,
+                     margin_ranking=False, kd=False, mimic_scores=False, cbf=False, joint=False),
+    "baseline": dict(cosine=False, imprint=False, less_forget=False, adaptive_lambda=False,
+                     margin_ranking=False, kd=True, mimic_scores=False, cbf=False, joint=False),
+    "cn": dict(cosine=True, imprint=True, less_forget=False, adaptive_lambda=False,
+               margin_ranking=False, kd=False, mimic_scores=True, cbf=False, joint=False),
+    "cn_lf": dict(cosine=True, imprint=True, less_forget=True, adaptive_lambda=True,
+                  margin_ranking=False, kd=False, mimic_scores=False, cbf=False, joint=False),
+    "lucir": dict(cosine=True, imprint=True, less_forget=True, adaptive_lambda=True,
+                  margin_ranking=True, kd=False, mimic_scores=False, cbf=False, joint=False),
+    "lucir_cbf": dict(cosine=True, imprint=True, less_forget=True, adaptive_lambda=True,
+                      margin_ranking=True, kd=False, mimic_scores=False, cbf=True, joint=False),
+    "joint": dict(cosine=True, imprint=True, less_forget=False, adaptive_lambda=False,
+                  margin_ranking=False, kd=False, mimic_scores=False, cbf=False, joint=True),
+}
+LADDER = ("finetune", "baseline", "cn", "cn_lf", "lucir", "lucir_cbf", "joint")
+
+# Per-dataset defaults, applied where the user gave no value.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": dict(base_classes=4, phases=3, backbone="convnet", lambda_base=5.0,
+                   epochs=30, lr=0.1, milestones=(20, 25), weight_decay=5e-4, batch_size=64,
+                   cbf_epochs=10, cbf_milestones=(5,)),
+    "cifar100": dict(base_classes=50, phases=5, backbone="resnet32", lambda_base=5.0,
+                     epochs=160, lr=0.1, milestones=(80, 120), weight_decay=5e-4, batch_size=128,
+                     cbf_epochs=20, cbf_milestones=(10,)),
+    "imagefolder": dict(base_classes=50, phases=5, backbone="resnet18", lambda_base=10.0,
+                        epochs=90, lr=0.1, milestones=(30, 60), weight_decay=1e-4, batch_size=128,
+                        cbf_epochs=20, cbf_milestones=(10,)),
+}
+
+
+def _err(name: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{name}={value!r} is invalid: allowed {allowed}")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Class-incremental protocol (DESIGN §3 'Protocol')."""
+
+    dataset: str = "digits"
+    data_root: str = "data"
+    base_classes: int = 4
+    phases: int = 3
+    exemplars_per_class: int = 20
+    memory_total: int = 0  # > 0: fixed total budget shared among seen classes (overrides per class)
+    class_order_seed: int = 1993
+    seed: int = 0
+    num_classes: int = 10  # filled from the dataset; imagefolder: number of class folders
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise _err("dataset", self.dataset, f"one of {sorted(DATASETS)}")
+        for name in ("base_classes", "phases", "num_classes"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise _err(name, v, "an integer >= 1")
+        for name in ("exemplars_per_class", "memory_total"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise _err(name, v, "an integer >= 0 (a memory budget cannot be negative)")
+        for name in ("class_order_seed", "seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise _err(name, v, "an integer >= 0")
+        if self.base_classes >= self.num_classes:
+            raise _err("base_classes", self.base_classes,
+                       f"1..{self.num_classes - 1} ({self.dataset} has {self.num_classes} classes "
+                       "and at least one incremental phase needs classes)")
+        rest = self.num_classes - self.base_classes
+        if rest % self.phases:
+            ok = [p for p in range(1, rest + 1) if rest % p == 0]
+            raise _err("phases", self.phases,
+                       f"a divisor of the {rest} non-base classes: {ok} "
+                       f"(uneven phase split with base_classes={self.base_classes})")
+
+    @property
+    def classes_per_phase(self) -> int:
+        return (self.num_classes - self.base_classes) // self.phases
+
+    def phase_classes(self, phase: int) -> range:
+        """Class positions (in the shuffled order) that phase ``phase`` introduces."""
+        if phase == 0:
+            return range(0, self.base_classes)
+        lo = self.base_classes + (phase - 1) * self.classes_per_phase
+        return range(lo, lo + self.classes_per_phase)
+
+    def seen_classes(self, phase: int) -> int:
+        return self.base_classes + phase * self.classes_per_phase
+
+
+@dataclass(frozen=True)
+class Method:
+    """Method switches and hyperparameters (DESIGN §3 'Losses', 'Ablation ladder')."""
+
+    preset: str = "lucir"
+    cosine: bool = True
+    imprint: bool = True
+    less_forget: bool = True
+    adaptive_lambda: bool = True
+    margin_ranking: bool = True
+    kd: bool = False
+    mimic_scores: bool = False
+    cbf: bool = False
+    joint: bool = False
+    eta_init: float = 1.0
+    lambda_base: float = 5.0
+    margin: float = 0.5
+    K: int = 2
+    mr_weight: float = 1.0
+    kd_T: float = 2.0
+    kd_beta: float = 0.25
+    ms_weight: float = 1.0
+    backbone: str = "auto"
+
+    def __post_init__(self):
+        if self.preset not in PRESETS and self.preset != "custom":
+            raise _err("preset", self.preset, f"one of {list(LADDER)} or 'custom'")
+        for name in _SWITCHES:
+            if not isinstance(getattr(self, name), bool):
+                raise _err(name, getattr(self, name), "true or false")
+        if self.backbone not in BACKBONES:
+            raise _err("backbone", self.backbone, f"one of {list(BACKBONES)}")
+        for name in ("eta_init", "kd_T"):
+            v = getattr(self, name)
+            if not _finite(v) or v <= 0:
+                raise _err(name, v, "a finite number > 0")
+        for name in ("lambda_base", "margin", "mr_weight", "kd_beta", "ms_weight"):
+            v = getattr(self, name)
+            if not _finite(v) or v < 0:
+                raise _err(name, v, "a finite number >= 0")
+        if not isinstance(self.K, int) or isinstance(self.K, bool) or self.K < 1:
+            raise _err("K", self.K, "an integer >= 1")
+        needs_cos = [s for s in ("imprint", "less_forget", "margin_ranking", "mimic_scores", "cbf")
+                     if getattr(self, s)]
+        if needs_cos and not self.cosine:
+            raise _err(needs_cos[0], True, "false unless cosine=true (it acts on the cosine classifier)")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimisation schedule (DESIGN §3 'Schedule', 'CBF'); the same for base and incremental phases."""
+
+    epochs: int = 30
+    lr: float = 0.1
+    milestones: tuple[int, ...] = (20, 25)
+    gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    cbf_epochs: int = 10
+    cbf_lr: float = 0.01
+    cbf_milestones: tuple[int, ...] = (5,)
+    cbf_weight_decay: float = 1e-4
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "cbf_epochs"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise _err(name, v, "an integer >= 1")
+        for name in ("lr", "cbf_lr"):
+            v = getattr(self, name)
+            if not _finite(v) or v <= 0:
+                raise _err(name, v, "a finite number > 0")
+        for name in ("gamma", "momentum", "weight_decay", "cbf_weight_decay"):
+            v = getattr(self, name)
+            if not _finite(v) or v < 0:
+                raise _err(name, v, "a finite number >= 0")
+        for name, limit in (("milestones", self.epochs), ("cbf_milestones", self.cbf_epochs)):
+            ms = getattr(self, name)
+            if list(ms) != sorted(set(ms)) or any((not isinstance(m, int)) or m < 1 or m >= limit for m in ms):
+                raise _err(name, ms, f"strictly increasing integers in 1..{limit - 1}")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How to run, not what: never part of the result's identity (DESIGN §5)."""
+
+    device: str = "auto"
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    threads: int = 0  # 0: leave torch's default
+    eval_batch_size: int = 512
+    gpu_memory_fraction: float = 0.0  # > 0: cap this process's share of the GPU
+
+    def __post_init__(self):
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise _err("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        for name in ("bf16", "channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise _err(name, getattr(self, name), "true or false")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise _err("threads", self.threads, "an integer >= 0")
+        if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
+            raise _err("eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        if not _finite(self.gpu_memory_fraction) or not 0 <= self.gpu_memory_fraction <= 1:
+            raise _err("gpu_memory_fraction", self.gpu_memory_fraction, "a number in [0, 1]")
+
+
+_SECTIONS = {"protocol": Protocol, "method": Method, "schedule": Schedule, "runtime": Runtime}
+FIELD_SECTION: dict[str, str] = {f.name: sec for sec, cls in _SECTIONS.items() for f in fields(cls)}
+RUNTIME_FIELDS = frozenset(f.name for f in fields(Runtime))
+
+
+@dataclass(frozen=True)
+class Config:
+    protocol: Protocol = field(default_factory=Protocol)
+    method: Method = field(default_factory=Method)
+    schedule: Schedule = field(default_factory=Schedule)
+    runtime: Runtime = field(default_factory=Runtime)
+
+    def __post_init__(self):
+        m, p = self.method, self.protocol
+        if m.margin_ranking and m.K > p.classes_per_phase:
+            raise _err("K", m.K, f"1..{p.classes_per_phase} (the classes per phase: "
+                                 f"{p.num_classes - p.base_classes} non-base classes / {p.phases} phases)")
+        if p.memory_total and p.memory_total < p.num_classes:
+            raise _err("memory_total", p.memory_total,
+                       f"0 (per-class budget) or >= {p.num_classes} (one exemplar per class at the end)")
+
+    # ------------------------------------------------------------------ flat form
+    def to_flat(self) -> dict[str, Any]:
+        """One level of unique keys; tuples become lists (JSON friendly)."""
+        out: dict[str, Any] = {}
+        for sec in _SECTIONS:
+            for k, v in dataclasses.asdict(getattr(self, sec)).items():
+                out[k] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any] | None = None, **overrides: Any) -> "Config":
+        """Build a config from flat keys.
+
+        Order of precedence: explicit keys > preset switches > dataset defaults > field defaults.
+        ``epochs`` given without ``milestones`` scales the dataset's default milestones in
+        proportion (a reduced schedule is one flag).  Unknown keys are an error.
+        """
+        flat = {**(flat or {}), **overrides}
+        unknown = sorted(k for k in flat if k not in FIELD_SECTION)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}: allowed {sorted(FIELD_SECTION)}")
+        dataset = flat.get("dataset", "digits")
+        if dataset not in DATASETS:
+            raise _err("dataset", dataset, f"one of {sorted(DATASETS)}")
+        values: dict[str, Any] = dict(DATASET_DEFAULTS[dataset])
+        preset = flat.get("preset", "lucir")
+        if preset in PRESETS:
+            values.update(PRESETS[preset])
+        elif preset != "custom":
+            raise _err("preset", preset, f"one of {list(LADDER)} or 'custom'")
+        if "epochs" in flat and "milestones" not in flat:
+            values["milestones"] = scale_milestones(values["milestones"], values["epochs"], int(flat["epochs"]))
+        if "cbf_epochs" in flat and "cbf_milestones" not in flat:
+            values["cbf_milestones"] = scale_milestones(values["cbf_milestones"], values["cbf_epochs"],
+                                                        int(flat["cbf_epochs"]))
+        values.update(flat)
+        if preset in PRESETS and any(values[s] != PRESETS[preset][s] for s in _SWITCHES):
+            values["preset"] = "custom"
+        if DATASETS[dataset] is not None:
+            if "num_classes" in flat and int(flat["num_classes"]) != DATASETS[dataset]:
+                raise _err("num_classes", flat["num_classes"], f"{DATASETS[dataset]} for {dataset}")
+            values["num_classes"] = DATASETS[dataset]
+        elif "num_classes" not in flat:
+            from lucir.data import count_imagefolder_classes  # reads the folder names only
+
+            values["num_classes"] = count_imagefolder_classes(values.get("data_root", "data"))
+        kwargs: dict[str, dict[str, Any]] = {sec: {} for sec in _SECTIONS}
+        for k, v in values.items():
+            if k in ("milestones", "cbf_milestones"):
+                v = tuple(int(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
+            kwargs[FIELD_SECTION[k]][k] = _coerce(_SECTIONS[FIELD_SECTION[k]], k, v)
+        return cls(**{sec: c(**kwargs[sec]) for sec, c in _SECTIONS.items()})
+
+    def replace(self, **flat: Any) -> "Config":
+        """A copy with some flat fields changed (other fields kept, no defaults re-applied)."""
+        cur = self.to_flat()
+        cur.update(flat)
+        kwargs = {sec: {} for sec in _SECTIONS}
+        for k, v in cur.items():
+            if k not in FIELD_SECTION:
+                raise ConfigError(f"unknown config field {k!r}: allowed {sorted(FIELD_SECTION)}")
+            if k in ("milestones", "cbf_milestones"):
+                v = tuple(v)
+            kwargs[FIELD_SECTION[k]][k] = v
+        return Config(**{sec: c(**kwargs[sec]) for sec, c in _SECTIONS.items()})
+
+    # ------------------------------------------------------------------ identity
+    def identity(self) -> dict[str, Any]:
+        """Everything that decides the result (runtime fields and where the data lies excluded)."""
+        return {k: v for k, v in self.to_flat().items() if k not in RUNTIME_FIELDS and k != "data_root"}
+
+    def base_key(self) -> str:
+        """Key of the base phase (DESIGN §5): configs with equal keys train an identical phase 0.
+
+        Phase 0 depends on the data, class order, base classes, backbone and head type, eta_init,
+        the schedule, the seed, and (for herding and the phase-0 NME evaluation) the memory budget.
+        It does not depend on lambda_base, margin, K, the later phases or the other switches.
+        """
+        f = self.to_flat()
+        keys = ("dataset", "num_classes", "class_order_seed", "base_classes", "seed",
+                "exemplars_per_class", "memory_total", "cosine", "backbone",
+                "epochs", "lr", "milestones", "gamma", "momentum", "weight_decay", "batch_size")
+        ident = {k: f[k] for k in keys}
+        ident["memory_total_per_class0"] = self.quota(0)
+        if self.method.cosine:
+            ident["eta_init"] = f["eta_init"]
+        blob = json.dumps(ident, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def quota(self, phase: int) -> int:
+        """Exemplars kept per class after ``phase`` (fixed per class, or total / seen classes)."""
+        p = self.protocol
+        if p.memory_total:
+            return p.memory_total // p.seen_classes(phase)
+        return p.exemplars_per_class
+
+    def lambda_at(self, phase: int) -> float:
+        """Less-forget weight of phase t >= 1: lambda_base * sqrt(N_old / N_new) (code's form, §3)."""
+        p, m = self.protocol, self.method
+        if not m.adaptive_lambda:
+            return m.lambda_base
+        n_old = p.seen_classes(phase - 1)
+        return m.lambda_base * math.sqrt(n_old / p.classes_per_phase)
+
+    def resolved_backbone(self) -> str:
+        if self.method.backbone != "auto":
+            return self.method.backbone
+        return DATASET_DEFAULTS[self.protocol.dataset]["backbone"]
+
+
+def scale_milestones(milestones, old_epochs: int, new_epochs: int) -> tuple[int, ...]:
+    """Milestones scaled in proportion to a changed number of epochs (80/120 of 160 -> 5/7 of 10)."""
+    out: list[int] = []
+    for m in milestones:
+        s = max(1, min(new_epochs - 1, round(m * new_epochs / old_epochs)))
+        if new_epochs > 1 and (not out or s > out[-1]):
+            out.append(s)
+    return tuple(out)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _coerce(cls, name: str, value: Any) -> Any:
+    """Accept strings from the command line / JSON for typed fields; leave the rest to validation."""
+    ftype = {f.name: f.type for f in fields(cls)}[name]
+    if isinstance(value, str):
+        try:
+            if ftype == "bool":
+                low = value.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise _err(name, value, "true or false")
+            if ftype == "int":
+                return int(value)
+            if ftype == "float":
+                return float(value)
+        except ValueError:
+            raise _err(name, value, f"a value of type {ftype}") from None
+    if ftype == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if ftype == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

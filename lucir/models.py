@@ -1,0 +1,138 @@
+"""Backbones (DESIGN §3 'Networks'; LUCIR_REFERENCE §2.1).
+
+* ResNet-32 for 32x32 images: 3 stages x 5 BasicBlocks, widths 16/32/64, 1x1-conv+BN shortcut
+  where the shape changes, **no ReLU after the last block**, global average pool -> 64-d.
+* ResNet-18 for ImageNet-size images with the ReLU removed after the last block of layer4 -> 512-d.
+* A small conv net for 8x8 digits in the same spirit (last conv without ReLU) -> 64-d.
+
+Every backbone maps images to a feature vector that can be negative; heads live in ``heads.py``.
+Conv weights: Kaiming-normal, fan_out; BN weight 1, bias 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1, last: bool = False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.last = last
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = out + (x if self.shortcut is None else self.shortcut(x))
+        return out if self.last else F.relu(out)
+
+
+def _init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class ResNetCifar(nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs; n=5 gives ResNet-32 (feature_dim 64)."""
+
+    def __init__(self, n: int = 5, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        blocks, cin = [], 16
+        for stage, (cout, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
+            for i in range(n):
+                last = stage == 2 and i == n - 1
+                blocks.append(BasicBlock(cin, cout, stride if i == 0 else 1, last=last))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.feature_dim = 64
+        _init(self)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.blocks(x)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (ImageNet stem) with no ReLU after the last block of layer4 (feature_dim 512)."""
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        layers, cin = [], 64
+        for stage, (cout, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2))):
+            for i in range(2):
+                layers.append(BasicBlock(cin, cout, stride if i == 0 else 1, last=(stage == 3 and i == 1)))
+                cin = cout
+        self.blocks = nn.Sequential(*layers)
+        self.feature_dim = 512
+        _init(self)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        x = self.blocks(x)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+class ConvNet(nn.Module):
+    """Small conv net for 8x8 digits: 3 conv-BN layers (the last without ReLU), avg pool -> 64-d."""
+
+    def __init__(self, in_channels: int = 1, width: int = 32):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, 2, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(2 * width)
+        self.conv3 = nn.Conv2d(2 * width, 64, 3, 1, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(64)
+        self.feature_dim = 64
+        _init(self)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = self.bn3(self.conv3(x))  # no ReLU: features may be negative, as in the modified ResNets
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+def make_backbone(name: str, in_channels: int) -> nn.Module:
+    if name == "resnet32":
+        return ResNetCifar(5, in_channels)
+    if name == "resnet18":
+        return ResNet18(in_channels)
+    if name == "convnet":
+        return ConvNet(in_channels)
+    raise ValueError(f"backbone={name!r} is invalid: allowed one of ['convnet', 'resnet18', 'resnet32']")
+
+
+class IncrementalNet(nn.Module):
+    """Backbone + head; ``forward`` returns (features, scores, logits) so no hooks are needed.
+
+    For the cosine head, scores are the cosines before eta and logits = eta * scores;
+    for the linear head scores and logits are the same tensor.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x):
+        f = self.backbone(x)
+        scores, logits = self.head(f)
+        return f, scores, logits

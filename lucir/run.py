@@ -1,0 +1,263 @@
+"""``lucir.run(config, state=None)``: the class-incremental run as a generator of phases.
+
+Each iteration trains one phase (the base phase is phase 0), selects exemplars, evaluates, and
+yields ``(PhaseResult, state)``.  ``state`` is a plain dict (tensors, lists, numbers, strings)
+from which the run resumes exactly: pass it back as ``run(config, state)`` and the next phase
+is trained as if the run had never stopped.  Every random draw of phase t comes from a generator
+seeded with (seed, t), and the model is built under a seeded, forked RNG, so resuming needs no
+global RNG state and the same config gives the same accuracy matrix on the CPU.
+
+State keys: ``format``, ``phase`` (last completed), ``config`` (identity fields), ``base_key``,
+``model`` (state dict), ``head`` (kind and row counts), ``memory`` (herding ranks per class),
+``acc_cnn``/``acc_nme`` (accuracy matrices), ``results`` (the metrics of every phase so far),
+``rng`` (torch CPU RNG state at the end of the phase, for information).
+
+A phase-0 state can seed any config with the same ``Config.base_key()`` (the runner's shared
+base-phase cache); a later state only the config it came from.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+from lucir import learner
+from lucir.checkpoint import CheckpointError
+from lucir.config import Config
+from lucir.data import Source, class_order, load_dataset
+from lucir.heads import CosineHead, LinearHead, imprint_rows
+from lucir.memory import Memory, class_means, herding, nme_predict
+from lucir.metrics import average_incremental_accuracy, forgetting, weighted_old_new
+from lucir.models import IncrementalNet, make_backbone
+
+
+@dataclass
+class PhaseResult:
+    """Metrics of one phase (DESIGN §4) plus the accuracy matrices so far (phase x class group)."""
+
+    phase: int
+    classes_seen: int
+    acc_cnn: float
+    acc_nme: float
+    acc_old_cnn: float
+    acc_new_cnn: float
+    avg_inc_acc_cnn: float
+    avg_inc_acc_nme: float
+    forgetting_cnn: float
+    train_seconds: float
+    phase_seconds: float
+    eta: float
+    lambda_: float
+    exemplars: int
+    acc_matrix_cnn: list[list[float]] = field(default_factory=list)
+    acc_matrix_nme: list[list[float]] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        d = asdict(self)
+        d.pop("acc_matrix_cnn")
+        d.pop("acc_matrix_nme")
+        d["lambda"] = d.pop("lambda_")
+        return d
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} is invalid here: no CUDA device is available (use 'cpu' or 'auto')")
+    return dev
+
+
+def _phase_gen(seed: int, phase: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed + 1) * 1_000_003 + phase)
+
+
+def build_model(cfg: Config, in_channels: int, head_spec: dict[str, Any]) -> IncrementalNet:
+    """Backbone + head, initialised under a forked RNG seeded with the training seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.protocol.seed)
+        gen = torch.Generator().manual_seed(cfg.protocol.seed)
+        backbone = make_backbone(cfg.resolved_backbone(), in_channels)
+        if head_spec["kind"] == "cosine":
+            head = CosineHead(backbone.feature_dim, head_spec["old"], head_spec["new"], cfg.method.eta_init, gen)
+        else:
+            head = LinearHead(backbone.feature_dim, head_spec["classes"], gen)
+    return IncrementalNet(backbone, head)
+
+
+def _head_spec(model: IncrementalNet) -> dict[str, Any]:
+    h = model.head
+    if isinstance(h, CosineHead):
+        return {"kind": "cosine", "old": h.old.shape[0], "new": h.new.shape[0]}
+    return {"kind": "linear", "classes": h.weight.shape[0]}
+
+
+def check_state(cfg: Config, state: dict) -> None:
+    """A state resumes only the config it belongs to (phase 0: any config with its base key)."""
+    for key in ("phase", "config", "base_key", "model", "head", "memory", "acc_cnn", "acc_nme", "results"):
+        if key not in state:
+            raise CheckpointError(f"state is missing {key!r}: not a lucir run state")
+    if state["phase"] == 0:
+        if state["base_key"] != cfg.base_key():
+            raise CheckpointError(f"base-phase state has base key {state['base_key']} but this config's is "
+                                  f"{cfg.base_key()}: it was trained with another dataset, order, base, "
+                                  "backbone, schedule, seed or memory budget")
+        return
+    mine = cfg.identity()
+    diff = sorted(k for k in set(mine) | set(state["config"]) if mine.get(k) != state["config"].get(k))
+    if diff:
+        detail = ", ".join(f"{k}: checkpoint {state['config'].get(k)!r} vs config {mine.get(k)!r}" for k in diff)
+        raise CheckpointError(f"checkpoint of phase {state['phase']} belongs to another configuration ({detail})")
+    if state["phase"] >= cfg.protocol.phases:
+        raise CheckpointError(f"checkpoint is already at the last phase ({state['phase']}); nothing to resume")
+
+
+def run(config: Config, state: dict | None = None, *, data=None, progress: bool = False,
+        on_epoch: Callable[[int, int, float], None] | None = None) -> Iterator[tuple[PhaseResult, dict]]:
+    """Yield ``(PhaseResult, state)`` for every phase from the one after ``state`` to the last."""
+    cfg = config
+    p, m, rt = cfg.protocol, cfg.method, cfg.runtime
+    if state is not None:
+        check_state(cfg, state)
+    if rt.threads:
+        torch.set_num_threads(rt.threads)
+    device = resolve_device(rt.device)
+    if device.type == "cuda" and rt.gpu_memory_fraction:
+        torch.cuda.set_per_process_memory_fraction(rt.gpu_memory_fraction, device)
+    if data is None:
+        data = load_dataset(p.dataset, p.data_root)
+    if data.num_classes != p.num_classes:
+        raise ValueError(f"num_classes={p.num_classes} does not match the dataset ({data.num_classes} classes)")
+    order = class_order(p.num_classes, p.class_order_seed)
+    source = Source(data, order, device, rt.channels_last)
+    train_y = source.train_y
+    test_y = source.test_y
+    in_channels = data.image_shape()[0]
+
+    if state is None:
+        spec = ({"kind": "cosine", "old": 0, "new": p.base_classes} if m.cosine
+                else {"kind": "linear", "classes": p.base_classes})
+        model = build_model(cfg, in_channels, spec)
+        memory, acc_cnn, acc_nme, results, start = Memory(), [], [], [], 0
+    else:
+        model = build_model(cfg, in_channels, state["head"])
+        model.load_state_dict(state["model"])
+        memory = Memory(state["memory"])
+        acc_cnn = [list(r) for r in state["acc_cnn"]]
+        acc_nme = [list(r) for r in state["acc_nme"]]
+        results = [dict(r) for r in state["results"]]
+        start = state["phase"] + 1
+    model.to(device)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    groups = [list(p.phase_classes(t)) for t in range(p.phases + 1)]
+    test_group_sizes = [int(sum((test_y == c).sum() for c in g)) for g in groups]
+
+    for phase in range(start, p.phases + 1):
+        t_phase = time.perf_counter()
+        gen = _phase_gen(p.seed, phase)
+        new_classes = groups[phase]
+        n_old = p.seen_classes(phase - 1) if phase else 0
+        n_seen = p.seen_classes(phase)
+        ctx = learner.PhaseContext(phase, n_old, n_seen, cfg.lambda_at(phase) if phase else 0.0)
+        ref_model = None
+        if phase > 0:
+            if learner.needs_reference(cfg, phase):
+                ref_model = copy.deepcopy(model).eval()
+                for q in ref_model.parameters():
+                    q.requires_grad_(False)
+            rows = None
+            if m.imprint:
+                new_idx = torch.nonzero(torch.isin(train_y, torch.tensor(new_classes))).flatten()
+                f, _, y = learner.extract(model, source, "train", new_idx, cfg, device)
+                rows = imprint_rows([f[y == c] for c in new_classes], model.head.weight())
+            model.head.expand(len(new_classes), rows, gen)
+            model.to(device)
+
+        # training data: new classes + exemplars (joint: all data of the seen classes)
+        train_classes = range(n_seen) if m.joint else new_classes
+        idx = torch.nonzero(torch.isin(train_y, torch.tensor(list(train_classes)))).flatten()
+        if phase > 0 and not m.joint:
+            idx = torch.cat([idx, memory.indices(cfg.quota(phase - 1))])
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.schedule.epochs, desc=f"phase {phase}/{p.phases}", unit="ep", leave=False)
+
+        def _on_epoch(ep, loss, _phase=phase):
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+            if on_epoch is not None:
+                on_epoch(_phase, ep, loss)
+
+        train_s = learner.train_phase(model, ref_model, source, idx, cfg, ctx, gen, device, _on_epoch)
+        if bar is not None:
+            bar.close()
+
+        # herding: one batched feature pass over the new classes' training images
+        quota = cfg.quota(phase)
+        new_idx = torch.nonzero(torch.isin(train_y, torch.tensor(new_classes))).flatten()
+        f, _, y = learner.extract(model, source, "train", new_idx, cfg, device)
+        f = torch.nn.functional.normalize(f, dim=1).cpu()
+        y = y.cpu()
+        for c in new_classes:
+            pos = torch.nonzero(y == c).flatten()
+            memory.add(c, new_idx[pos[herding(f[pos], quota)]])
+
+        if m.cbf and phase > 0:
+            train_s += learner.class_balanced_finetune(model, ref_model, source, memory.indices(quota), cfg,
+                                                       ctx, gen, device)
+        del ref_model
+
+        # evaluation: NME means from the exemplars (and their mirror images), CNN and NME on the test set
+        ex = memory.indices(quota)
+        fe, _, ye = learner.extract(model, source, "train", ex, cfg, device)
+        fe_flip = None
+        if getattr(data, "flip", True):
+            fe_flip, _, _ = learner.extract(model, source, "train", ex, cfg, device, flip=True)
+        means = class_means(fe, ye, n_seen, fe_flip)
+        test_idx = torch.nonzero(test_y < n_seen).flatten()
+        ft, zt, yt = learner.extract(model, source, "test", test_idx, cfg, device)
+        pred_cnn = zt[:, :n_seen].argmax(1)
+        pred_nme = nme_predict(ft, means)
+        row_cnn, row_nme = [], []
+        for g in range(phase + 1):
+            mask = torch.isin(yt, torch.tensor(groups[g], device=yt.device))
+            row_cnn.append(_pct(pred_cnn[mask] == yt[mask]))
+            row_nme.append(_pct(pred_nme[mask] == yt[mask]))
+        acc_cnn.append(row_cnn)
+        acc_nme.append(row_nme)
+        old, new = weighted_old_new(row_cnn, test_group_sizes)
+        res = PhaseResult(
+            phase=phase, classes_seen=n_seen, acc_cnn=_pct(pred_cnn == yt), acc_nme=_pct(pred_nme == yt),
+            acc_old_cnn=old, acc_new_cnn=new,
+            avg_inc_acc_cnn=0.0, avg_inc_acc_nme=0.0, forgetting_cnn=forgetting(acc_cnn, phase),
+            train_seconds=train_s, phase_seconds=0.0,
+            eta=float(model.head.eta.detach()) if isinstance(model.head, CosineHead) else math.nan,
+            lambda_=ctx.lam if (phase and m.less_forget) else 0.0, exemplars=len(ex),
+            acc_matrix_cnn=[list(r) for r in acc_cnn], acc_matrix_nme=[list(r) for r in acc_nme])
+        res.avg_inc_acc_cnn = average_incremental_accuracy([r["acc_cnn"] for r in results] + [res.acc_cnn])
+        res.avg_inc_acc_nme = average_incremental_accuracy([r["acc_nme"] for r in results] + [res.acc_nme])
+        res.phase_seconds = time.perf_counter() - t_phase
+        results.append(res.metrics())
+        new_state = {
+            "phase": phase, "config": cfg.identity(), "base_key": cfg.base_key(),
+            "model": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()},
+            "head": _head_spec(model), "memory": memory.to_dict(),
+            "acc_cnn": [list(r) for r in acc_cnn], "acc_nme": [list(r) for r in acc_nme],
+            "results": [dict(r) for r in results], "rng": torch.get_rng_state(), "format": 1,
+        }
+        yield res, new_state
+
+
+def _pct(correct: torch.Tensor) -> float:
+    return 100.0 * float(correct.float().mean()) if correct.numel() else math.nan
