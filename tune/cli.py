@@ -1,0 +1,261 @@
+"""``lucir ablate``, ``lucir search`` and ``lucir resume`` (added to the ``lucir`` parser by lucir/cli.py).
+
+Every check that can fail does so before Ray starts (DESIGN §7): the grid (every point's Config is
+built), the dataset, the MLflow tracking URI, the experiment folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lucir.config import LADDER, Config, ConfigError
+
+
+def _runner_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runner")
+    g.add_argument("--out", help="experiment folder (default ./experiments/<name>); made absolute; "
+                                 "it is Ray Tune's storage_path/name")
+    g.add_argument("--name", help="experiment name (default <command>-<dataset>-<date>-<time>)")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial = torch threads (default 1)")
+    g.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs per trial; a fraction (e.g. 0.25) packs trials on one GPU and caps each "
+                        "trial's GPU memory to its share (default 0)")
+    g.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
+    g.add_argument("--max-failures", type=int, default=3,
+                   help="retries of a crashed trial, each from its last phase checkpoint (default 3)")
+    g.add_argument("--no-base-cache", action="store_true",
+                   help="train the base phase in every trial (default: once per base key, shared)")
+    g.add_argument("--cache-stale-after", type=float, default=60.0,
+                   help="seconds without heartbeat after which a base-cache claim is taken over (default 60)")
+    g.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///<experiment folder>/mlflow.db; "
+                                        "e.g. http://host:5000)")
+    g.add_argument("--mlflow-experiment", help="MLflow experiment name (default: the sweep's name)")
+    g.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    g.add_argument("--address", help="Ray cluster address ('auto' joins a running cluster; default: a local "
+                                     "Ray started for this command)")
+    g.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+
+
+def add_tune_commands(sub, add_config_args, config_overrides) -> None:
+    p = sub.add_parser("ablate", help="Ray Tune grid: ablation presets x protocols x seeds",
+                       description="Ray Tune grid over ablation presets x protocols x seeds; prints a summary "
+                                   "table (mean ± std over seeds) at the end.")
+    add_config_args(p, with_preset=False)
+    from tune.spaces import GRIDS
+
+    p.add_argument("--grid", default="digits", help=f"named grid: one of {sorted(GRIDS)} (default digits)")
+    p.add_argument("--presets", help=f"comma-separated presets to grid over (of {', '.join(LADDER)})")
+    p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 1)")
+    p.add_argument("--grid-set", dest="grid_sets", action="append", default=[], metavar="KEY=V1,V2",
+                   help="grid any config field, e.g. --grid-set phases=1,3 --grid-set memory_total=0,40")
+    _runner_args(p)
+    p.set_defaults(func=lambda a: cmd_ablate(a, config_overrides))
+
+    p = sub.add_parser("search", help="Ray Tune + Optuna (TPE) over eta_init, margin, K, lambda_base",
+                       description="Optuna TPE search (journal storage in the experiment folder) over eta_init, "
+                                   "margin, K and lambda_base, the paper's defaults first; the best config is "
+                                   "chosen among trials that finished every phase.")
+    add_config_args(p, with_preset=True)
+    p.add_argument("--trials", type=int, default=12, help="number of trials (default 12)")
+    p.add_argument("--concurrency", type=int, default=None, help="trials at once (default: what resources allow)")
+    p.add_argument("--asha", action="store_true",
+                   help="ASHA early stopping on phase; stopped trials are told to Optuna as pruned")
+    p.add_argument("--search-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    _runner_args(p)
+    p.set_defaults(func=lambda a: cmd_search(a, config_overrides))
+
+    p = sub.add_parser("resume", help="finish an interrupted ablate/search; finished trials are not re-run")
+    p.add_argument("experiment", help="the experiment folder")
+    p.add_argument("--address", help="Ray cluster address (default: as recorded in the experiment)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: as recorded)")
+    p.set_defaults(func=cmd_resume)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _check_datasets(cfgs: list[Config]) -> None:
+    from lucir.data import check_dataset
+
+    seen = set()
+    for c in cfgs:
+        k = (c.protocol.dataset, c.protocol.data_root)
+        if k not in seen:
+            seen.add(k)
+            check_dataset(*k)
+
+
+def _prepare_folder(args, kind: str, dataset: str) -> Path:
+    from tune.experiment import EXPERIMENT_FILE, default_name, experiment_dir
+
+    name = args.name or (Path(args.out).name if args.out else default_name(kind, dataset))
+    exp = experiment_dir(args.out, name)
+    if (exp / EXPERIMENT_FILE).exists():
+        raise ConfigError(f"--out {exp} already holds an experiment: finish it with `lucir resume {exp}` "
+                          "or choose another --out")
+    if args.max_failures < 0:
+        raise ConfigError(f"--max-failures={args.max_failures} is invalid: allowed an integer >= 0")
+    if args.cpus_per_trial <= 0:
+        raise ConfigError(f"--cpus-per-trial={args.cpus_per_trial} is invalid: allowed a number > 0")
+    if args.gpus_per_trial < 0 or (args.gpus_per_trial > 1 and not float(args.gpus_per_trial).is_integer()):
+        raise ConfigError(f"--gpus-per-trial={args.gpus_per_trial} is invalid: allowed 0, a fraction in (0, 1) "
+                          "or a whole number")
+    return exp
+
+
+def _callbacks(args, exp: Path, tags: dict) -> tuple[list, str | None, str | None]:
+    from tune.experiment import make_callbacks
+
+    uri = None if args.no_mlflow else (args.mlflow_uri or f"sqlite:///{exp / 'mlflow.db'}")
+    name = args.mlflow_experiment or exp.name
+    created = not exp.exists()
+    exp.mkdir(parents=True, exist_ok=True)
+    try:
+        cbs = make_callbacks(exp, uri, name, tags)
+    except BaseException:
+        if created:
+            import shutil
+
+            shutil.rmtree(exp, ignore_errors=True)
+        raise
+    return cbs, uri, (name if uri else None)
+
+
+def _space_text(space: dict) -> dict:
+    return {k: v for k, v in space.items()}
+
+
+def _finish(kind: str, exp: Path) -> int:
+    from tune.experiment import print_ablation_summary, print_search_summary, read_trials
+
+    if kind == "ablate":
+        print_ablation_summary(exp)
+    else:
+        print_search_summary(exp)
+    docs = read_trials(exp)
+    errors = [d["trial_id"] for d in docs if d.get("status") == "ERROR"]
+    running = [d["trial_id"] for d in docs if d.get("status") == "RUNNING"]
+    print(f"\nexperiment folder: {exp}")
+    if errors:
+        print(f"{len(errors)} trial(s) failed: {errors} (see trials/<id>.json 'error')", file=sys.stderr)
+    if running:
+        print(f"{len(running)} trial(s) unfinished: finish them with `lucir resume {exp}`", file=sys.stderr)
+    return 1 if errors or running else 0
+
+
+def _tuner_fit(exp: Path, runner: dict, space: dict, callbacks: list, tune_config) -> None:
+    import ray
+    from ray import tune
+
+    from tune.experiment import build_trainable, init_ray, run_config
+
+    started = init_ray(runner["address"], runner["num_cpus"])
+    try:
+        tuner = tune.Tuner(build_trainable(exp, runner), param_space=space, tune_config=tune_config,
+                           run_config=run_config(exp, runner, callbacks))
+        tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------- commands
+def cmd_ablate(args, config_overrides) -> int:
+    from ray import tune
+
+    from tune.experiment import runner_options, write_experiment_json
+    from tune.spaces import (absolute_data_root, ablation_space, grid_points, is_grid, parse_grid_set,
+                             parse_presets, validate_points)
+
+    fixed = config_overrides(args)
+    gridded = parse_grid_set(args.grid_sets)
+    presets = parse_presets(args.presets) if args.presets else None
+    space = ablation_space(args.grid, fixed=fixed, gridded=gridded, presets=presets, seeds=args.seeds)
+    datasets = space["dataset"]["grid_search"] if is_grid(space.get("dataset")) else [space.get("dataset", "digits")]
+    if "data_root" in space or any(d != "digits" for d in datasets):
+        space = absolute_data_root(space)
+    points = grid_points(space)
+    cfgs = validate_points(points, [k for k, v in space.items() if is_grid(v)])
+    _check_datasets(cfgs)
+    exp = _prepare_folder(args, "ablate", str(datasets[0]))
+    runner = runner_options(args)
+    print(f"lucir ablate: {len(points)} trials (grid {args.grid}: "
+          + ", ".join(f"{k}={v['grid_search']}" for k, v in space.items() if is_grid(v)) + f") -> {exp}",
+          flush=True)
+    callbacks, uri, mlexp = _callbacks(args, exp, {"kind": "ablate", "grid": args.grid})
+    write_experiment_json(exp, kind="ablate", argv=["lucir", *sys.argv[1:]], param_space_text=_space_text(space),
+                          runner=runner, mlflow_uri=uri, mlflow_experiment=mlexp,
+                          extra={"grid": args.grid, "num_trials": len(points)})
+    _tuner_fit(exp, runner, space, callbacks,
+               tune.TuneConfig(num_samples=1, max_concurrent_trials=args.max_concurrent))
+    return _finish("ablate", exp)
+
+
+def cmd_search(args, config_overrides) -> int:
+    from ray import tune
+
+    from tune.experiment import METRIC, MODE, make_searcher, runner_options, write_experiment_json
+    from tune.spaces import absolute_data_root, search_corners, search_space, validate_points
+
+    fixed = config_overrides(args)
+    if args.trials < 1:
+        raise ConfigError(f"--trials={args.trials} is invalid: allowed an integer >= 1")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ConfigError(f"--concurrency={args.concurrency} is invalid: allowed an integer >= 1")
+    base = Config.from_flat(fixed)
+    if base.protocol.dataset != "digits" or "data_root" in fixed:
+        fixed = absolute_data_root(fixed)
+    if "preset" not in fixed:
+        fixed["preset"] = base.method.preset
+    fixed.setdefault("dataset", base.protocol.dataset)
+    space, text, points = search_space(base, fixed)
+    validate_points(search_corners(fixed, base))
+    _check_datasets([base])
+    exp = _prepare_folder(args, "search", base.protocol.dataset)
+    runner = runner_options(args)
+    runner["max_concurrent"] = args.concurrency
+    print(f"lucir search: {args.trials} trials, TPE seed {args.search_seed}, "
+          f"{'ASHA on phase, ' if args.asha else ''}space {text} -> {exp}", flush=True)
+    callbacks, uri, mlexp = _callbacks(args, exp, {"kind": "search"})
+    write_experiment_json(exp, kind="search", argv=["lucir", *sys.argv[1:]], param_space_text=text,
+                          runner=runner, mlflow_uri=uri, mlflow_experiment=mlexp,
+                          extra={"num_trials": args.trials, "points_to_evaluate": points, "asha": args.asha,
+                                 "search_seed": args.search_seed, "optuna_study": exp.name})
+    searcher = make_searcher(exp, exp.name, args.search_seed, points)
+    scheduler = None
+    if args.asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="phase", metric=METRIC, mode=MODE, max_t=base.protocol.phases,
+                                  grace_period=1, reduction_factor=2)
+    tc = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.trials,
+                         max_concurrent_trials=args.concurrency)
+    _tuner_fit(exp, runner, space, callbacks, tc)
+    return _finish("search", exp)
+
+
+def cmd_resume(args) -> int:
+    import ray
+    from ray import tune
+
+    from tune.experiment import build_trainable, init_ray, read_experiment
+
+    exp = Path(args.experiment).expanduser().absolute()
+    doc = read_experiment(exp)
+    runner = dict(doc["runner"])
+    if args.address:
+        runner["address"] = args.address
+    if args.num_cpus:
+        runner["num_cpus"] = args.num_cpus
+    if not tune.Tuner.can_restore(str(exp)):
+        raise ConfigError(f"{exp}: no Ray Tune experiment state to restore (did the sweep start any trial?)")
+    print(f"lucir resume: {doc['kind']} {exp}", flush=True)
+    started = init_ray(runner["address"], runner["num_cpus"])
+    try:
+        tuner = tune.Tuner.restore(str(exp), build_trainable(exp, runner), resume_unfinished=True,
+                                   resume_errored=True)
+        tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    return _finish(doc["kind"], exp)

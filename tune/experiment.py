@@ -1,0 +1,383 @@
+"""The driver side of a sweep: experiment folder, Tuner, callbacks, Optuna, summaries, resume.
+
+The experiment folder (docs/EXPERIMENT_LAYOUT.md) is Ray Tune's ``storage_path/name``, always an
+absolute path.  ``lucir_experiment.json`` is written before any trial starts and records, besides the
+contract's fields, a ``runner`` section (resources, base cache, failure policy, Ray address) from which
+``lucir resume`` rebuilds the trainable; callbacks and the search algorithm come back from Tune's own
+experiment state (``tuner.pkl``, searcher and callback checkpoints).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from lucir.checkpoint import atomic_write_json
+from lucir.config import RUNTIME_FIELDS, Config, ConfigError
+
+log = logging.getLogger("lucir.tune")
+
+EXPERIMENT_FILE = "lucir_experiment.json"
+METRIC, MODE = "avg_inc_acc_cnn", "max"
+
+try:  # the driver-side callbacks subclass tune.Callback; tune/ may be imported without Ray work
+    from ray.tune import Callback as _Callback
+    from ray.tune.search.optuna import OptunaSearch as _OptunaSearch
+except ImportError:  # pragma: no cover - ray is a dependency
+    _Callback = object
+    _OptunaSearch = object
+
+
+# ---------------------------------------------------------------------------------------- folder
+def default_name(kind: str, dataset: str) -> str:
+    return f"{kind}-{dataset}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def experiment_dir(out: str | None, name: str) -> Path:
+    return Path(out if out else Path("experiments") / name).expanduser().absolute()
+
+
+def read_experiment(exp: str | os.PathLike) -> dict:
+    p = Path(exp) / EXPERIMENT_FILE
+    if not p.is_file():
+        raise ConfigError(f"{Path(exp).absolute()} is not a lucir experiment folder (no {EXPERIMENT_FILE})")
+    return json.loads(p.read_text())
+
+
+def read_trials(exp: str | os.PathLike) -> list[dict]:
+    out = []
+    for p in sorted((Path(exp) / "trials").glob("*.json")):
+        try:
+            out.append(json.loads(p.read_text()))
+        except ValueError:  # cannot happen with atomic writes
+            log.warning("unreadable trial file %s", p)
+    return out
+
+
+def is_finished(doc: dict) -> bool:
+    return len(doc.get("phases", [])) == doc.get("num_phases", -1) + 1
+
+
+# ---------------------------------------------------------------------------------------- callbacks
+class TrialStatusCallback(_Callback):
+    """Sets the final status in ``trials/<id>.json``: TERMINATED (every phase done), PRUNED (stopped
+    early by a scheduler), ERROR (failed for good, with the error text).  Runs before the MLflow
+    callback in the list, so that callback reads the final status."""
+
+    def __init__(self, exp_dir: str):
+        self.exp_dir = str(exp_dir)
+
+    def _update(self, trial, status: str, error: str | None = None) -> None:
+        path = Path(self.exp_dir) / "trials" / f"{trial.trial_id}.json"
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            from tune.trainable import trial_doc
+
+            try:
+                cfg = Config.from_flat({k: v for k, v in trial.config.items()})
+            except Exception:  # an invalid config is itself the error; keep what we have
+                cfg = None
+            doc = (trial_doc(trial.trial_id, trial.trial_name if hasattr(trial, "trial_name") else str(trial),
+                             Path(self.exp_dir).name, cfg, None, status, "off") if cfg is not None else
+                   {"trial_id": trial.trial_id, "trial_name": str(trial), "sweep": Path(self.exp_dir).name,
+                    "config": dict(trial.config), "phases": [], "num_phases": trial.config.get("phases", 0),
+                    "acc_matrix_cnn": [], "acc_matrix_nme": [], "base_cache": "off"})
+        if status in ("TERMINATED", "PRUNED"):
+            status = "TERMINATED" if is_finished(doc) else "PRUNED"
+        doc["status"] = status
+        if error is not None:
+            doc["error"] = error
+        else:
+            doc.pop("error", None)
+        atomic_write_json(path, doc)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._update(trial, "TERMINATED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        text = None
+        try:
+            err = trial.get_error()
+            text = str(err) if err is not None else None
+        except Exception:
+            pass
+        if not text and trial.error_file and os.path.exists(trial.error_file):
+            text = Path(trial.error_file).read_text()
+        self._update(trial, "ERROR", (text or "trial failed").strip()[-4000:])
+
+
+class ExperimentInfoCallback(_Callback):
+    """Records the MLflow parent run id in lucir_experiment.json once the MLflow callback is set up
+    (it comes after that callback in the list, so its ``setup`` runs later)."""
+
+    def __init__(self, exp_dir: str, mlflow_cb=None):
+        self.exp_dir, self.mlflow_cb = str(exp_dir), mlflow_cb
+
+    def setup(self, **info):
+        if self.mlflow_cb is None:
+            return
+        run_id = getattr(self.mlflow_cb, "parent_run_id", None)
+        p = Path(self.exp_dir) / EXPERIMENT_FILE
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return
+        if run_id and doc.get("parent_run_id") != run_id:
+            doc["parent_run_id"] = run_id
+            atomic_write_json(p, doc)
+
+
+def mlflow_callback(uri: str, experiment_name: str, sweep: str, exp_dir: Path, tags: dict | None = None):
+    """The other half of the runner (tune/mlflow_logger.py); checked before any trial starts."""
+    try:
+        from tune.mlflow_logger import MLflowCallback, check_tracking_uri
+    except ImportError as exc:
+        print(f"warning: MLflow logging is unavailable ({exc}); the sweep runs without it", file=sys.stderr)
+        return None
+    try:
+        check_tracking_uri(uri)
+    except ValueError as exc:
+        raise ConfigError(f"--mlflow-uri {uri}: {exc}") from None
+    return MLflowCallback(tracking_uri=uri, experiment_name=experiment_name, sweep_name=sweep,
+                          experiment_dir=str(exp_dir), tags=tags)
+
+
+# ---------------------------------------------------------------------------------------- optuna
+class PrunedAwareOptunaSearch(_OptunaSearch):
+    """Ray's OptunaSearch, told the truth about trials that did not finish (DESIGN §6).
+
+    Ray 2.60's ``OptunaSearch.on_trial_complete`` tells Optuna COMPLETE with the *last reported*
+    metric whenever a result exists: a trial stopped early by ASHA (its average incremental accuracy
+    over fewer phases looks better), and even a trial that crashed after some phases, would count as
+    a finished trial.  Here a trial counts as COMPLETE only when its last result is the last phase;
+    a trial stopped early is PRUNED, a failed one FAIL.  On restore, Optuna trials left RUNNING by a
+    driver that died between asking Optuna and saving Tune's state (no Tune trial owns them) are
+    marked FAIL, so the study holds no phantom or duplicated trial.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        from optuna.trial import TrialState
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        finished = bool(result) and result.get("phase", -1) >= result.get("num_phases", math.inf)
+        if finished and not error:
+            return super().on_trial_complete(trial_id, result, error)
+        ot_trial = self._ot_trials[trial_id]
+        state = TrialState.FAIL if error else TrialState.PRUNED
+        try:
+            self._ot_study.tell(ot_trial, None, state=state)
+        except Exception as exc:  # e.g. already told
+            log.warning("optuna tell(%s) failed: %s", state, exc)
+        self._completed_trials.add(trial_id)
+
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)
+        self.fail_orphans()
+
+    def fail_orphans(self) -> int:
+        from optuna.trial import TrialState
+
+        if self._ot_study is None:
+            return 0
+        owned = {t.number for t in self._ot_trials.values()}
+        n = 0
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number not in owned:
+                self._ot_study.tell(t.number, None, state=TrialState.FAIL)
+                n += 1
+        if n:
+            log.warning("marked %d orphaned Optuna trial(s) FAIL after restore", n)
+        return n
+
+
+def make_searcher(exp: Path, name: str, seed: int, points: list[dict]):
+    from optuna.samplers import TPESampler
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(exp / "optuna_journal.log")))
+    return PrunedAwareOptunaSearch(metric=METRIC, mode=MODE, sampler=TPESampler(seed=seed), study_name=name,
+                                   storage=storage, points_to_evaluate=points)
+
+
+# ---------------------------------------------------------------------------------------- running
+def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None = None) -> bool:
+    """Start (or join) Ray; returns True when this call started it (then the caller shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if address in (None, "", "local"):
+        kwargs.update(address="local", num_cpus=num_cpus)
+        if num_gpus is not None:
+            kwargs["num_gpus"] = num_gpus
+    else:
+        kwargs["address"] = address
+    ray.init(**kwargs)
+    return True
+
+
+def runner_options(args) -> dict:
+    return {"cpus_per_trial": float(args.cpus_per_trial), "gpus_per_trial": float(args.gpus_per_trial),
+            "base_cache": not args.no_base_cache, "max_failures": int(args.max_failures),
+            "max_concurrent": args.max_concurrent, "address": args.address, "num_cpus": args.num_cpus,
+            "cache_stale_after": float(args.cache_stale_after)}
+
+
+def build_trainable(exp: Path, runner: dict):
+    from tune.trainable import make_trainable
+
+    return make_trainable(str(exp), cpus=runner["cpus_per_trial"], gpus=runner["gpus_per_trial"],
+                          base_cache=runner["base_cache"],
+                          cache_options={"stale_after": runner.get("cache_stale_after", 60.0)})
+
+
+def write_experiment_json(exp: Path, *, kind: str, argv: list[str], param_space_text: dict, runner: dict,
+                          mlflow_uri: str | None, mlflow_experiment: str | None, extra: dict | None = None) -> None:
+    exp.mkdir(parents=True, exist_ok=True)
+    doc = {"name": exp.name, "kind": kind, "argv": argv,
+           "created": _dt.datetime.now().isoformat(timespec="seconds"), "metric": METRIC, "mode": MODE,
+           "mlflow_uri": mlflow_uri, "mlflow_experiment": mlflow_experiment, "parent_run_id": None,
+           "param_space": param_space_text, "runner": runner, **(extra or {})}
+    atomic_write_json(exp / EXPERIMENT_FILE, doc)
+
+
+def make_callbacks(exp: Path, mlflow_uri: str | None, mlflow_experiment: str | None, tags: dict) -> list:
+    cbs: list = [TrialStatusCallback(str(exp))]
+    ml = None
+    if mlflow_uri:
+        ml = mlflow_callback(mlflow_uri, mlflow_experiment or exp.name, exp.name, exp, tags)
+        if ml is not None:
+            cbs.append(ml)
+    cbs.append(ExperimentInfoCallback(str(exp), ml))
+    return cbs
+
+
+def run_config(exp: Path, runner: dict, callbacks: list):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=exp.name, storage_path=str(exp.parent), callbacks=callbacks,
+        failure_config=tune.FailureConfig(max_failures=runner["max_failures"]),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=1)
+
+
+def fit(tuner) -> Any:
+    results = tuner.fit()
+    return results
+
+
+# ---------------------------------------------------------------------------------------- reports
+def _mean_std(xs: list[float]) -> str:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:.2f}"
+    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
+
+
+def ablation_summary(exp: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
+    """Per preset x protocol: mean ± std over seeds of the final avg_inc_acc_cnn/nme and last acc."""
+    from tune.spaces import PROTOCOL_KEYS
+
+    groups: dict[tuple, list[dict]] = {}
+    for doc in read_trials(exp):
+        c = doc["config"]
+        key = (c.get("preset"),) + tuple(c.get(k) for k in PROTOCOL_KEYS)
+        groups.setdefault(key, []).append(doc)
+    head = ["preset", *PROTOCOL_KEYS, "seeds", "finished", "avg_inc_acc_cnn", "avg_inc_acc_nme",
+            "last_acc_cnn", "last_acc_nme"]
+    rows = []
+    from lucir.config import LADDER
+
+    order = {p: i for i, p in enumerate(LADDER)}
+    for key in sorted(groups, key=lambda k: (tuple(str(x) for x in k[1:]), order.get(k[0], 99), str(k[0]))):
+        docs = groups[key]
+        fin = [d for d in docs if is_finished(d)]
+        last = [d["phases"][-1] for d in fin]
+        rows.append([str(key[0]), *[str(x) for x in key[1:]], str(len({d["config"].get("seed") for d in docs})),
+                     f"{len(fin)}/{len(docs)}",
+                     _mean_std([r["avg_inc_acc_cnn"] for r in last]), _mean_std([r["avg_inc_acc_nme"] for r in last]),
+                     _mean_std([r["acc_cnn"] for r in last]), _mean_std([r["acc_nme"] for r in last])])
+    return head, rows
+
+
+def print_ablation_summary(exp: str | os.PathLike, file=None) -> None:
+    from tabulate import tabulate
+
+    head, rows = ablation_summary(exp)
+    print(f"\nablation summary ({Path(exp)}; mean ± std over seeds, last phase, %):", file=file)
+    print(tabulate(rows, headers=head, tablefmt="github"), file=file)
+
+
+def best_trial(exp: str | os.PathLike) -> dict | None:
+    """The best trial among those that finished every phase (never a pruned or partial one)."""
+    docs = [d for d in read_trials(exp) if is_finished(d) and d.get("status") != "ERROR"]
+    docs = [d for d in docs if not math.isnan(d["phases"][-1][METRIC])]
+    if not docs:
+        return None
+    return max(docs, key=lambda d: d["phases"][-1][METRIC])
+
+
+def train_command(flat: dict) -> str:
+    """A ``lucir train`` command line that reproduces a trial's config (only non-default fields)."""
+    ref = Config.from_flat({k: flat[k] for k in ("dataset", "preset", "data_root", "num_classes")
+                            if k in flat and not (k == "num_classes" and flat.get("dataset") != "imagefolder")})
+    ref_flat = ref.to_flat()
+    parts = ["lucir", "train", "--dataset", str(flat["dataset"]), "--preset", str(flat["preset"])]
+    if flat.get("data_root") and flat["dataset"] != "digits":
+        parts += ["--data-root", str(flat["data_root"])]
+    flags = {"base_classes": "--base", "phases": "--phases", "seed": "--seed", "epochs": "--epochs",
+             "exemplars_per_class": "--exemplars", "memory_total": "--memory-total", "lr": "--lr",
+             "batch_size": "--batch-size"}
+    epochs_changed = flat.get("epochs") != ref_flat.get("epochs")
+    for k, v in flat.items():
+        if k in ("dataset", "preset", "data_root", "num_classes") or k in RUNTIME_FIELDS:
+            continue
+        if v == ref_flat.get(k):
+            continue
+        if k in ("milestones", "cbf_milestones") and epochs_changed:
+            scaled = Config.from_flat({"dataset": flat["dataset"], "epochs": flat["epochs"]}).to_flat()[k]
+            if list(v) == list(scaled):
+                continue
+        if k in flags:
+            parts += [flags[k], str(v)]
+        else:
+            parts += ["--set", f"{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}"]
+    return " ".join(parts)
+
+
+def print_search_summary(exp: str | os.PathLike, file=None) -> dict | None:
+    from tabulate import tabulate
+
+    from tune.spaces import SEARCHED, fmt_value
+
+    docs = read_trials(exp)
+    rows = []
+    for d in sorted(docs, key=lambda d: d["trial_id"]):
+        last = d["phases"][-1] if d["phases"] else {}
+        rows.append([d["trial_id"], d.get("status"), f"{len(d['phases']) - 1}/{d['num_phases']}",
+                     *[fmt_value(d["config"].get(k)) for k in SEARCHED], fmt_value(last.get(METRIC, math.nan))])
+    print(f"\nsearch trials ({Path(exp)}; {METRIC} at the last phase reached):", file=file)
+    print(tabulate(rows, headers=["trial", "status", "phases", *SEARCHED, METRIC], tablefmt="github"), file=file)
+    best = best_trial(exp)
+    if best is None:
+        print("\nno trial finished every phase: no best config", file=file)
+        return None
+    print(f"\nbest config (among {sum(is_finished(d) for d in docs)} trials that finished every phase): "
+          f"trial {best['trial_id']}, {METRIC} = {best['phases'][-1][METRIC]:.2f}", file=file)
+    print("  " + ", ".join(f"{k}={fmt_value(best['config'][k])}" for k in SEARCHED), file=file)
+    print("  " + train_command(best["config"]), file=file)
+    return best

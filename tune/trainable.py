@@ -1,0 +1,164 @@
+"""The Ray Tune function trainable: ``lucir.run`` with one ``tune.report`` per phase (DESIGN §2, §6).
+
+A trial's ``config`` is a dict of flat lucir config keys (``Config.from_flat``); runner options
+(experiment folder, base cache, resources) come through ``tune.with_parameters`` so that the trial
+config (logged to MLflow, shown by Tune) holds only lucir fields.
+
+Per phase, in this order (a scheduler may stop the trial *at* the report, DESIGN §6):
+1. ``<exp>/trials/<trial_id>.json`` is rewritten atomically (status RUNNING, every completed phase);
+2. phase 0 only: the state is published to the shared base-phase cache when this trial trained it;
+3. ``tune.report(metrics, checkpoint=Checkpoint.from_directory(d))`` with ``d/state.pt``.
+
+A restarted trial (``FailureConfig.max_failures``, ``lucir resume``) continues from
+``tune.get_checkpoint()``: the phase in progress when it died is trained again, completed phases are not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lucir.checkpoint import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("lucir.tune")
+
+STATE_FILE = "state.pt"
+
+
+def runtime_overrides(config: dict, cpus: float, gpus: float) -> dict:
+    """Fill the runtime fields from the trial's resources unless the user set them explicitly.
+
+    threads = CPUs per trial (at least 1); with a fractional GPU the trial caps its GPU memory to its
+    share (Ray does not, DESIGN §6); with no GPU the trial runs on the CPU.
+    """
+    flat = dict(config)
+    if not flat.get("threads"):
+        flat["threads"] = max(1, int(cpus))
+    if gpus and 0 < gpus < 1 and not flat.get("gpu_memory_fraction"):
+        flat["gpu_memory_fraction"] = float(gpus)
+    if not gpus and flat.get("device", "auto") == "auto":
+        flat["device"] = "cpu"
+    return flat
+
+
+def trial_doc(trial_id: str, trial_name: str, sweep: str, cfg, state: dict, status: str,
+              base_cache: str, error: str | None = None) -> dict:
+    doc = {"trial_id": trial_id, "trial_name": trial_name, "sweep": sweep, "config": cfg.to_flat(),
+           "phases": [dict(r) for r in state["results"]] if state else [],
+           "num_phases": cfg.protocol.phases,
+           "acc_matrix_cnn": [list(r) for r in state["acc_cnn"]] if state else [],
+           "acc_matrix_nme": [list(r) for r in state["acc_nme"]] if state else [],
+           "status": status, "base_cache": base_cache}
+    if error is not None:
+        doc["error"] = error
+    return doc
+
+
+def report_metrics(result_metrics: dict, num_phases: int) -> dict:
+    m = dict(result_metrics)
+    m["num_phases"] = num_phases
+    return m
+
+
+def _report(metrics: dict, state: dict) -> None:
+    from lucir.checkpoint import save_state
+    from ray import tune
+
+    d = tempfile.mkdtemp(prefix="lucir-ckpt-")
+    try:
+        save_state(state, Path(d) / STATE_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus: float = 1.0,
+                    gpus: float = 0.0, cache_options: dict | None = None) -> None:
+    """Function trainable: resume, run the remaining phases, report each (see the module docstring)."""
+    import torch
+    from ray import tune
+
+    import lucir
+    from tune.base_cache import BaseCache
+
+    exp = Path(exp_dir)
+    ctx = tune.get_context()
+    trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
+    sweep = exp.name
+    cfg = lucir.Config.from_flat(runtime_overrides(config, cpus, gpus))
+    torch.set_num_threads(cfg.runtime.threads)
+    trials = exp / "trials"
+    trials.mkdir(parents=True, exist_ok=True)
+    doc_path = trials / f"{trial_id}.json"
+    progress_path = trials / f"{trial_id}.progress"
+    P = cfg.protocol.phases
+
+    state = None
+    cache_status = "off"
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = lucir.load_state(Path(d) / STATE_FILE)
+        try:
+            cache_status = json.loads(doc_path.read_text()).get("base_cache", "off")
+        except (OSError, ValueError):
+            pass
+        log.info("trial %s resumes after phase %d", trial_id, state["phase"])
+
+    def progress(phase: int, epoch: int = -1, loss: float | None = None) -> None:
+        atomic_write_text(progress_path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                     "phase": phase, "epoch": epoch, "loss": loss,
+                                                     "time": time.time()}) + "\n")
+
+    def publish_phase(st: dict, metrics: dict) -> None:
+        atomic_write_json(doc_path, trial_doc(trial_id, trial_name, sweep, cfg, st, "RUNNING", cache_status))
+
+    claim = None
+    try:
+        if state is None and base_cache:
+            cache = BaseCache(exp / "base_cache", **(cache_options or {}))
+            progress(0)
+            look = cache.lookup(cfg.base_key(), who=trial_id)
+            cache_status = look.status
+            if look.status == "hit":
+                state = dict(look.state)
+                state["config"] = cfg.identity()
+                metrics = report_metrics(state["results"][0], P)
+                publish_phase(state, metrics)
+                _report(metrics, state)
+            else:
+                claim = look.claim
+        start = state["phase"] + 1 if state is not None else 0
+        progress(start)
+        for result, st in lucir.run(cfg, state, on_epoch=lambda ph, ep, loss: progress(ph, ep, loss)):
+            metrics = report_metrics(result.metrics(), P)
+            publish_phase(st, metrics)
+            if result.phase == 0 and claim is not None:
+                claim.publish(st, {"trial_id": trial_id, "config": cfg.identity()})
+                claim = None
+            if result.phase < P:
+                progress(result.phase + 1)
+            _report(metrics, st)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def make_trainable(exp_dir: str, *, cpus: float = 1.0, gpus: float = 0.0, base_cache: bool = True,
+                   cache_options: dict | None = None):
+    """The trainable as given to ``Tuner`` / ``Tuner.restore``: parameters bound, resources attached."""
+    from ray import tune
+
+    fn = tune.with_parameters(lucir_trainable, exp_dir=str(Path(exp_dir).absolute()), base_cache=base_cache,
+                              cpus=cpus, gpus=gpus, cache_options=cache_options or {})
+    resources: dict[str, Any] = {"cpu": cpus}
+    if gpus:
+        resources["gpu"] = gpus
+    return tune.with_resources(fn, resources)
