@@ -1,0 +1,296 @@
+"""``lucir report <experiment folder>``: tables, figures and an index.md in one report folder.
+
+The folder is built in a temporary sibling (``.<name>.tmp-<pid>``) and renamed into place, so a crash
+never leaves a half-written report; an older report at the same place is replaced as a whole. The report
+is then logged as artifacts (``report/``) of the sweep's MLflow parent run named in
+``lucir_experiment.json`` (``parent_run_id``, ``mlflow_uri``), when that run can be reached.
+
+Layout::
+
+    <out>/index.md                        summary, links to every table and figure, missing trials
+    <out>/tables/summary.{csv,md,tex}     per protocol x preset: mean ± std over seeds
+    <out>/tables/summary_numeric.csv      the same as numbers (mean and std columns)
+    <out>/tables/ablation_<protocol>.*    rows = ladder rungs, columns = phase counts
+    <out>/tables/search_top.*             top-k configurations (searches / varied hyperparameters)
+    <out>/tables/param_importances.*      Optuna fANOVA importances (when a study journal exists)
+    <out>/tables/trials.*                 every trial: status, phases done / total, objective
+    <out>/tables/long.csv                 the long frame (trial x phase)
+    <out>/figures/*.png                   accuracy curves, ablation bars, search history, slices
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from analysis import plots, tables
+from analysis.results import Experiment, ExperimentError, read_experiment, trial_overview, utc
+
+FORMATS = ("csv", "md", "tex")
+EMPTY_EXIT = 2
+
+
+@dataclass
+class Report:
+    """What ``build_report`` wrote."""
+
+    out: Path
+    index: Path
+    tables: list[Path] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    main_table: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
+    mlflow_logged: bool = False
+
+
+class EmptyExperimentError(ExperimentError):
+    """The experiment has no trial yet: there is nothing to report."""
+
+
+def _md_link(path: Path, root: Path) -> str:
+    rel = path.relative_to(root).as_posix()
+    return f"[{path.name}]({rel})"
+
+
+def _bullet_table_links(paths: list[Path], root: Path) -> str:
+    return " · ".join(_md_link(p, root) for p in paths)
+
+
+def build_report(exp_path: str | os.PathLike, out: str | os.PathLike | None = None,
+                 formats: Iterable[str] = FORMATS, *, top_k: int = 10, mlflow: bool = True,
+                 echo: Callable[[str], None] = print) -> Report:
+    """Write the report of the experiment at ``exp_path`` to ``out`` (default ``<exp>/report``).
+
+    Raises ``ExperimentError`` for a folder that is not an experiment and ``EmptyExperimentError`` when
+    it has no trial. Unfinished and failed trials are listed in the report, never silently dropped.
+    """
+    formats = tuple(formats)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"--formats {','.join(formats)} is invalid: allowed a comma list of {', '.join(FORMATS)}")
+    exp = read_experiment(exp_path)
+    if not exp.trials:
+        raise EmptyExperimentError(
+            f"{exp.path} has no trials yet (trials/ is empty and MLflow holds no trial run): nothing to report. "
+            f"Start the sweep, or finish an interrupted one with `lucir resume {exp.path}`.")
+    out = Path(out).expanduser().absolute() if out else exp.path / "report"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        rep = _write_report(exp, tmp, formats, top_k)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # paths now live under out
+    rep.tables = [out / p.relative_to(tmp) for p in rep.tables]
+    rep.figures = [out / p.relative_to(tmp) for p in rep.figures]
+    rep.out, rep.index = out, out / "index.md"
+    if rep.main_table is not None:
+        echo(tables.to_markdown(rep.main_table).rstrip())
+    for n in rep.notes:
+        echo(f"note: {n}")
+    if mlflow:
+        rep.mlflow_logged, msg = log_to_mlflow(exp, out)
+        echo(msg)
+    else:
+        echo("MLflow: not logged (--no-mlflow)")
+    echo(f"report: {rep.index}")
+    return rep
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished temporary folder to ``out``; an older report there is replaced as a whole."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: int) -> Report:
+    df = exp.frame
+    tdir, fdir = root / "tables", root / "figures"
+    tdir.mkdir()
+    fdir.mkdir()
+    rep = Report(out=root, index=root / "index.md", notes=list(exp.notes))
+    written: dict[str, list[Path]] = {}
+
+    def export(name: str, table: pd.DataFrame, index: bool = False, caption: str | None = None) -> list[Path]:
+        paths = tables.export_table(table, tdir / name, formats, index=index, caption=caption)
+        written[name] = paths
+        rep.tables += paths
+        return paths
+
+    # tables ------------------------------------------------------------------------------------------
+    summary = tables.summary_table(df)
+    main = tables.format_summary(summary)
+    rep.main_table = main
+    export("summary", main, caption=f"{exp.name}: mean ± std over seeds (finished trials only)")
+    p = tdir / "summary_numeric.csv"
+    tables._atomic_write(p, summary.to_csv(index=False, float_format="%.4f"))
+    rep.tables.append(p)
+    abl = tables.ablation_tables(df)
+    abl_names = {}
+    for label, tab in abl.items():
+        name = f"ablation_{tables.slug(label)}"
+        export(name, tab, index=True, caption=f"Ablation, {label}: average incremental accuracy (CNN, %)")
+        abl_names[label] = name
+    objective, mode = exp.metric, exp.mode
+    params = tables.searched_params(df, exp.meta)
+    is_search = exp.meta.get("kind") == "search" or bool(params)
+    top = tables.search_summary(df, exp.meta, k=top_k, metric=objective, mode=mode) if is_search else None
+    if top is not None and len(top):
+        export("search_top", top)
+    imp, imp_note = (tables.param_importances(exp.path, exp.meta.get("optuna_study") or exp.name, params)
+                     if exp.path is not None else (None, "no experiment folder"))
+    if imp is not None:
+        export("param_importances", imp)
+    overview = trial_overview(df)
+    export("trials", overview)
+    p = tdir / "long.csv"
+    tables._atomic_write(p, df.to_csv(index=False, float_format="%.4f"))
+    rep.tables.append(p)
+    best = tables.best_trial(df, metric=objective, mode=mode)
+    best_cmd = tables.best_command_line(tables.config_of(best)) if best is not None else None
+
+    # figures -----------------------------------------------------------------------------------------
+    acc_figs = plots.accuracy_curves(df, fdir)
+    abl_figs = plots.ablation_bars(df, fdir) if df["preset"].nunique() > 1 else []
+    hist_figs = plots.search_history(df, fdir, metric=objective, mode=mode) if is_search else []
+    slice_figs = plots.param_slices(df, fdir, params=params, metric=objective) if is_search and params else []
+    rep.figures = acc_figs + abl_figs + hist_figs + slice_figs
+
+    # index.md ----------------------------------------------------------------------------------------
+    n = len(exp.trials)
+    counts = overview["status"].value_counts().to_dict()
+    n_fin = int(overview["finished"].sum())
+    lines = [f"# Report: {exp.name}", ""]
+    meta = exp.meta
+    if meta.get("argv"):
+        lines += ["Command: `" + " ".join(str(a) for a in meta["argv"]) + "`", ""]
+    info = [f"kind: {meta.get('kind', '?')}", f"created: {meta.get('created', '?')}",
+            f"objective: {objective} ({mode}) at the last phase",
+            f"source: {exp.source}" + (f" ({exp.path})" if exp.path else "")]
+    lines += ["- " + i for i in info] + [""]
+    lines += [f"**Trials: {n}**: {n_fin} finished (counted in the tables), "
+              + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("TERMINATED", "PRUNED", "RUNNING", "ERROR")
+                          if counts.get(s, 0)) + ".", ""]
+    lines += ["## Summary (mean ± std over seeds, finished trials only)", "",
+              "Average incremental accuracy includes the base phase (DESIGN §4); *last acc* and *forgetting* "
+              "are at the last phase; *excluded* counts the group's trials that did not finish.", "",
+              tables.to_markdown(main), "Files: " + _bullet_table_links(written["summary"], root)
+              + f" · [summary_numeric.csv](tables/summary_numeric.csv)", ""]
+    if abl:
+        lines += ["## Ablation (average incremental accuracy, CNN, %)", ""]
+        for label, tab in abl.items():
+            lines += [f"### {label}", "", tables.to_markdown(tab, index=True),
+                      "Files: " + _bullet_table_links(written[abl_names[label]], root), ""]
+    if is_search:
+        lines += ["## Search", ""]
+        if top is not None and len(top):
+            lines += [f"Top {len(top)} finished trials by {objective} at the last phase:", "",
+                      tables.to_markdown(top), "Files: " + _bullet_table_links(written["search_top"], root), ""]
+        else:
+            lines += ["No trial has finished every phase yet: no best configuration.", ""]
+        if imp is not None:
+            lines += ["Parameter importances: " + imp_note, "", tables.to_markdown(imp, floatfmt=".3f"),
+                      "Files: " + _bullet_table_links(written["param_importances"], root), ""]
+        else:
+            lines += [f"Parameter importances: {imp_note}.", ""]
+    if best is not None:
+        lines += [f"## Best configuration", "",
+                  f"Trial `{best['trial_id']}` ({best['preset']}, seed {best['seed']}): "
+                  f"{objective} = {best[objective]:.2f} at the last phase. Reproduce it with:", "",
+                  "```", best_cmd, "```", ""]
+    if rep.figures:
+        lines += ["## Figures", ""]
+        for f in rep.figures:
+            rel = f.relative_to(root).as_posix()
+            lines += [f"### {f.stem}", "", f"![{f.stem}]({rel})", ""]
+    lines += ["## Unfinished and failed trials", ""]
+    missing = overview[~overview["finished"]]
+    if len(missing):
+        lines += [f"{len(missing)} of {n} trials did not finish every phase and are **not** counted in the tables:",
+                  ""]
+        show = missing[[c for c in ("trial_id", "preset", "dataset", "phases", "seed", "status", "phases_done",
+                                    "phases_total", "error") if c in missing]].copy()
+        show["error"] = show["error"].map(lambda e: (str(e).splitlines() or [""])[0][:120])
+        lines += [tables.to_markdown(show), ""]
+        if (missing["status"] == "RUNNING").any():
+            lines += [f"Trials still RUNNING after the sweep ended belong to an interrupted sweep: "
+                      f"`lucir resume {exp.path}` finishes them.", ""]
+        rep.notes.append(f"{len(missing)} of {n} trials unfinished or failed (listed in index.md): "
+                         + ", ".join(f"{k} {v}" for k, v in missing["status"].value_counts().items()))
+    else:
+        lines += ["None: every trial finished every phase.", ""]
+    lines += ["## All files", "", "Tables: " + _bullet_table_links(rep.tables, root), ""]
+    if rep.figures:
+        lines += ["Figures: " + _bullet_table_links(rep.figures, root), ""]
+    if exp.notes:
+        lines += ["## Notes", ""] + [f"- {x}" for x in exp.notes] + [""]
+    lines += [f"_Generated by `lucir report` at {utc(pd.Timestamp.now(tz='UTC').timestamp())}._", ""]
+    tables._atomic_write(rep.index, "\n".join(lines))
+    return rep
+
+
+# --------------------------------------------------------------------------- MLflow
+def log_to_mlflow(exp: Experiment, out: Path, artifact_path: str = "report") -> tuple[bool, str]:
+    """Log ``out`` as artifacts of the sweep's parent run; (logged?, a line saying what happened)."""
+    uri, run_id = exp.meta.get("mlflow_uri"), exp.meta.get("parent_run_id")
+    if not uri or not run_id:
+        return False, ("MLflow: not logged (lucir_experiment.json names no "
+                       + " and no ".join(k for k, v in (("mlflow_uri", uri), ("parent_run_id", run_id)) if not v)
+                       + ")")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return False, f"MLflow: not logged (store {uri} does not exist)"
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # an unreachable server fails fast
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        client.get_run(run_id)
+        client.log_artifacts(run_id, str(out), artifact_path=artifact_path)
+    except Exception as exc:  # noqa: BLE001 - the report on disk is what matters; say why MLflow failed
+        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return False, f"MLflow: not logged ({uri}, run {run_id} unreachable: {type(exc).__name__}: {msg})"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return True, f"MLflow: report logged as artifacts '{artifact_path}/' of parent run {run_id} ({uri})"
+
+
+def run_report(exp_path: str, out: str | None, formats: Iterable[str], mlflow: bool, top_k: int = 10) -> int:
+    """The ``lucir report`` command: 0 on success, 2 for no experiment / no trials / bad options."""
+    try:
+        build_report(exp_path, out, formats, top_k=top_k, mlflow=mlflow)
+    except EmptyExperimentError as exc:
+        print(f"lucir report: {exc}", file=sys.stderr)
+        return EMPTY_EXIT
+    except (ExperimentError, ValueError) as exc:
+        print(f"lucir report: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,460 @@
+"""Read an experiment into one long DataFrame: one row per trial x phase (DESIGN §2, §4).
+
+Two sources give the same frame for the same trials:
+
+* the experiment folder the runner writes (``docs/EXPERIMENT_LAYOUT.md``): ``lucir_experiment.json``
+  and one ``trials/<trial_id>.json`` per trial (config, per-phase metrics, accuracy matrices, status);
+* an MLflow experiment: one child run per trial (params = the flat config, metrics with
+  ``step = phase``, tags ``lucir.trial_id``, ``lucir.preset``, ``lucir.sweep``, ``lucir.status``) under
+  a parent run per sweep.
+
+Failed, pruned and unfinished trials are kept: a trial that never reported a phase is one row with
+``phase`` missing (``pd.NA``), so every trial the runner started appears in the frame. A trial is
+``finished`` when it reported every phase (``len(phases) == config["phases"] + 1``) and did not fail.
+
+This module knows nothing of training; it only uses the field names and types of ``lucir.config``
+to give every config column one dtype whichever source it came from.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+EXPERIMENT_FILE = "lucir_experiment.json"
+TRIALS_DIR = "trials"
+JOURNAL_FILE = "optuna_journal.log"
+
+STATUSES = ("TERMINATED", "RUNNING", "PRUNED", "ERROR")
+#: Protocol columns: trials with equal values ran the same class-incremental protocol.
+PROTOCOL = ("dataset", "base_classes", "phases", "exemplars_per_class", "memory_total")
+#: The LUCIR hyperparameters (DESIGN §3) and the search space of ``lucir search``.
+HYPERPARAMS = ("eta_init", "lambda_base", "margin", "K")
+#: DESIGN §4 metrics, in that order.
+METRICS = ("acc_cnn", "acc_nme", "acc_old_cnn", "acc_new_cnn", "avg_inc_acc_cnn", "avg_inc_acc_nme",
+           "forgetting_cnn", "train_seconds")
+#: Other per-phase values the trainer reports.
+EXTRA_METRICS = ("phase_seconds", "eta", "lambda", "exemplars")
+OBJECTIVE = "avg_inc_acc_cnn"
+
+_ID_COLS = ("trial_id", "trial_name", "sweep", "preset")
+_LEAD_CONFIG = PROTOCOL + ("seed",) + HYPERPARAMS
+_TAIL_COLS = ("status", "finished", "phases_done", "error", "base_cache", "updated")
+
+
+class ExperimentError(RuntimeError):
+    """The experiment folder or MLflow experiment cannot be read (missing, not an experiment)."""
+
+
+# --------------------------------------------------------------------------- config field types
+def _config_fields() -> dict[str, str]:
+    """Flat config field -> type name ('int', 'float', 'bool', 'str', 'tuple[int, ...]'), in Config order."""
+    try:
+        from dataclasses import fields
+
+        from lucir.config import _SECTIONS
+    except ImportError:  # pragma: no cover - the trainer ships in the same wheel
+        return {}
+    return {f.name: str(f.type) for cls in _SECTIONS.values() for f in fields(cls)}
+
+
+CONFIG_FIELDS: dict[str, str] = _config_fields()
+RUNTIME_FIELDS = ("device", "bf16", "channels_last", "compile", "threads", "eval_batch_size",
+                  "gpu_memory_fraction", "data_root")
+
+
+def parse_param(text: Any, ftype: str | None = None) -> Any:
+    """A value back from its MLflow param string (``str(value)``): 'True' -> True, '[20, 25]' -> (20, 25)."""
+    if not isinstance(text, str):
+        return text
+    s = text.strip()
+    if ftype == "str":
+        return s
+    if s in ("True", "true"):
+        return True
+    if s in ("False", "false"):
+        return False
+    if s in ("None", "null", ""):
+        return None
+    if s[:1] in "[(":
+        try:
+            return tuple(ast.literal_eval(s))
+        except (ValueError, SyntaxError):
+            return s
+    for conv in (int, float):
+        try:
+            return conv(s)
+        except ValueError:
+            pass
+    return s
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """One Python type per config field, so JSON (5 vs 5.0) and MLflow ('5.0') sources agree."""
+    ftype = CONFIG_FIELDS.get(name)
+    value = parse_param(value, ftype)
+    if value is None or ftype is None:
+        return tuple(value) if isinstance(value, list) else value
+    try:
+        if ftype == "float":
+            return float(value)
+        if ftype == "int" and not isinstance(value, bool):
+            return int(value)
+        if ftype == "bool":
+            return bool(value)
+        if ftype.startswith("tuple"):
+            return tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    except (TypeError, ValueError):
+        return value
+    return value
+
+
+# --------------------------------------------------------------------------- records
+@dataclass
+class TrialRecord:
+    """One trial as the runner recorded it (source independent)."""
+
+    trial_id: str
+    trial_name: str = ""
+    sweep: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "RUNNING"
+    error: str = ""
+    base_cache: str = ""
+    acc_matrix_cnn: list[list[float]] = field(default_factory=list)
+    acc_matrix_nme: list[list[float]] = field(default_factory=list)
+    updated: float = math.nan  # POSIX time of the last record (file mtime or MLflow end time)
+
+    @property
+    def num_phases(self) -> int | None:
+        n = self.config.get("phases")
+        return int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None
+
+    @property
+    def finished(self) -> bool:
+        """Every phase reported (base included) and not failed: the only trials that count in tables."""
+        n = self.num_phases
+        return n is not None and len(self.phases) == n + 1 and self.status in ("TERMINATED", "RUNNING")
+
+
+@dataclass
+class Experiment:
+    """An experiment read from disk: metadata, one record per trial, the long frame, notes."""
+
+    path: Path | None
+    meta: dict[str, Any]
+    trials: list[TrialRecord]
+    frame: pd.DataFrame
+    source: str = "folder"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name") or (self.path.name if self.path else "experiment"))
+
+    @property
+    def metric(self) -> str:
+        return str(self.meta.get("metric") or OBJECTIVE)
+
+    @property
+    def mode(self) -> str:
+        return str(self.meta.get("mode") or "max")
+
+    def trial(self, trial_id: str) -> TrialRecord:
+        for t in self.trials:
+            if t.trial_id == trial_id:
+                return t
+        raise KeyError(trial_id)
+
+
+def frame_from_records(records: Iterable[TrialRecord]) -> pd.DataFrame:
+    """The long frame: one row per trial x reported phase; a trial with no phase is one row, phase NA."""
+    records = list(records)
+    cfg_keys: list[str] = [k for k in CONFIG_FIELDS]
+    for r in records:
+        cfg_keys += [k for k in r.config if k not in cfg_keys]
+    cfg_cols = [k for k in _LEAD_CONFIG if k in cfg_keys] + [k for k in cfg_keys if k not in _LEAD_CONFIG
+                                                              and k != "preset"]
+    extra: list[str] = []
+    for r in records:
+        for p in r.phases:
+            extra += [k for k in p if k not in METRICS and k not in EXTRA_METRICS
+                      and k not in ("phase", "classes_seen") and k not in extra]
+    metric_cols = list(METRICS) + list(EXTRA_METRICS) + extra
+    rows = []
+    for r in records:
+        cfg = {k: _coerce(k, r.config.get(k)) for k in cfg_keys}
+        base = {"trial_id": r.trial_id, "trial_name": r.trial_name, "sweep": r.sweep,
+                "preset": r.config.get("preset")}
+        base.update({k: cfg.get(k) for k in cfg_cols})
+        tail = {"status": r.status, "finished": r.finished, "phases_done": len(r.phases),
+                "error": r.error, "base_cache": r.base_cache, "updated": r.updated}
+        if not r.phases:
+            rows.append({**base, "phase": pd.NA, "classes_seen": pd.NA,
+                         **{m: math.nan for m in metric_cols}, **tail})
+        for p in sorted(r.phases, key=lambda p: p.get("phase", 0)):
+            rows.append({**base, "phase": p.get("phase"), "classes_seen": p.get("classes_seen"),
+                         **{m: _float(p.get(m)) for m in metric_cols}, **tail})
+    columns = list(_ID_COLS) + cfg_cols + ["phase", "classes_seen"] + metric_cols + list(_TAIL_COLS)
+    df = pd.DataFrame(rows, columns=columns)
+    for c in ("phase", "classes_seen", "phases_done"):
+        df[c] = pd.array([None if _missing(v) else int(v) for v in df[c]], dtype="Int64")
+    for c in metric_cols + ["updated"]:
+        df[c] = df[c].astype("float64")
+    df["finished"] = df["finished"].astype(bool)
+    for c in ("trial_id", "trial_name", "sweep", "status", "error", "base_cache"):
+        df[c] = df[c].fillna("").astype(object)
+    for c in cfg_cols:  # one dtype per config column (object columns keep tuples and None)
+        ftype = CONFIG_FIELDS.get(c)
+        vals = df[c]
+        try:
+            if ftype == "int":
+                df[c] = pd.array([None if _missing(v) else int(v) for v in vals], dtype="Int64")
+            elif ftype == "float":
+                df[c] = vals.astype("float64")
+            elif ftype == "bool":
+                df[c] = pd.array([None if _missing(v) else bool(v) for v in vals], dtype="boolean")
+        except (TypeError, ValueError):  # a value of another type: keep the column as it is
+            pass
+    df = df.sort_values(["trial_id", "phase"], na_position="first", kind="stable").reset_index(drop=True)
+    return df
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+def _float(v: Any) -> float:
+    if v is None or isinstance(v, bool):
+        return math.nan if v is None else float(v)
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# --------------------------------------------------------------------------- experiment folder
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)  # NaN tokens are Python's json default (EXPERIMENT_LAYOUT)
+
+
+def _trial_from_json(path: Path) -> TrialRecord:
+    trial_id = path.stem
+    try:
+        d = read_json(path)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        return TrialRecord(trial_id=trial_id, status="ERROR",
+                           error=f"unreadable {TRIALS_DIR}/{path.name}: {exc}", updated=_mtime(path))
+    status = str(d.get("status") or "RUNNING").upper()
+    phases = [p for p in (d.get("phases") or []) if isinstance(p, dict)]
+    return TrialRecord(trial_id=str(d.get("trial_id") or trial_id), trial_name=str(d.get("trial_name") or ""),
+                       sweep=str(d.get("sweep") or ""), config=dict(d.get("config") or {}), phases=phases,
+                       status=status, error=str(d.get("error") or ""), base_cache=str(d.get("base_cache") or ""),
+                       acc_matrix_cnn=d.get("acc_matrix_cnn") or [], acc_matrix_nme=d.get("acc_matrix_nme") or [],
+                       updated=_mtime(path))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return math.nan
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """``lucir_experiment.json`` of an experiment folder ({} when absent)."""
+    f = Path(path) / EXPERIMENT_FILE
+    if not f.exists():
+        return {}
+    try:
+        d = read_json(f)
+    except (OSError, ValueError) as exc:
+        raise ExperimentError(f"{f} is unreadable: {exc}") from exc
+    return d if isinstance(d, dict) else {}
+
+
+def read_experiment(path: str | os.PathLike, *, source: str = "auto") -> Experiment:
+    """Read an experiment folder.
+
+    ``source``: ``folder`` (``trials/*.json``), ``mlflow`` (the store named in ``lucir_experiment.json``)
+    or ``auto`` (the folder's trial files; MLflow only when there are none).
+    """
+    path = Path(path).expanduser().absolute()
+    if not path.is_dir():
+        raise ExperimentError(f"{path} is not an experiment folder (it does not exist or is not a directory)")
+    meta = read_meta(path)
+    notes: list[str] = []
+    tdir = path / TRIALS_DIR
+    files = sorted(tdir.glob("*.json")) if tdir.is_dir() else []
+    if not meta and not files:
+        raise ExperimentError(f"{path} is not an experiment folder: no {EXPERIMENT_FILE} and no {TRIALS_DIR}/*.json "
+                              "(give the folder `lucir ablate` or `lucir search` printed)")
+    if source == "mlflow" or (source == "auto" and not files and meta.get("mlflow_uri")):
+        uri, name = meta.get("mlflow_uri"), meta.get("mlflow_experiment") or meta.get("name")
+        if not uri or not name:
+            raise ExperimentError(f"{path / EXPERIMENT_FILE} names no mlflow_uri / mlflow_experiment")
+        if _sqlite_missing(uri):
+            if source == "mlflow":
+                raise ExperimentError(f"MLflow store {uri} does not exist")
+        else:
+            try:
+                exp = load_mlflow_experiment(uri, name)
+                exp.path, exp.meta = path, {**meta, **exp.meta, "name": meta.get("name", name)}
+                exp.notes.insert(0, f"trials read from MLflow ({uri}, experiment {name!r}): "
+                                    f"no {TRIALS_DIR}/*.json in the folder")
+                return exp
+            except ExperimentError as exc:
+                if source == "mlflow":
+                    raise
+                notes.append(f"no trials in MLflow either: {exc}")
+    records = [_trial_from_json(f) for f in files]
+    seen: dict[str, TrialRecord] = {}
+    for r in records:
+        if r.trial_id in seen:
+            notes.append(f"trial id {r.trial_id} appears in two files; the later one is kept")
+        seen[r.trial_id] = r
+    records = list(seen.values())
+    return Experiment(path=path, meta=meta, trials=records, frame=frame_from_records(records),
+                      source="folder", notes=notes)
+
+
+def load_experiment(path: str | os.PathLike) -> pd.DataFrame:
+    """The long DataFrame (trial x phase) of an experiment folder; see ``frame_from_records``."""
+    return read_experiment(path).frame
+
+
+# --------------------------------------------------------------------------- MLflow
+def _sqlite_missing(uri: str) -> bool:
+    """True for a ``sqlite:///`` URI whose file does not exist (MLflow would silently create it)."""
+    if not uri.startswith("sqlite:///"):
+        return False
+    return not Path(uri[len("sqlite:///"):]).exists()
+
+
+def _tag(tags: dict[str, str], *names: str, default: str = "") -> str:
+    for n in names:
+        if tags.get(n):
+            return tags[n]
+    return default
+
+
+_MLFLOW_STATUS = {"FAILED": "ERROR", "KILLED": "PRUNED", "RUNNING": "RUNNING", "SCHEDULED": "RUNNING"}
+
+
+def load_mlflow_experiment(tracking_uri: str, experiment_name: str) -> Experiment:
+    """Read the child runs (one per trial) of an MLflow experiment into records and the long frame."""
+    if _sqlite_missing(tracking_uri):
+        raise ExperimentError(f"MLflow store {tracking_uri} does not exist")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        raise ExperimentError(f"no MLflow experiment named {experiment_name!r} in {tracking_uri}")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time ASC"])
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    parents = [r for r in runs if not _tag(r.data.tags, "lucir.trial_id")]
+    meta: dict[str, Any] = {"mlflow_uri": tracking_uri, "mlflow_experiment": experiment_name}
+    if len(parents) == 1:
+        meta["parent_run_id"] = parents[0].info.run_id
+    records: dict[str, TrialRecord] = {}
+    notes: list[str] = []
+    for run in runs:
+        tags = run.data.tags
+        tid = _tag(tags, "lucir.trial_id")
+        if not tid:
+            continue
+        config = {k: parse_param(v, CONFIG_FIELDS.get(k)) for k, v in run.data.params.items()}
+        preset = _tag(tags, "lucir.preset", "preset")
+        if "preset" not in config and preset:
+            config["preset"] = preset
+        by_step: dict[int, dict[str, Any]] = {}
+        for key in run.data.metrics:
+            for m in client.get_metric_history(run.info.run_id, key):
+                by_step.setdefault(int(m.step), {"phase": int(m.step)})[key] = m.value
+        phases = [by_step[s] for s in sorted(by_step)]
+        for p in phases:
+            if "classes_seen" in p:
+                p["classes_seen"] = int(p["classes_seen"])
+            else:
+                p["classes_seen"] = _classes_seen(config, p["phase"])
+        status = _tag(tags, "lucir.status").upper()
+        n = config.get("phases")
+        if not status:
+            status = _MLFLOW_STATUS.get(run.info.status)
+            if status is None:  # FINISHED
+                status = "TERMINATED" if isinstance(n, int) and len(phases) == n + 1 else "PRUNED"
+        end = run.info.end_time
+        rec = TrialRecord(trial_id=tid, trial_name=_tag(tags, "lucir.trial_name", "mlflow.runName",
+                                                        default=run.info.run_name or ""),
+                          sweep=_tag(tags, "lucir.sweep", "sweep"), config=config, phases=phases, status=status,
+                          error=_tag(tags, "lucir.error"), base_cache=_tag(tags, "lucir.base_cache"),
+                          updated=(end / 1000.0) if end else math.nan)
+        if tid in records:
+            notes.append(f"trial {tid} has more than one MLflow run; the latest is kept")
+        records[tid] = rec
+    recs = list(records.values())
+    return Experiment(path=None, meta=meta, trials=recs, frame=frame_from_records(recs), source="mlflow",
+                      notes=notes)
+
+
+def _classes_seen(config: dict[str, Any], phase: int) -> int | None:
+    try:
+        b, n, p = int(config["base_classes"]), int(config["num_classes"]), int(config["phases"])
+        return b + phase * ((n - b) // p)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def load_mlflow(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
+    """The same long frame as ``load_experiment``, from the child runs of an MLflow experiment."""
+    return load_mlflow_experiment(tracking_uri, experiment_name).frame
+
+
+# --------------------------------------------------------------------------- helpers for tables/plots
+def last_phase(df: pd.DataFrame, finished_only: bool = True) -> pd.DataFrame:
+    """One row per trial: its last reported phase (only finished trials unless ``finished_only=False``)."""
+    d = df[df["finished"]] if finished_only else df
+    d = d.sort_values(["trial_id", "phase"], na_position="first", kind="stable")
+    return d.groupby("trial_id", sort=False, as_index=False).tail(1).reset_index(drop=True)
+
+
+def trial_overview(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial (all trials): id, preset, protocol, seed, status, phases done/total, objective."""
+    last = last_phase(df, finished_only=False)
+    cols = ["trial_id", "preset", *[c for c in PROTOCOL if c in last], "seed", "status", "finished",
+            "phases_done", OBJECTIVE, "error"]
+    out = last[[c for c in cols if c in last]].copy()
+    out.insert(out.columns.get_loc("phases_done") + 1, "phases_total",
+               (last["phases"] + 1).astype("Int64") if "phases" in last else pd.NA)
+    return out
+
+
+def describe_unfinished(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials that do not count in the tables (pruned, failed, still running), with what is missing."""
+    ov = trial_overview(df)
+    return ov[~ov["finished"]].reset_index(drop=True)
+
+
+def utc(ts: float) -> str:
+    if ts is None or (isinstance(ts, float) and math.isnan(ts)):
+        return ""
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
