@@ -47,14 +47,14 @@ def _init(module: nn.Module) -> None:
 class ResNetCifar(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs; n=5 gives ResNet-32 (feature_dim 64)."""
 
-    def __init__(self, n: int = 5, in_channels: int = 3):
+    def __init__(self, n: int = 5, in_channels: int = 3, last_relu: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         blocks, cin = [], 16
         for stage, (cout, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
             for i in range(n):
-                last = stage == 2 and i == n - 1
+                last = stage == 2 and i == n - 1 and not last_relu
                 blocks.append(BasicBlock(cin, cout, stride if i == 0 else 1, last=last))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
@@ -70,14 +70,15 @@ class ResNetCifar(nn.Module):
 class ResNet18(nn.Module):
     """ResNet-18 (ImageNet stem) with no ReLU after the last block of layer4 (feature_dim 512)."""
 
-    def __init__(self, in_channels: int = 3):
+    def __init__(self, in_channels: int = 3, last_relu: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         layers, cin = [], 64
         for stage, (cout, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2))):
             for i in range(2):
-                layers.append(BasicBlock(cin, cout, stride if i == 0 else 1, last=(stage == 3 and i == 1)))
+                layers.append(BasicBlock(cin, cout, stride if i == 0 else 1,
+                                         last=(stage == 3 and i == 1 and not last_relu)))
                 cin = cout
         self.blocks = nn.Sequential(*layers)
         self.feature_dim = 512
@@ -92,8 +93,9 @@ class ResNet18(nn.Module):
 class ConvNet(nn.Module):
     """Small conv net for 8x8 digits: 3 conv-BN layers (the last without ReLU), avg pool -> 64-d."""
 
-    def __init__(self, in_channels: int = 1, width: int = 32):
+    def __init__(self, in_channels: int = 1, width: int = 32, last_relu: bool = False):
         super().__init__()
+        self.last_relu = last_relu
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, 2 * width, 3, 2, 1, bias=False)
@@ -107,16 +109,20 @@ class ConvNet(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         x = self.bn3(self.conv3(x))  # no ReLU: features may be negative, as in the modified ResNets
+        if self.last_relu:
+            x = F.relu(x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-def make_backbone(name: str, in_channels: int) -> nn.Module:
+def make_backbone(name: str, in_channels: int, last_relu: bool = False) -> nn.Module:
+    """``last_relu=True`` gives the plain networks the reference uses for its FC baseline
+    (``resnet_cifar.py``: ReLU everywhere); the cosine rungs use the modified ones."""
     if name == "resnet32":
-        return ResNetCifar(5, in_channels)
+        return ResNetCifar(5, in_channels, last_relu)
     if name == "resnet18":
-        return ResNet18(in_channels)
+        return ResNet18(in_channels, last_relu)
     if name == "convnet":
-        return ConvNet(in_channels)
+        return ConvNet(in_channels, last_relu=last_relu)
     raise ValueError(f"backbone={name!r} is invalid: allowed one of ['convnet', 'resnet18', 'resnet32']")
 
 

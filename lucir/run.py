@@ -83,7 +83,7 @@ def build_model(cfg: Config, in_channels: int, head_spec: dict[str, Any]) -> Inc
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.protocol.seed)
         gen = torch.Generator().manual_seed(cfg.protocol.seed)
-        backbone = make_backbone(cfg.resolved_backbone(), in_channels)
+        backbone = make_backbone(cfg.resolved_backbone(), in_channels, last_relu=not cfg.method.cosine)
         if head_spec["kind"] == "cosine":
             head = CosineHead(backbone.feature_dim, head_spec["old"], head_spec["new"], cfg.method.eta_init, gen)
         else:
