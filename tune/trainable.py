@@ -100,25 +100,39 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
     progress_path = trials / f"{trial_id}.progress"
     P = cfg.protocol.phases
 
-    state = None
-    cache_status = "off"
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = lucir.load_state(Path(d) / STATE_FILE)
-        try:
-            cache_status = json.loads(doc_path.read_text()).get("base_cache", "off")
-        except (OSError, ValueError):
-            pass
-        log.info("trial %s resumes after phase %d", trial_id, state["phase"])
-
     def progress(phase: int, epoch: int = -1, loss: float | None = None) -> None:
         atomic_write_text(progress_path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                      "phase": phase, "epoch": epoch, "loss": loss,
                                                      "time": time.time()}) + "\n")
 
     def publish_phase(st: dict, metrics: dict) -> None:
+        lucir.save_state(st, state_path)
         atomic_write_json(doc_path, trial_doc(trial_id, trial_name, sweep, cfg, st, "RUNNING", cache_status))
+
+    state_path = trials / f"{trial_id}.state.pt"
+    state = None
+    cache_status = "off"
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = lucir.load_state(Path(d) / STATE_FILE)
+    # The trial's own copy of its latest state (written before each report) wins when it is newer:
+    # a driver killed between a report and its next experiment snapshot restores the trial with an
+    # older Tune checkpoint (or none); completed phases are still never trained twice (DESIGN §7).
+    if state_path.exists():
+        own = lucir.load_state(state_path)
+        if state is None or own["phase"] > state["phase"]:
+            state = own
+    if state is not None:
+        try:
+            cache_status = json.loads(doc_path.read_text()).get("base_cache", "off")
+        except (OSError, ValueError):
+            pass
+        log.info("trial %s resumes after phase %d", trial_id, state["phase"])
+        if state["phase"] >= P:  # finished, but the driver did not record it: report the last phase again
+            atomic_write_json(doc_path, trial_doc(trial_id, trial_name, sweep, cfg, state, "RUNNING", cache_status))
+            _report(report_metrics(state["results"][-1], P), state)
+            return
 
     claim = None
     try:

@@ -1,0 +1,113 @@
+"""The function trainable: one report per phase with the DESIGN §4 metrics and a checkpoint, the
+trials/<id>.json contract (docs/EXPERIMENT_LAYOUT.md), and the spaces/validation helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import lucir
+from lucir.config import ConfigError
+from tune_fixtures import METRIC_KEYS, TINY, ray_local  # noqa: F401
+from tune import spaces
+from tune.experiment import TrialStatusCallback, train_command
+from tune.trainable import STATE_FILE, make_trainable, runtime_overrides
+
+
+def _direct(flat: dict) -> list[lucir.PhaseResult]:
+    cfg = lucir.Config.from_flat(runtime_overrides(flat, 1, 0))
+    return [r for r, _ in lucir.run(cfg)]
+
+
+def test_trainable_reports_every_phase_with_checkpoint_and_trial_file(ray_local, tmp_path):  # noqa: F811
+    from ray import tune
+
+    exp = tmp_path / "exp"
+    flat = {**TINY, "preset": "lucir"}
+    tuner = tune.Tuner(make_trainable(str(exp), cpus=1, base_cache=False), param_space=flat,
+                       run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path),
+                                                 callbacks=[TrialStatusCallback(str(exp))], verbose=0))
+    grid = tuner.fit()
+    assert not grid.errors
+    res = grid[0]
+    df = res.metrics_dataframe
+    P = lucir.Config.from_flat(flat).protocol.phases
+    assert list(df["phase"]) == list(range(P + 1))  # one report per phase, base phase included
+    for k in METRIC_KEYS:
+        assert k in df.columns, k
+    assert (df["num_phases"] == P).all()
+    # the checkpoint holds the trainer state of the last phase
+    with res.checkpoint.as_directory() as d:
+        st = lucir.load_state(Path(d) / STATE_FILE)
+    assert st["phase"] == P
+
+    # trials/<id>.json: the layout contract
+    docs = list((exp / "trials").glob("*.json"))
+    assert len(docs) == 1
+    doc = json.loads(docs[0].read_text())
+    assert doc["trial_id"] == res.metrics["trial_id"]
+    assert doc["sweep"] == "exp" and doc["status"] == "TERMINATED" and doc["base_cache"] == "off"
+    assert doc["config"] == lucir.Config.from_flat(runtime_overrides(flat, 1, 0)).to_flat()
+    assert doc["num_phases"] == P and len(doc["phases"]) == P + 1
+    assert [p["phase"] for p in doc["phases"]] == list(range(P + 1))
+    assert math.isnan(doc["phases"][0]["acc_old_cnn"])  # NaN written as the JSON token NaN
+    assert [len(r) for r in doc["acc_matrix_cnn"]] == list(range(1, P + 2))
+    # CPU determinism: the same matrix as lucir.run outside Ray
+    direct = _direct(flat)
+    assert doc["acc_matrix_cnn"] == direct[-1].acc_matrix_cnn
+    assert doc["acc_matrix_nme"] == direct[-1].acc_matrix_nme
+    assert df["avg_inc_acc_cnn"].iloc[-1] == pytest.approx(direct[-1].avg_inc_acc_cnn)
+
+
+def test_runtime_overrides_follow_resources():
+    assert runtime_overrides({}, 2, 0) == {"threads": 2, "device": "cpu"}
+    assert runtime_overrides({"threads": 3}, 2, 0)["threads"] == 3
+    o = runtime_overrides({}, 1, 0.25)
+    assert o["gpu_memory_fraction"] == 0.25 and "device" not in o
+    assert "gpu_memory_fraction" not in runtime_overrides({}, 1, 1)
+    cfg = lucir.Config.from_flat(runtime_overrides({}, 1, 0.5))
+    assert cfg.runtime.gpu_memory_fraction == 0.5
+
+
+def test_ablation_space_and_validation():
+    s = spaces.ablation_space("digits", fixed={"epochs": 2}, presets=["lucir", "cn"], seeds=3,
+                              gridded=spaces.parse_grid_set(["phases=2,3"]))
+    assert s["preset"] == {"grid_search": ["lucir", "cn"]}
+    assert s["seed"] == {"grid_search": [0, 1, 2]}
+    assert s["phases"] == {"grid_search": [2, 3]}
+    pts = spaces.grid_points(s)
+    assert len(pts) == 2 * 3 * 2
+    # digits B4 leaves 6 classes: 4 phases is an uneven split -> named with its grid values
+    bad = spaces.ablation_space("digits", gridded=spaces.parse_grid_set(["phases=3,4"]))
+    with pytest.raises(ConfigError, match=r"grid point .*phases=4.*phases=4 is invalid"):
+        spaces.validate_points(spaces.grid_points(bad), ["preset", "phases"])
+    with pytest.raises(ConfigError, match="unknown config field"):
+        spaces.parse_grid_set(["nosuch=1,2"])
+    with pytest.raises(ConfigError, match="allowed a comma-separated list"):
+        spaces.parse_presets("lucir,nosuch")
+    with pytest.raises(ConfigError, match="--grid 'nosuch' is invalid"):
+        spaces.ablation_space("nosuch")
+    cifar = spaces.ablation_space("paper-cifar")
+    assert cifar["phases"] == {"grid_search": [5, 10, 25]} and cifar["base_classes"] == 50
+
+
+def test_search_space_respects_classes_per_phase():
+    base = lucir.Config.from_flat({"phases": 1})  # digits: 6 classes in one phase
+    space, text, points = spaces.search_space(base, {"phases": 1})
+    assert space["K"].upper == 7 and points == [{"eta_init": 1.0, "margin": 0.5, "K": 2, "lambda_base": 5.0}]
+    base3 = lucir.Config.from_flat({})  # 3 phases of 2 classes: K in 1..2
+    space, _, _ = spaces.search_space(base3, {})
+    assert space["K"].upper == 3
+    _, _, points = spaces.search_space(base3, {"margin": 0.3})
+    assert "margin" not in points[0]
+
+
+def test_train_command_reproduces_config():
+    flat = lucir.Config.from_flat({"epochs": 3, "margin": 0.25, "K": 1, "seed": 2}).to_flat()
+    cmd = train_command(flat)
+    assert cmd.startswith("lucir train --dataset digits --preset lucir")
+    assert "--epochs 3" in cmd and "--seed 2" in cmd and "--set margin=0.25" in cmd and "--set K=1" in cmd
+    assert "milestones" not in cmd  # scaled with --epochs
