@@ -1,0 +1,198 @@
+"""Cluster helpers: offline check of ``ray_cluster.yaml``, the shared ``storage_path`` (DESIGN §6).
+
+``validate_cluster_yaml(path)`` runs, without cloud credentials or network, the checks ``ray up``
+runs before it talks to the cloud: the JSON schema that ships in the ray wheel
+(``ray/autoscaler/ray-schema.json``) on the file as written (unknown keys, wrong types), then
+``prepare_config`` (provider defaults merged, setup commands merged, docker checked, per-type worker
+limits) and ``validate_config`` on the result; plus this project's own expectations (a GPU worker type,
+a head type that exists, worker limits that fit ``max_workers``).  Command line::
+
+    python -m tune.cluster ray_cluster.yaml
+
+``resolve_storage_path`` and ``verify_shared_storage`` make sure a sweep's ``storage_path`` is one that
+every node sees: a URI (``s3://``, ``gs://``...) or an absolute path on a shared file system.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "hdfs://", "az://", "memory://")
+
+
+class ClusterConfigError(ValueError):
+    """``ray_cluster.yaml`` breaks Ray's schema or this project's expectations; the message names where."""
+
+
+def _schema() -> dict:
+    import ray.autoscaler
+
+    with open(Path(ray.autoscaler.__file__).parent / "ray-schema.json") as f:
+        return json.load(f)
+
+
+def _where(err) -> str:
+    path = "/".join(str(p) for p in err.absolute_path)
+    return path or "<top level>"
+
+
+def validate_cluster_yaml(path: str | os.PathLike, require_gpu: bool = True) -> dict[str, Any]:
+    """Validate a Ray cluster launcher YAML offline; return the prepared config (defaults filled in).
+
+    Raises ``ClusterConfigError`` (a ``ValueError``) naming the file, the key path and the problem.
+    """
+    import jsonschema
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ClusterConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ClusterConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ClusterConfigError(f"{path}: a cluster config is a mapping, got {type(raw).__name__}")
+
+    # 1. the schema on the file as written: prepare_config would merge defaults over unknown keys first
+    validator = jsonschema.Draft7Validator(_schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {_where(e)}: {e.message}" for e in errors[:10]]
+        raise ClusterConfigError(f"{path}: does not match Ray's cluster schema (ray/autoscaler/ray-schema.json):\n"
+                                 + "\n".join(lines))
+    for key in ("provider", "available_node_types", "head_node_type"):
+        if key not in raw:
+            raise ClusterConfigError(f"{path}: {key!r} is missing (required for a multi-node-type cluster)")
+    types = raw["available_node_types"]
+    if raw["head_node_type"] not in types:
+        raise ClusterConfigError(f"{path}: head_node_type={raw['head_node_type']!r} is not one of "
+                                 f"available_node_types {sorted(types)}")
+
+    # 2. what `ray up` does before it contacts the provider
+    try:
+        prepared = prepare_config(copy.deepcopy(raw))
+        validate_config(prepared)
+    except jsonschema.ValidationError as exc:
+        raise ClusterConfigError(f"{path}: after Ray's defaults were filled in, {_where(exc)}: {exc.message}") from exc
+    except (ValueError, KeyError, AssertionError, RuntimeError) as exc:
+        raise ClusterConfigError(f"{path}: rejected by ray.autoscaler prepare/validate_config: {exc}") from exc
+
+    # 3. this project's expectations
+    total = prepared.get("max_workers", 0)
+    workers = {n: t for n, t in prepared["available_node_types"].items() if n != prepared["head_node_type"]}
+    for name, t in workers.items():
+        if t.get("min_workers", 0) > t.get("max_workers", 0):
+            raise ClusterConfigError(f"{path}: available_node_types/{name}: min_workers={t['min_workers']} > "
+                                     f"max_workers={t['max_workers']}")
+        if t.get("min_workers", 0) > total:
+            raise ClusterConfigError(f"{path}: available_node_types/{name}: min_workers={t['min_workers']} > "
+                                     f"the cluster's max_workers={total}")
+    if require_gpu and not any(float(t.get("resources", {}).get("GPU", 0)) > 0 for t in workers.values()):
+        raise ClusterConfigError(f"{path}: no worker node type declares GPUs (resources: {{\"GPU\": N}}); "
+                                 f"worker types: {sorted(workers)}")
+    commands = " ".join(str(c) for c in prepared.get("worker_setup_commands", []))
+    if "pip install" not in commands:
+        raise ClusterConfigError(f"{path}: setup_commands never `pip install` this project on the workers")
+    return prepared
+
+
+def summarize(prepared: dict) -> str:
+    lines = [f"cluster {prepared.get('cluster_name')!r}: provider {prepared['provider'].get('type')}, "
+             f"max_workers {prepared.get('max_workers')}"]
+    for name, t in prepared["available_node_types"].items():
+        role = "head" if name == prepared["head_node_type"] else "worker"
+        inst = t.get("node_config", {}).get("InstanceType", "")
+        lines.append(f"  {role:6s} {name:10s} {inst:14s} resources={t.get('resources', {})} "
+                     f"workers {t.get('min_workers', 0)}..{t.get('max_workers', 0)}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- storage
+def resolve_storage_path(storage_path: str | os.PathLike) -> str:
+    """A ``storage_path`` for ``RunConfig``: URIs unchanged, local paths absolute (trials run elsewhere).
+
+    ``~`` is expanded; a ``file://`` URI becomes its path.  Ray resolves relative paths against the
+    trial's working directory, which is why they are refused by being made absolute here (DESIGN §6).
+    """
+    s = str(storage_path).strip()
+    if not s:
+        raise ValueError("storage_path is empty: give an absolute path on shared storage or an s3:// URI")
+    if s.startswith(URI_SCHEMES):
+        return s
+    if s.startswith("file://"):
+        s = s[len("file://"):]
+    elif "://" in s:
+        raise ValueError(f"storage_path={storage_path!r}: unknown URI scheme; allowed a path or one of "
+                         f"{', '.join(URI_SCHEMES)}")
+    return str(Path(os.path.expanduser(s)).absolute())
+
+
+def verify_shared_storage(storage_path: str, timeout_s: float = 60.0) -> list[str]:
+    """Check that every alive Ray node sees ``storage_path`` (a local path; URIs are not checked).
+
+    The driver writes a marker file; a zero-CPU task pinned to each node (node affinity) reads it.
+    Returns the node ids checked; raises ``ValueError`` naming the nodes that do not see the marker.
+    Call after ``ray.init``; on a single node it is trivially true.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    s = resolve_storage_path(storage_path)
+    if s.startswith(URI_SCHEMES):
+        return []
+    Path(s).mkdir(parents=True, exist_ok=True)
+    marker = Path(s) / f".lucir-shared-{uuid.uuid4().hex}"
+    marker.write_text("lucir")
+
+    @ray.remote(num_cpus=0)
+    def _sees(p: str) -> tuple[str, bool]:
+        return ray.get_runtime_context().get_node_id(), os.path.exists(p)
+
+    try:
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+        refs = [_sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n, soft=False))
+                .remote(str(marker)) for n in nodes]
+        t0 = time.monotonic()
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if pending:
+            raise ValueError(f"storage_path {s!r}: {len(pending)} node(s) did not answer the shared-storage "
+                             f"check within {timeout_s:.0f} s")
+        results = ray.get(ready, timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
+    finally:
+        try:
+            marker.unlink()
+        except OSError:
+            pass
+    blind = [n for n, ok in results if not ok]
+    if blind:
+        raise ValueError(f"storage_path {s!r} is not shared: node(s) {blind} do not see it. Mount the same "
+                         "NFS/EFS folder at this path on every node, or use an s3:// storage path")
+    return [n for n, _ in results]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print("usage: python -m tune.cluster ray_cluster.yaml   (offline check against Ray's schema)")
+        return 2
+    try:
+        prepared = validate_cluster_yaml(argv[0])
+    except ClusterConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summarize(prepared))
+    print("ok: valid for ray up (offline check)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,561 @@
+"""MLflow logging of a sweep: a driver-side Ray Tune callback (DESIGN §6).
+
+One MLflow run per sweep (the *parent*, tagged ``lucir.role=sweep`` and ``lucir.sweep=<name>``) and one
+*child* run per trial, nested under it through the ``mlflow.parentRunId`` tag and found again by its
+``lucir.trial_id`` tag.  Everything happens on the driver, through an explicit
+``mlflow.MlflowClient(tracking_uri)``: no global MLflow state, nothing inside the trials.
+
+Why not Ray's ``MLflowLoggerCallback`` / ``setup_mlflow``: the former logs every result key with
+Ray's iteration as the step, the latter leaves runs ``RUNNING``.  Here:
+
+* metrics are the DESIGN §4 names plus ``eta``, ``lambda``, ``exemplars``, ``phase_seconds``, logged
+  with ``step = result["phase"]`` (NaN, e.g. ``acc_old_cnn`` of the base phase, is logged as NaN:
+  MLflow 3 stores it);
+* params are the trial's flat config (``trial.config``), completed with the fields of the full
+  ``lucir.Config`` it resolves to; tags are preset, protocol, dataset, base_classes, phases, seed, sweep;
+* on completion the per-phase table and both accuracy matrices (from ``<exp>/trials/<trial_id>.json``,
+  docs/EXPERIMENT_LAYOUT.md) are logged as CSV artifacts, any phase the callback missed is back-filled
+  from that file, and the run ends ``FINISHED`` (``FAILED`` on a trial error);
+* restore-safe: after ``Tuner.restore`` (the callback is unpickled from ``tuner.pkl``) the parent run is
+  found again (``parent_run_id`` of ``lucir_experiment.json``, else by tag), each trial's run is found
+  again by tag and put back to ``RUNNING``, and a (metric, step) already in a run's history is never
+  logged a second time.  An interrupted driver leaves the parent and the unfinished trials' runs
+  ``RUNNING``; the resumed sweep ends them.
+
+MLflow failures while logging (a tracking server restarting, say) are logged as warnings and do not
+kill the sweep; the trial-file back-fill at completion repairs missed phases.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sqlite3
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable
+
+from ray.tune import Callback
+
+logger = logging.getLogger(__name__)
+
+#: Metrics logged per phase: DESIGN §4 plus eta, lambda, exemplars, phase_seconds.
+METRICS = ("phase", "classes_seen", "acc_cnn", "acc_nme", "acc_old_cnn", "acc_new_cnn", "avg_inc_acc_cnn",
+           "avg_inc_acc_nme", "forgetting_cnn", "train_seconds", "phase_seconds", "eta", "lambda", "exemplars")
+
+TAG_ROLE = "lucir.role"            # "sweep" (parent run) or "trial" (child run)
+TAG_SWEEP = "lucir.sweep"
+TAG_TRIAL = "lucir.trial_id"
+TAG_EXP_DIR = "lucir.experiment_dir"
+TAG_STATUS = "lucir.status"        # TERMINATED / PRUNED / ERROR (same words as trials/<id>.json)
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+TRIAL_TAG_FIELDS = ("preset", "dataset", "base_classes", "phases", "seed")
+
+EXPERIMENT_FILE = "lucir_experiment.json"
+HTTP_TIMEOUT_S = 5.0
+
+
+# ----------------------------------------------------------------------------------------- URIs
+def default_tracking_uri(experiment_dir: str | os.PathLike) -> str:
+    """``sqlite:///<absolute experiment dir>/mlflow.db`` (the file store raises in MLflow >= 3.13)."""
+    return "sqlite:///" + str(Path(experiment_dir).resolve() / "mlflow.db")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (``sqlite:////abs`` absolute, ``sqlite:///rel`` relative)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    rest = uri[len("sqlite:"):]
+    if not rest.startswith("///"):
+        raise ValueError(f"MLflow tracking URI {uri!r} is not usable: a SQLite URI has the form "
+                         "sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    path = rest[3:].split("?", 1)[0]
+    if not path or path == ":memory:":
+        raise ValueError(f"MLflow tracking URI {uri!r} is not usable: an in-memory SQLite database does not "
+                         "outlive the driver; give a file, e.g. sqlite:////abs/exp/mlflow.db")
+    return Path(path)
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, before any trial starts, when ``uri`` cannot be used as an MLflow tracking store.
+
+    * ``http(s)://host:port``: the server must answer within a few seconds (``/health``, else the REST API);
+    * ``sqlite:///path``: the folder of the database is created and the file must be openable;
+    * a plain path or ``file:`` URI: refused, the file store raises in MLflow >= 3.13 (use sqlite);
+    * any other scheme (postgresql, mysql, databricks...): one query through ``MlflowClient``.
+
+    Raises ``ValueError`` whose message names the URI and what to do.
+    """
+    if not isinstance(uri, str) or not uri.strip():
+        raise ValueError(f"MLflow tracking URI {uri!r} is empty: use sqlite:////abs/path/mlflow.db or "
+                         "http://host:5000")
+    uri = uri.strip()
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        _check_http(uri)
+    elif scheme == "sqlite":
+        _check_sqlite(uri)
+    elif scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
+        raise ValueError(f"MLflow tracking URI {uri!r} is a file store, which MLflow >= 3.13 refuses: use "
+                         "sqlite:////<absolute folder>/mlflow.db (the default) or a tracking server "
+                         "http://host:5000")
+    else:
+        try:
+            from mlflow import MlflowClient
+
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - any failure means the URI is unusable
+            raise ValueError(f"MLflow tracking URI {uri!r} is not usable: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_http(uri: str) -> None:
+    base = uri.rstrip("/")
+
+    def get(path: str) -> int:
+        req = urllib.request.Request(base + path, headers={"User-Agent": "lucir-check"})
+        try:
+            with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        status = get("/health")
+        if status != 200:
+            status = get("/api/2.0/mlflow/experiments/search?max_results=1")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ValueError(f"MLflow tracking server {uri!r} is not reachable within {HTTP_TIMEOUT_S:.0f} s "
+                         f"({reason}); start it (e.g. `mlflow server --backend-store-uri "
+                         "sqlite:////abs/mlflow.db --host 0.0.0.0 --port 5000`) or pass another --mlflow-uri"
+                         ) from exc
+    if status in (401, 403):
+        logger.warning("MLflow tracking server %s answers %d (authentication required); MLflow's client "
+                       "will use MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN", uri, status)
+        return
+    if not 200 <= status < 300:
+        raise ValueError(f"MLflow tracking URI {uri!r} answers HTTP {status} on /health and on the REST API: "
+                         "it is not an MLflow tracking server")
+
+
+def _check_sqlite(uri: str) -> None:
+    path = _sqlite_path(uri)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"MLflow tracking URI {uri!r} is not usable: its folder {str(folder)!r} cannot be "
+                         f"created ({exc.strerror or exc})") from exc
+    if path.is_dir():
+        raise ValueError(f"MLflow tracking URI {uri!r} is not usable: {str(path)!r} is a folder, not a "
+                         "database file")
+    try:
+        con = sqlite3.connect(str(path), timeout=HTTP_TIMEOUT_S)
+        try:
+            con.execute("PRAGMA schema_version").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise ValueError(f"MLflow tracking URI {uri!r} is not usable: {str(path)!r} cannot be opened as a "
+                         f"SQLite database ({exc})") from exc
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"MLflow tracking URI {uri!r} is not usable: {str(path)!r} is not writable")
+
+
+# ----------------------------------------------------------------------------------------- files
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+        return obj if isinstance(obj, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_trial_artifacts(trial_file: dict, folder: Path) -> list[Path]:
+    """Write ``phases.csv``, ``acc_matrix_cnn.csv``, ``acc_matrix_nme.csv`` and ``trial.json``.
+
+    The matrices are phase x class group (group 0 = base classes); entries of groups not yet seen are empty.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    phases = [p for p in trial_file.get("phases") or [] if isinstance(p, dict)]
+    cols = list(METRICS) + sorted({k for p in phases for k in p} - set(METRICS))
+    path = folder / "phases.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for p in phases:
+            w.writerow([p.get(c, "") for c in cols])
+    out.append(path)
+    for key in ("acc_matrix_cnn", "acc_matrix_nme"):
+        mat = trial_file.get(key) or []
+        if not mat:
+            continue
+        width = max(len(r) for r in mat)
+        path = folder / f"{key}.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["phase"] + [f"group_{g}" for g in range(width)])
+            for t, row in enumerate(mat):
+                w.writerow([t] + list(row) + [""] * (width - len(row)))
+        out.append(path)
+    path = folder / "trial.json"
+    with open(path, "w") as f:
+        json.dump(trial_file, f, indent=2)
+    out.append(path)
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def _resolved_config(config: dict) -> dict[str, Any]:
+    """The flat ``lucir.Config`` a trial's config resolves to ({} when the trainer refuses it)."""
+    flat = _flatten(dict(config))
+    try:
+        from lucir.config import FIELD_SECTION, Config
+
+        return Config.from_flat({k: v for k, v in flat.items() if k in FIELD_SECTION}).to_flat()
+    except Exception:  # noqa: BLE001 - a config the trainer refuses still gets its literal params logged
+        return {}
+
+
+def trial_params(config: dict) -> dict[str, Any]:
+    """MLflow params of a trial: its flat config as given, completed with the fields it resolves to."""
+    return {**_resolved_config(config), **_flatten(dict(config))}
+
+
+def _param_str(v: Any) -> str:
+    s = json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
+    return s if len(s) <= 6000 else s[:5997] + "..."
+
+
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# ----------------------------------------------------------------------------------------- callback
+class MLflowCallback(Callback):
+    """Log a sweep to MLflow from the Tune driver: a parent run per sweep, a child run per trial.
+
+    Args:
+        tracking_uri: any MLflow tracking URI (``sqlite:////abs/exp/mlflow.db``, ``http://head:5000``).
+        experiment_name: MLflow experiment that holds the sweep (created when missing).
+        sweep_name: the sweep's name (Ray's experiment name); tag of the parent and of every child run.
+        experiment_dir: absolute experiment folder (docs/EXPERIMENT_LAYOUT.md): ``lucir_experiment.json``
+            receives ``parent_run_id``; ``trials/<trial_id>.json`` are logged as artifacts.
+        tags: extra tags for the parent and every child run.
+        metrics: the result keys logged per phase (default :data:`METRICS`).
+    """
+
+    def __init__(self, tracking_uri: str, experiment_name: str, sweep_name: str, experiment_dir: str,
+                 tags: dict | None = None, metrics: Iterable[str] = METRICS):
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.sweep_name = sweep_name
+        self.experiment_dir = str(Path(experiment_dir).absolute())
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self.metrics = tuple(metrics)
+        self.parent_run_id: str | None = None
+        self.experiment_id: str | None = None
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        self._client_obj = None
+        self._runs: dict[str, str] = {}                   # trial_id -> run_id
+        self._steps: dict[str, dict[str, set[int]]] = {}  # run_id -> metric -> steps logged
+        self._ended: set[str] = set()                     # trial ids whose run this driver ended
+
+    # pickling: Tuner pickles the RunConfig (callbacks included) into tuner.pkl and restores it from there
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for k in ("_client_obj", "_runs", "_steps", "_ended"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_caches()
+
+    @property
+    def client(self):
+        if self._client_obj is None:
+            from mlflow import MlflowClient
+
+            self._client_obj = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client_obj
+
+    # ------------------------------------------------------------------ parent run
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        self.experiment_id = self._get_or_create_experiment()
+        run = self._find_parent()
+        if run is None:
+            tags = {**self.tags, TAG_ROLE: "sweep", TAG_SWEEP: self.sweep_name, "sweep": self.sweep_name,
+                    TAG_EXP_DIR: self.experiment_dir}
+            run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.sweep_name)
+            logger.info("MLflow: sweep %s -> parent run %s (%s)", self.sweep_name, run.info.run_id,
+                        self.tracking_uri)
+        else:
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            logger.info("MLflow: sweep %s resumes parent run %s", self.sweep_name, run.info.run_id)
+        self.parent_run_id = run.info.run_id
+        self._store_parent_id()
+
+    def _get_or_create_experiment(self) -> str:
+        c = self.client
+        exp = c.get_experiment_by_name(self.experiment_name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                c.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        try:
+            return c.create_experiment(self.experiment_name, artifact_location=self._artifact_location())
+        except Exception:  # noqa: BLE001 - created concurrently by another driver: use it
+            exp = c.get_experiment_by_name(self.experiment_name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def _artifact_location(self) -> str | None:
+        """Artifacts beside a SQLite database (MLflow's default is ``./mlruns`` of the driver's cwd)."""
+        scheme = urllib.parse.urlparse(self.tracking_uri).scheme.lower()
+        if scheme in ("http", "https", "databricks"):
+            return None  # the server decides (mlflow server --artifacts-destination)
+        sq = _sqlite_path(self.tracking_uri) if scheme == "sqlite" else None
+        folder = (sq.resolve().parent if sq is not None else Path(self.experiment_dir)) / "mlartifacts"
+        return folder.as_uri()
+
+    def _find_parent(self):
+        c = self.client
+        info = _read_json(Path(self.experiment_dir) / EXPERIMENT_FILE) or {}
+        rid = info.get("parent_run_id")
+        if rid:
+            try:
+                run = c.get_run(rid)
+                if run.info.lifecycle_stage == "active" and run.info.experiment_id == self.experiment_id:
+                    return run
+            except Exception:  # noqa: BLE001 - id from another store: search by tag instead
+                pass
+        runs = c.search_runs([self.experiment_id],
+                             filter_string=f"tags.`{TAG_ROLE}` = 'sweep' and "
+                                           f"tags.`{TAG_SWEEP}` = {_quote(self.sweep_name)}",
+                             order_by=["attributes.start_time ASC"], max_results=100)
+        runs = [r for r in runs if r.data.tags.get(TAG_EXP_DIR) == self.experiment_dir] or runs
+        return runs[0] if runs else None
+
+    def _store_parent_id(self) -> None:
+        path = Path(self.experiment_dir) / EXPERIMENT_FILE
+        info = _read_json(path)
+        if info is None or info.get("parent_run_id") == self.parent_run_id:
+            return
+        info["parent_run_id"] = self.parent_run_id
+        try:
+            _atomic_write_json(path, info)
+        except OSError as exc:
+            logger.warning("MLflow: could not record parent_run_id in %s: %s", path, exc)
+
+    # ------------------------------------------------------------------ child runs
+    def _run_for(self, trial, reopen: bool = True) -> str:
+        """The trial's run id: cached, found again by tag (after a restore), or created."""
+        tid = trial.trial_id
+        if tid in self._runs:
+            return self._runs[tid]
+        if self.parent_run_id is None:
+            raise RuntimeError("MLflowCallback.setup() has not run")
+        c = self.client
+        found = c.search_runs([self.experiment_id],
+                              filter_string=f"tags.`{TAG_TRIAL}` = {_quote(tid)} and "
+                                            f"tags.`{TAG_PARENT}` = {_quote(self.parent_run_id)}",
+                              order_by=["attributes.start_time ASC"], max_results=10)
+        if found:
+            run = found[0]
+            rid = run.info.run_id
+            if len(found) > 1:
+                logger.warning("MLflow: trial %s has %d runs; using the oldest, %s", tid, len(found), rid)
+            if reopen and run.info.status != "RUNNING":
+                c.update_run(rid, status="RUNNING")
+            self._steps[rid] = {k: {m.step for m in c.get_metric_history(rid, k)} for k in run.data.metrics}
+            self._add_missing_params(rid, trial, run.data.params)
+        else:
+            full = {**_flatten(dict(trial.config)), **_resolved_config(trial.config)}
+            tags = {**self.tags, TAG_ROLE: "trial", TAG_SWEEP: self.sweep_name, "sweep": self.sweep_name,
+                    TAG_TRIAL: tid, TAG_PARENT: self.parent_run_id, TAG_EXP_DIR: self.experiment_dir}
+            for k in TRIAL_TAG_FIELDS:
+                if k in full:
+                    tags[k] = str(full[k])
+            if all(k in full for k in ("dataset", "base_classes", "phases")):
+                tags["protocol"] = f"{full['dataset']}-B{full['base_classes']}-P{full['phases']}"
+            run = c.create_run(self.experiment_id, tags=tags, run_name=str(trial))
+            rid = run.info.run_id
+            self._steps[rid] = {}
+            self._add_missing_params(rid, trial, {})
+        self._runs[tid] = rid
+        return rid
+
+    def _add_missing_params(self, run_id: str, trial, logged: dict) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(k, _param_str(v)) for k, v in trial_params(trial.config).items() if k not in logged]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=params[i:i + 100])
+
+    def _log_phase(self, run_id: str, values: dict, step: int) -> int:
+        from mlflow.entities import Metric
+
+        steps = self._steps.setdefault(run_id, {})
+        ts = int(time.time() * 1000)
+        batch = []
+        for k in self.metrics:
+            v = values.get(k)
+            if not _is_number(v) or step in steps.get(k, ()):
+                continue
+            batch.append(Metric(k, float(v), ts, step))
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+            for m in batch:
+                steps.setdefault(m.key, set()).add(step)
+        return len(batch)
+
+    def _trial_file(self, trial) -> dict | None:
+        return _read_json(Path(self.experiment_dir) / "trials" / f"{trial.trial_id}.json")
+
+    def _finish(self, trial, status: str, error: str | None = None) -> None:
+        rid = self._run_for(trial, reopen=False)
+        c = self.client
+        tf = self._trial_file(trial)
+        if tf is not None:
+            for p in tf.get("phases") or []:  # back-fill phases the driver did not see (e.g. while down)
+                if isinstance(p, dict) and _is_number(p.get("phase")):
+                    self._log_phase(rid, p, int(p["phase"]))
+            with tempfile.TemporaryDirectory(prefix="lucir-mlflow-") as tmp:
+                write_trial_artifacts(tf, Path(tmp))
+                c.log_artifacts(rid, tmp)
+        else:
+            logger.warning("MLflow: %s has no trial file under %s/trials; no artifacts logged", trial,
+                           self.experiment_dir)
+        if status == "FAILED":
+            c.set_tag(rid, TAG_STATUS, "ERROR")
+            if error:
+                c.set_tag(rid, "lucir.error", error[-4000:])
+        else:
+            done = len(self._steps.get(rid, {}).get("phase", ()))
+            phases = trial_params(trial.config).get("phases")
+            if tf is not None:
+                done = max(done, len(tf.get("phases") or []))
+                phases = tf.get("num_phases", phases)
+            complete = _is_number(phases) and done >= int(phases) + 1
+            c.set_tag(rid, TAG_STATUS, "TERMINATED" if complete else "PRUNED")
+        c.set_terminated(rid, status=status)
+        self._ended.add(trial.trial_id)
+
+    def _safely(self, what: str, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a logging failure must not kill the sweep
+            logger.warning("MLflow logging failed (%s) at %s: %s: %s", what, self.tracking_uri,
+                           type(exc).__name__, exc)
+
+    # ------------------------------------------------------------------ Tune hooks
+    def on_trial_start(self, iteration, trials, trial, **info):
+        def start():
+            rid = self._run_for(trial)
+            if trial.trial_id in self._ended:  # started again in this driver after it ended: reopen
+                self.client.update_run(rid, status="RUNNING")
+                self._ended.discard(trial.trial_id)
+
+        self._safely(f"start of {trial}", start)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        def log():
+            rid = self._run_for(trial)
+            step = result.get("phase")
+            if not _is_number(step):
+                step = int(result.get("training_iteration", 1)) - 1
+            self._log_phase(rid, result, int(step))
+
+        self._safely(f"result of {trial}", log)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._safely(f"completion of {trial}", self._finish, trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = None
+        try:
+            error = trial.get_error()
+            error = None if error is None else str(error)
+        except Exception:  # noqa: BLE001
+            pass
+        self._safely(f"error of {trial}", self._finish, trial, "FAILED", error)
+
+    def on_experiment_end(self, trials, **info):
+        """End the parent run, unless the sweep was interrupted (then resume reuses it, still RUNNING)."""
+        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        if unfinished:
+            logger.info("MLflow: sweep %s interrupted with %d unfinished trial(s); parent run %s stays "
+                        "RUNNING until `lucir resume`", self.sweep_name, len(unfinished), self.parent_run_id)
+            return
+
+        def end():
+            for t in trials:  # a finished trial whose end this driver never logged (callback error, restore)
+                if t.trial_id not in self._ended:
+                    run = self._existing_run(t)
+                    if run is not None and run.info.status == "RUNNING":
+                        self._finish(t, "FINISHED" if t.status == "TERMINATED" else "FAILED")
+            if self.parent_run_id is not None:
+                c = self.client
+                c.set_tag(self.parent_run_id, "lucir.trials", str(len(trials)))
+                c.set_tag(self.parent_run_id, "lucir.trials_error",
+                          str(sum(t.status == "ERROR" for t in trials)))
+                c.set_terminated(self.parent_run_id, status="FINISHED")
+
+        self._safely(f"end of sweep {self.sweep_name}", end)
+
+    def _existing_run(self, trial):
+        rid = self._runs.get(trial.trial_id)
+        if rid is not None:
+            return self.client.get_run(rid)
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{TAG_TRIAL}` = {_quote(trial.trial_id)} and "
+                                                f"tags.`{TAG_PARENT}` = {_quote(self.parent_run_id)}",
+            max_results=1)
+        return found[0] if found else None
+
+
+__all__ = ["MLflowCallback", "check_tracking_uri", "default_tracking_uri", "write_trial_artifacts", "METRICS"]
