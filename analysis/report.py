@@ -145,9 +145,10 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
     main = tables.format_summary(summary)
     rep.main_table = main
     export("summary", main, caption=f"{exp.name}: mean ± std over seeds (finished trials only)")
-    p = tdir / "summary_numeric.csv"
-    tables._atomic_write(p, summary.to_csv(index=False, float_format="%.4f"))
-    rep.tables.append(p)
+    if "csv" in formats:
+        p = tdir / "summary_numeric.csv"
+        tables._atomic_write(p, summary.to_csv(index=False, float_format="%.4f"))
+        rep.tables.append(p)
     abl = tables.ablation_tables(df)
     abl_names = {}
     for label, tab in abl.items():
@@ -166,9 +167,12 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
         export("param_importances", imp)
     overview = trial_overview(df)
     export("trials", overview)
-    p = tdir / "long.csv"
-    tables._atomic_write(p, df.to_csv(index=False, float_format="%.4f"))
-    rep.tables.append(p)
+    if "csv" in formats:
+        p = tdir / "long.csv"
+        tables._atomic_write(p, df.to_csv(index=False, float_format="%.4f"))
+        rep.tables.append(p)
+    if exp.meta.get("kind") == "search" and top is not None and len(top):
+        rep.main_table = top  # a search's headline is its best configurations, not one row per config
     best = tables.best_trial(df, metric=objective, mode=mode)
     best_cmd = tables.best_command_line(tables.config_of(best)) if best is not None else None
 
@@ -198,7 +202,7 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
               "Average incremental accuracy includes the base phase (DESIGN §4); *last acc* and *forgetting* "
               "are at the last phase; *excluded* counts the group's trials that did not finish.", "",
               tables.to_markdown(main), "Files: " + _bullet_table_links(written["summary"], root)
-              + f" · [summary_numeric.csv](tables/summary_numeric.csv)", ""]
+              + (" · [summary_numeric.csv](tables/summary_numeric.csv)" if "csv" in formats else ""), ""]
     if abl:
         lines += ["## Ablation (average incremental accuracy, CNN, %)", ""]
         for label, tab in abl.items():

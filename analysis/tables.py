@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 import tempfile
 from pathlib import Path
@@ -199,17 +200,22 @@ def ablation_tables(df: pd.DataFrame, metric: str = "avg_inc_acc_cnn") -> dict[s
 
 
 # --------------------------------------------------------------------------- search
+_DOMAIN = re.compile(r"^\s*(choice|uniform|quniform|loguniform|qloguniform|randint|qrandint|lograndint|"
+                     r"qlograndint|randn|qrandn|sample_from|grid_search)\b", re.I)
+_NOT_SEARCHED = set(PROTOCOL) | set(RUNTIME_FIELDS) | {"seed", "preset", "num_classes"}
+
+
 def searched_params(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> list[str]:
-    """Parameters a search varied: the non-constant entries of ``param_space``, else the varying fields."""
+    """Hyperparameters a search (or a grid) varied, protocol, preset and seed aside.
+
+    From ``param_space`` of ``lucir_experiment.json``: search domains written as text ("uniform(0.0, 1.0)",
+    "choice[0.5, 1.0]") and grids of more than one value; else the config fields that vary across trials.
+    """
     space = (meta or {}).get("param_space") or {}
-    out = []
-    for k, v in space.items():
-        if k in df.columns and not _is_constant_space(v):
-            out.append(k)
+    out = [k for k, v in space.items() if k in df.columns and k not in _NOT_SEARCHED and not _is_constant_space(v)]
     if not out:
-        out = [c for c in varying_fields(df, within=()) if c in df.columns]
-        out = [c for c in HYPERPARAMS if c in out] + [c for c in out if c not in HYPERPARAMS]
-    return out
+        out = [c for c in varying_fields(df, within=()) if c in df.columns and c not in _NOT_SEARCHED]
+    return [c for c in HYPERPARAMS if c in out] + [c for c in out if c not in HYPERPARAMS]
 
 
 def _is_constant_space(v: Any) -> bool:
@@ -218,8 +224,7 @@ def _is_constant_space(v: Any) -> bool:
             return len(v["grid_search"]) <= 1
         return False
     if isinstance(v, str):
-        # search ranges are written as text ("uniform(0.1, 1.0)", "randint(1, 3)")
-        return "(" not in v
+        return not _DOMAIN.match(v)
     return True
 
 

@@ -1,0 +1,177 @@
+"""Tables from synthetic experiments with known values: every number is checked against a hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from analysis_fixtures import make_trial, write_experiment
+
+from analysis.results import frame_from_records, load_experiment
+from analysis import tables
+
+
+def _frame(tmp_path, trials, **kw):
+    return load_experiment(write_experiment(tmp_path / "exp", trials, **kw))
+
+
+@pytest.fixture
+def known(tmp_path):
+    """lucir: seeds with avg_inc_acc_cnn 60, 62, 64 (forgetting 10, 13, 19); joint: one seed at 70;
+    a pruned lucir trial at 99 (must not count); all digits B4 3 phases."""
+    trials = [make_trial("l0", preset="lucir", seed=0, acc=60.0, forgetting=10.0),
+              make_trial("l1", preset="lucir", seed=1, acc=62.0, forgetting=13.0),
+              make_trial("l2", preset="lucir", seed=2, acc=64.0, forgetting=19.0),
+              make_trial("j0", preset="joint", seed=0, acc=70.0, forgetting=1.0),
+              make_trial("lp", preset="lucir", seed=3, acc=99.0, done=2, status="PRUNED")]
+    return _frame(tmp_path, trials)
+
+
+def test_summary_mean_and_sample_std_over_seeds_match_hand_computation(known):
+    s = tables.summary_table(known)
+    lucir = s[s["preset"] == "lucir"].iloc[0]
+    assert lucir["seeds"] == 3 and lucir["excluded"] == 1          # the pruned trial is left out and counted
+    assert lucir["avg_inc_acc_cnn_mean"] == pytest.approx(62.0)    # (60 + 62 + 64) / 3
+    assert lucir["avg_inc_acc_cnn_std"] == pytest.approx(2.0)      # sqrt((4 + 0 + 4) / (3 - 1))
+    assert lucir["avg_inc_acc_nme_mean"] == pytest.approx(61.0)    # NME = CNN - 1 in the fixture
+    assert lucir["last_acc_cnn_mean"] == pytest.approx(62.0)
+    assert lucir["forgetting_cnn_mean"] == pytest.approx(14.0)     # (10 + 13 + 19) / 3
+    assert lucir["forgetting_cnn_std"] == pytest.approx(math.sqrt(21.0))  # sqrt((16 + 1 + 25) / 2)
+    joint = s[s["preset"] == "joint"].iloc[0]
+    assert joint["seeds"] == 1 and joint["avg_inc_acc_cnn_mean"] == 70.0
+    assert math.isnan(joint["avg_inc_acc_cnn_std"])                # one seed: no std (ddof=1)
+    text = tables.format_summary(s).set_index("preset")
+    assert text.loc["lucir", "avg inc acc CNN"] == "62.00 ± 2.00"
+    assert text.loc["joint", "avg inc acc CNN"] == "70.00"          # the mean alone for one seed
+    assert list(s["preset"]) == ["lucir", "joint"]                  # ladder order
+
+
+def test_protocols_are_kept_apart(tmp_path):
+    trials = [make_trial("a", phases=2, acc=50.0), make_trial("b", phases=3, acc=40.0),
+              make_trial("c", phases=3, acc=44.0, exemplars_per_class=10)]
+    s = tables.summary_table(_frame(tmp_path, trials))
+    assert len(s) == 3
+    got = {(r.phases, r.memory): r.avg_inc_acc_cnn_mean for r in s.itertuples()}
+    assert got == {(2, "5/class"): 50.0, (3, "5/class"): 40.0, (3, "10/class"): 44.0}
+
+
+def test_varied_hyperparameters_are_not_averaged_as_seeds(tmp_path):
+    trials = [make_trial("a", seed=0, acc=50.0, margin=0.3), make_trial("b", seed=1, acc=52.0, margin=0.3),
+              make_trial("c", seed=0, acc=70.0, margin=0.6)]
+    s = tables.summary_table(_frame(tmp_path, trials))
+    assert "margin" in s.columns
+    got = {r.margin: (r.seeds, r.avg_inc_acc_cnn_mean) for r in s.itertuples()}
+    assert got == {0.3: (2, 51.0), 0.6: (1, 70.0)}
+
+
+def test_ablation_table_has_ladder_rows_and_phase_columns(tmp_path):
+    trials = []
+    # written in a scrambled order; acc = 40 + 5 * rung - phases + 2 * seed
+    for preset, rung in (("lucir", 4), ("finetune", 0), ("cn_lf", 3), ("baseline", 1)):
+        for phases in (3, 2):
+            for seed in (0, 1, 2):
+                trials.append(make_trial(f"{preset}{phases}{seed}", preset=preset, phases=phases, seed=seed,
+                                         acc=40.0 + 5 * rung - phases + 2 * seed))
+    trials.append(make_trial("x", preset="cn", phases=3, done=1))  # cn never finished: no row at all
+    abl = tables.ablation_tables(_frame(tmp_path, trials))
+    assert list(abl) == ["digits B4 5/class"]
+    t = abl["digits B4 5/class"]
+    assert list(t.index) == ["finetune", "baseline", "cn", "cn_lf", "lucir"]
+    assert list(t.columns) == ["2 phases", "3 phases"]
+    assert t.loc["lucir", "2 phases"] == "60.00 ± 2.00"    # 40 + 20 - 2 + mean(0, 2, 4)
+    assert t.loc["finetune", "3 phases"] == "39.00 ± 2.00"
+    assert t.loc["cn", "3 phases"] == tables.DASH and t.loc["cn", "2 phases"] == tables.DASH
+
+
+def _search_trials():
+    out = []
+    for i, (margin, K, acc) in enumerate([(0.1, 1, 55.0), (0.5, 2, 63.0), (0.9, 1, 58.0), (0.3, 2, 61.0)]):
+        out.append(make_trial(f"s{i}", margin=margin, K=K, lambda_base=5.0 + i, acc=acc))
+    out.append(make_trial("pruned", margin=0.7, K=2, acc=90.0, done=2, status="PRUNED"))  # looks better: excluded
+    return out
+
+
+def test_search_summary_ranks_finished_trials_only(tmp_path):
+    meta = {"param_space": {"margin": "uniform(0.0, 1.0)", "K": "randint(1, 2) inclusive",
+                            "lambda_base": "loguniform(0.5, 50.0)", "eta_init": 1.0, "dataset": "digits"}}
+    df = _frame(tmp_path, _search_trials(), kind="search", meta=meta)
+    assert tables.searched_params(df, meta) == ["lambda_base", "margin", "K"]
+    top = tables.search_summary(df, meta, k=3)
+    assert list(top["trial_id"]) == ["s1", "s3", "s2"]
+    assert list(top["rank"]) == [1, 2, 3]
+    assert list(top["avg_inc_acc_cnn"]) == [63.0, 61.0, 58.0]
+    assert {"margin", "K", "lambda_base"} <= set(top.columns)
+    assert tables.best_trial(df)["trial_id"] == "s1"
+    assert tables.best_trial(df, mode="min")["trial_id"] == "s0"
+
+
+def test_best_command_line_reproduces_the_config():
+    from lucir.cli import build_parser, config_overrides
+    from lucir.config import Config
+
+    cfg = Config.from_flat(dataset="digits", preset="lucir", phases=2, seed=3, epochs=4, margin=0.3141,
+                           K=1, lambda_base=7.25, eta_init=2.0, milestones=[1, 3], exemplars_per_class=7,
+                           device="cpu", threads=1)
+    line = tables.best_command_line(cfg.to_flat())
+    assert line.startswith("lucir train --dataset digits --preset lucir")
+    assert "device" not in line and "threads" not in line  # runtime fields do not decide the result
+    import shlex
+
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    again = Config.from_flat(config_overrides(args))
+    assert again.identity() == cfg.identity()
+
+
+def test_best_command_line_from_a_frame_row(known):
+    row = tables.best_trial(known)
+    line = tables.best_command_line(tables.config_of(row))
+    assert line == "lucir train --dataset digits --preset joint --base 4 --phases 3 --exemplars 5 --seed 0 --epochs 2"
+
+
+def test_export_csv_markdown_latex(tmp_path, known):
+    s = tables.summary_table(known)
+    txt = tables.format_summary(s)
+    paths = tables.export_table(txt, tmp_path / "t" / "summary", caption="A caption")
+    assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
+    back = pd.read_csv(paths[0])
+    assert list(back["avg inc acc CNN"]) == ["62.00 ± 2.00", "70.00"]
+    md = paths[1].read_text()
+    assert "| lucir" in md and "62.00 ± 2.00" in md
+    tex = paths[2].read_text()
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert tex.count(rule) == 1
+    assert r"62.00 $\pm$ 2.00" in tex and r"\caption{A caption}" in tex
+    abl = tables.ablation_tables(frame_from_records([]))
+    assert abl == {}
+    tex2 = tables.to_latex(pd.DataFrame({"preset": ["cn_lf"], "v": [float("nan")]}))
+    assert r"cn\_lf & --" in tex2                                    # escaped, NaN as an en dash
+    assert not list((tmp_path / "t").glob(".*"))                     # no temporary files left behind
+
+
+def test_param_importances_from_an_optuna_journal(tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    note_none = tables.param_importances(exp)
+    assert note_none[0] is None and "no Optuna study" in note_none[1]
+    storage = JournalStorage(JournalFileBackend(str(exp / "optuna_journal.log")))
+    study = optuna.create_study(study_name="exp", storage=storage, direction="maximize")
+    dists = {"margin": FloatDistribution(0.0, 1.0), "K": IntDistribution(1, 3)}
+    study.add_trial(optuna.trial.create_trial(params={"margin": 0.5, "K": 2}, distributions=dists, value=60.0))
+    imp, note = tables.param_importances(exp, "exp")
+    assert imp is None and "at least 2" in note
+    for i in range(1, 12):  # the objective depends on margin only
+        m, k = (i * 0.37) % 1.0, 1 + i % 3
+        study.add_trial(optuna.trial.create_trial(params={"margin": m, "K": k}, distributions=dists,
+                                                  value=50.0 + 20.0 * m))
+    study.add_trial(optuna.trial.create_trial(params={"margin": 0.9, "K": 1}, distributions=dists,
+                                              state=optuna.trial.TrialState.PRUNED))
+    imp, note = tables.param_importances(exp, "exp")
+    assert list(imp["parameter"]) == ["margin", "K"]
+    assert imp["importance"].iloc[0] > 0.9 and imp["importance"].sum() == pytest.approx(1.0)
+    assert "12 complete trials" in note
