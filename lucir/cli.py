@@ -97,13 +97,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lucir.checkpoint import atomic_write_json, load_state, save_state
     from lucir.data import check_dataset
 
-    cfg = Config.from_flat(config_overrides(args))
     out = Path(args.out).absolute()
+    flat = config_overrides(args)
     state = None
     ckpt = out / "state.pt"
     if args.resume:
+        if (out / "config.json").is_file():  # the run's own config; flags given now override it
+            flat = {**json.loads((out / "config.json").read_text()), **flat}
         state = load_state(ckpt)
-        lucir.run  # noqa: B018  (validation happens in run)
+    cfg = Config.from_flat(flat)
+    if state is not None:
+        lucir.run_module.check_state(cfg, state)
         print(f"resuming {out} after phase {state['phase']}")
     check_dataset(cfg.protocol.dataset, cfg.protocol.data_root)
     out.mkdir(parents=True, exist_ok=True)
