@@ -1,0 +1,139 @@
+"""``lucir report`` end to end on synthetic experiment folders: files, links, messages, MLflow artifacts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from analysis_fixtures import (ablation_trials, empty_mlflow_db, fresh_mlflow, make_trial, write_experiment,
+                               write_mlflow)
+
+from lucir.cli import main
+
+
+@pytest.fixture(scope="module")
+def mlflow_template(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp() / "mlflow_template"  # one migrated store per test session
+    base.mkdir(exist_ok=True)
+    return empty_mlflow_db(base)
+
+
+def _links(index: Path) -> list[str]:
+    return re.findall(r"\]\(([^)]+)\)", index.read_text())
+
+
+def test_report_end_to_end_logged_to_the_mlflow_parent_run(tmp_path, mlflow_template, capsys):
+    trials = ablation_trials()
+    trials.append(make_trial("late", preset="lucir", seed=7, phases=3, done=2))                    # RUNNING
+    trials.append(make_trial("boom", preset="cn", seed=8, phases=2, done=1, status="ERROR",
+                             error="RuntimeError: CUDA out of memory\ntraceback ..."))
+    exp = tmp_path / "exp"
+    uri = fresh_mlflow(mlflow_template, exp)
+    parent = write_mlflow(uri, "exp", trials, tmp_path / "mlartifacts")
+    write_experiment(exp, trials, meta={"mlflow_uri": uri, "parent_run_id": parent})
+
+    assert main(["report", str(exp)]) == 0
+    out = capsys.readouterr().out
+    assert "| baseline" in out and "50.00 ± 2.00" in out                    # the main table on stdout
+    assert "report logged as artifacts" in out
+
+    report = exp / "report"
+    index = report / "index.md"
+    links = _links(index)
+    assert links and all((report / link).is_file() for link in links)      # every link resolves
+    for name in ("tables/summary.csv", "tables/summary.md", "tables/summary.tex",
+                 "tables/ablation_digits_b4_5_class.tex", "tables/trials.csv", "tables/long.csv",
+                 "figures/ablation_digits_b4_5_class.png", "figures/acc_digits_b4_3_phases_5_class.png"):
+        assert name in links, name
+    tex = (report / "tables" / "summary.tex").read_text()
+    assert all(tex.count(r) == 1 for r in (r"\toprule", r"\midrule", r"\bottomrule"))
+    abl = (report / "tables" / "ablation_digits_b4_5_class.tex").read_text()
+    assert r"lucir & 60.00 $\pm$ 2.00 & 59.00 $\pm$ 2.00 \\" in abl
+    text = index.read_text()
+    assert "2 of 20 trials did not finish" in text
+    assert "| late" in text and "RUNNING" in text and f"lucir resume {exp}" in text
+    assert "| boom" in text and "CUDA out of memory" in text and "traceback" not in text
+    assert "lucir train --dataset digits --preset lucir" in text             # best configuration
+
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri)
+    logged = {f.path for f in c.list_artifacts(parent, "report")}
+    assert {"report/index.md", "report/tables", "report/figures"} <= logged
+    assert "report/tables/summary.tex" in {f.path for f in c.list_artifacts(parent, "report/tables")}
+
+
+def test_search_report_has_top_configs_importances_and_search_plots(tmp_path, capsys):
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    exp = tmp_path / "search"
+    trials, dists = [], {"margin": FloatDistribution(0.0, 1.0), "K": IntDistribution(1, 2)}
+    storage = None
+    for i in range(6):
+        m, k = round(0.15 * i + 0.05, 2), 1 + i % 2
+        trials.append(make_trial(f"s{i}", margin=m, K=k, acc=50.0 + 10 * m))
+    meta = {"param_space": {"margin": "uniform(0.0, 1.0)", "K": "randint(1, 2) inclusive", "preset": "lucir"},
+            "optuna_study": "search", "mlflow_uri": None}
+    write_experiment(exp, trials, name="search", kind="search", meta=meta)
+    storage = JournalStorage(JournalFileBackend(str(exp / "optuna_journal.log")))
+    study = optuna.create_study(study_name="search", storage=storage, direction="maximize")
+    for t in trials:
+        c = t["config"]
+        study.add_trial(optuna.trial.create_trial(params={"margin": c["margin"], "K": c["K"]}, distributions=dists,
+                                                  value=t["phases"][-1]["avg_inc_acc_cnn"]))
+    assert main(["report", str(exp), "--out", str(tmp_path / "rep"), "--formats", "md,tex"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("|   rank | trial_id")             # a search prints its top configs
+    assert "MLflow: not logged" in out
+    rep = tmp_path / "rep"
+    names = {p.relative_to(rep).as_posix() for p in rep.rglob("*") if p.is_file()}
+    assert {"tables/search_top.md", "tables/search_top.tex", "tables/param_importances.md",
+            "figures/search_history.png", "figures/param_slices.png"} <= names
+    assert not any(n.endswith(".csv") for n in names)                         # --formats md,tex
+    text = (rep / "index.md").read_text()
+    assert "fANOVA importances over 6 complete trials" in text
+    assert "--set margin=0.8" in text                                        # the best trial, s5
+    assert all((rep / link).is_file() for link in _links(rep / "index.md"))
+
+
+def test_empty_experiment_exits_2_with_a_clear_message(tmp_path, capsys):
+    exp = write_experiment(tmp_path / "exp", [])
+    assert main(["report", str(exp), "--no-mlflow"]) == 2
+    err = capsys.readouterr().err
+    assert "has no trials yet" in err and "nothing to report" in err
+    assert not (exp / "report").exists() and not list(exp.glob(".report*"))
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "not an experiment folder" in capsys.readouterr().err
+    assert main(["report", str(exp), "--formats", "pdf"]) == 2
+    assert "allowed" in capsys.readouterr().err
+
+
+def test_partial_experiment_reports_what_is_missing(tmp_path, capsys):
+    trials = [make_trial("a", seed=0, done=2), make_trial("b", seed=1, done=0, status="ERROR", error="killed")]
+    exp = write_experiment(tmp_path / "exp", trials, meta={"parent_run_id": "0123abcd"})
+    assert main(["report", str(exp)]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 trials unfinished or failed" in out
+    assert "MLflow: not logged" in out and "does not exist" in out            # store absent: skipped, not created
+    assert not (exp / "mlflow.db").exists()
+    text = (exp / "report" / "index.md").read_text()
+    assert "2 of 2 trials did not finish every phase" in text
+    assert "| a " in text and "| b " in text and "killed" in text
+    assert "Best configuration" not in text
+    summary = (exp / "report" / "tables" / "summary.md").read_text()
+    assert "| –" in summary                                                   # no finished seed: a dash
+
+
+def test_report_is_replaced_atomically(tmp_path, capsys):
+    exp = write_experiment(tmp_path / "exp", [make_trial("a")])
+    out = tmp_path / "rep"
+    assert main(["report", str(exp), "--out", str(out), "--no-mlflow"]) == 0
+    (out / "stale.txt").write_text("from an older report")
+    assert main(["report", str(exp), "--out", str(out), "--no-mlflow"]) == 0
+    assert not (out / "stale.txt").exists() and (out / "index.md").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp", "rep"]      # no temporary folders left
+    assert "MLflow: not logged (--no-mlflow)" in capsys.readouterr().out
