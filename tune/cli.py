@@ -187,7 +187,7 @@ def cmd_ablate(args, config_overrides) -> int:
                           runner=runner, mlflow_uri=uri, mlflow_experiment=mlexp,
                           extra={"grid": args.grid, "num_trials": len(points)})
     _tuner_fit(exp, runner, space, callbacks,
-               tune.TuneConfig(num_samples=1, max_concurrent_trials=args.max_concurrent))
+               tune.TuneConfig(num_samples=1, max_concurrent_trials=args.max_concurrent, reuse_actors=True))
     return _finish("ablate", exp)
 
 
@@ -229,7 +229,7 @@ def cmd_search(args, config_overrides) -> int:
         scheduler = ASHAScheduler(time_attr="phase", metric=METRIC, mode=MODE, max_t=base.protocol.phases,
                                   grace_period=1, reduction_factor=2)
     tc = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.trials,
-                         max_concurrent_trials=args.concurrency)
+                         max_concurrent_trials=args.concurrency, reuse_actors=True)
     _tuner_fit(exp, runner, space, callbacks, tc)
     return _finish("search", exp)
 

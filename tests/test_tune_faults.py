@@ -1,0 +1,141 @@
+"""Real faults, no injected exceptions (DESIGN §7):
+
+* SIGKILL of a trial's worker process in the middle of a phase: the trial is retried
+  (``FailureConfig``) from its last phase checkpoint and ends with the accuracy matrix of an
+  undisturbed run;
+* SIGKILL of the driver (and every process it started) after the first phase reports: ``lucir resume``
+  finishes the sweep, no completed phase is trained or reported twice, one MLflow run per trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import lucir
+from tune_fixtures import (mlflow_child_runs, popen_lucir, ray_local, result_rows, run_lucir,  # noqa: F401
+                           trial_dirs, trial_docs)
+from tune.experiment import TrialStatusCallback
+from tune.trainable import make_trainable, runtime_overrides
+
+
+def _read(p: Path) -> dict | None:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Killer(threading.Thread):
+    """Watches trials/*.progress; SIGKILLs the worker once it is inside phase ``at_phase`` (>= 1 epoch done)."""
+
+    def __init__(self, exp: Path, at_phase: int):
+        super().__init__(daemon=True)
+        self.exp, self.at_phase = exp, at_phase
+        self.killed: dict | None = None
+        self.seen: list[tuple[int, int]] = []  # (pid, phase) as observed
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            for p in (self.exp / "trials").glob("*.progress") if (self.exp / "trials").exists() else []:
+                pr = _read(p)
+                if not pr:
+                    continue
+                if not self.seen or self.seen[-1] != (pr["pid"], pr["phase"]):
+                    self.seen.append((pr["pid"], pr["phase"]))
+                if self.killed is None and pr["phase"] == self.at_phase and pr["epoch"] >= 0:
+                    doc = _read(p.with_suffix(".json"))
+                    os.kill(pr["pid"], signal.SIGKILL)
+                    self.killed = {"pid": pr["pid"], "phase": pr["phase"], "epoch": pr["epoch"],
+                                   "phases_done": len(doc["phases"]) if doc else None}
+            time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_sigkill_of_trial_worker_resumes_from_last_phase(ray_local, tmp_path):  # noqa: F811
+    from ray import tune
+
+    exp = tmp_path / "exp"
+    flat = {"epochs": 3}
+    killer = Killer(exp, at_phase=2)
+    killer.start()
+    try:
+        grid = tune.Tuner(make_trainable(str(exp), cpus=1, base_cache=False), param_space=flat,
+                          tune_config=tune.TuneConfig(reuse_actors=True),
+                          run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
+                                                    failure_config=tune.FailureConfig(max_failures=2),
+                                                    callbacks=[TrialStatusCallback(str(exp))])).fit()
+    finally:
+        killer.done.set()
+        killer.join(5)
+    assert killer.killed is not None, "the worker was never killed"
+    assert killer.killed["phases_done"] == 2  # killed inside phase 2, phases 0 and 1 done
+    assert not grid.errors
+    (doc,) = trial_docs(exp)
+    assert doc["status"] == "TERMINATED"
+    # the retried worker started at phase 2: phases 0 and 1 were not trained again
+    after = [ph for pid, ph in killer.seen if pid != killer.killed["pid"]]
+    assert after and min(after) == 2, killer.seen
+    (tdir,) = trial_dirs(exp)
+    rows = result_rows(tdir)
+    assert [r["phase"] for r in rows] == [0, 1, 2, 3]
+    assert rows[0]["pid"] == killer.killed["pid"] != rows[-1]["pid"]
+    # ... and the result is the undisturbed run's
+    direct = [r for r, _ in lucir.run(lucir.Config.from_flat(runtime_overrides(flat, 1, 0)))]
+    assert doc["acc_matrix_cnn"] == direct[-1].acc_matrix_cnn
+    assert doc["acc_matrix_nme"] == direct[-1].acc_matrix_nme
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of the session the test created (the driver and the Ray it started)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # field 6 of /proc/<pid>/stat: session id
+            try:
+                os.kill(int(d.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.slow
+def test_killed_driver_then_resume_finishes_without_rerunning(tmp_path):
+    exp = tmp_path / "exp"
+    proc = popen_lucir(["ablate", "--presets", "finetune,lucir", "--epochs", "3", "--out", str(exp),
+                        "--num-cpus", "2"], tmp_path, tmp_path / "driver.log")
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if any(result_rows(d) for d in (trial_dirs(exp) if exp.exists() else [])):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        _kill_session(proc.pid)
+        proc.wait(30)
+    before = {d["trial_id"]: len(d["phases"]) for d in trial_docs(exp)}
+    assert before and all(d["status"] == "RUNNING" for d in trial_docs(exp))
+
+    r = run_lucir(["resume", str(exp), "--num-cpus", "2"], tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "ablation summary" in r.stdout
+    docs = trial_docs(exp)
+    assert len(docs) == 2 and all(d["status"] == "TERMINATED" for d in docs)
+    for d in trial_dirs(exp):
+        phases = [row["phase"] for row in result_rows(d)]
+        assert phases == sorted(set(phases)) and phases[-1] == 3, (d.name, phases)  # nothing reported twice
+    runs = mlflow_child_runs(exp)
+    if runs is not None:
+        assert len(runs) == 2, [r.info.run_name for r in runs]  # exactly one MLflow run per trial
+        assert all(r.info.status == "FINISHED" for r in runs)
