@@ -1,0 +1,158 @@
+"""``lucir train`` on digits: outputs, resume, and bad input failing before any training (DESIGN §1, §7)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+import lucir
+import lucir_fixtures  # noqa: F401  (one torch thread)
+from lucir.checkpoint import load_state
+from lucir.cli import main
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["train", "--dataset", "digits", "--epochs", "2", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """An uninterrupted ``lucir train`` run (with its progress bar): (output folder, exit code)."""
+    out = tmp_path_factory.mktemp("train")
+    return out, main([a for a in ARGS if a != "--quiet"] + ["--out", str(out)])
+
+
+def test_train_writes_results_json_csv_and_state(finished, capsys):
+    out, rc = finished
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [p["phase"] for p in res["phases"]] == [0, 1, 2, 3]
+    assert res["config"]["epochs"] == 2 and res["config"]["dataset"] == "digits"
+    assert len(res["acc_matrix_cnn"]) == 4 and [len(r) for r in res["acc_matrix_cnn"]] == [1, 2, 3, 4]
+    last = res["phases"][-1]
+    for k in ("acc_cnn", "acc_nme", "acc_old_cnn", "acc_new_cnn", "avg_inc_acc_cnn", "avg_inc_acc_nme",
+              "forgetting_cnn", "train_seconds", "classes_seen"):
+        assert k in last
+    assert last["avg_inc_acc_cnn"] == pytest.approx(sum(p["acc_cnn"] for p in res["phases"]) / 4)
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["phase"]) for r in rows] == [0, 1, 2, 3]
+    assert float(rows[-1]["acc_cnn"]) == pytest.approx(last["acc_cnn"])
+    state = load_state(out / "state.pt")
+    assert state["phase"] == 3 and state["acc_cnn"] == res["acc_matrix_cnn"]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_interrupted_train_resumes_to_the_same_result(finished, tmp_path, monkeypatch, capsys):
+    out_full, _ = finished
+    real_run = lucir.run
+
+    def killed_after_phase_1(cfg, state=None, **kw):
+        for res, st in real_run(cfg, state, **kw):
+            yield res, st
+            if res.phase == 1:
+                raise KeyboardInterrupt  # the process dies while phase 2 would start
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(lucir, "run", killed_after_phase_1)
+    with pytest.raises(KeyboardInterrupt):
+        main(ARGS + ["--out", str(out)])
+    monkeypatch.undo()
+    assert load_state(out / "state.pt")["phase"] == 1
+    assert [p["phase"] for p in json.loads((out / "results.json").read_text())["phases"]] == [0, 1]
+    capsys.readouterr()
+
+    # the run's own config.json supplies the configuration: --out and --resume are enough
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert "after phase 1" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    full = json.loads((out_full / "results.json").read_text())
+    assert [p["phase"] for p in res["phases"]] == [0, 1, 2, 3]
+    assert res["acc_matrix_cnn"] == full["acc_matrix_cnn"]
+    assert res["acc_matrix_nme"] == full["acc_matrix_nme"]
+    strip = lambda ps: [{k: v for k, v in p.items() if not k.endswith("seconds")} for p in ps]  # noqa: E731
+    assert strip(res["phases"]) == strip(full["phases"])
+
+
+def test_resume_of_a_finished_run_exits_2(finished, capsys):
+    out, _ = finished
+    assert main(ARGS + ["--out", str(out), "--resume"]) == 2
+    assert "last phase" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def forbidden(*a, **k):
+        raise AssertionError("training started although the input was bad")
+
+    monkeypatch.setattr(lucir, "run", forbidden)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--phases", "4"], "phases=4"),
+    (["--base", "10"], "base_classes=10"),
+    (["--set", "K=3"], "K=3"),
+    (["--exemplars", "-1"], "exemplars_per_class=-1"),
+    (["--memory-total", "-100"], "memory_total=-100"),
+    (["--preset", "lucir_plus"], "preset='lucir_plus'"),
+    (["--set", "lambda_bse=3"], "lambda_bse"),
+    (["--set", "margin"], "KEY=VALUE"),
+    (["--set", "margin=abc"], "margin='abc'"),
+    (["--epochs", "0"], "epochs=0"),
+])
+def test_bad_input_exits_2_with_the_message_before_any_training(extra, needle, tmp_path, capsys, no_training):
+    out = tmp_path / "out"
+    assert main(ARGS + ["--out", str(out)] + extra) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "allowed" in err, err
+    assert not out.exists(), "nothing may be written for a bad configuration"
+
+
+def test_resume_without_a_checkpoint_exits_2(tmp_path, capsys, no_training):
+    assert main(ARGS + ["--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_resume_with_a_corrupt_checkpoint_exits_2(tmp_path, capsys, no_training):
+    (tmp_path / "state.pt").write_bytes(b"\x00garbage")
+    assert main(ARGS + ["--out", str(tmp_path), "--resume"]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def _copy_run(src, dst):
+    for name in ("state.pt", "config.json", "results.json"):
+        (dst / name).write_bytes((src / name).read_bytes())
+
+
+def test_resume_with_another_config_exits_2(finished, tmp_path, capsys):
+    out, _ = finished
+    _copy_run(out, tmp_path)
+    assert main(ARGS + ["--out", str(tmp_path), "--resume", "--set", "margin=0.3"]) == 2
+    assert "margin" in capsys.readouterr().err
+
+
+def test_refused_resume_leaves_the_output_folder_untouched(finished, tmp_path, capsys):
+    out, _ = finished
+    _copy_run(out, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert main(ARGS + ["--out", str(tmp_path), "--resume", "--set", "margin=0.3"]) == 2
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after == before
+
+
+def test_unknown_dataset_is_an_argparse_error(tmp_path, capsys, no_training):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--dataset", "mnist", "--out", str(tmp_path / "o")])
+    assert info.value.code == 2
+    assert "digits" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_missing_cifar100_exits_2_saying_where_to_put_it(tmp_path, capsys, no_training):
+    rc = main(["train", "--dataset", "cifar100", "--data-root", str(tmp_path / "nothing"), "--epochs", "1",
+               "--out", str(tmp_path / "o"), "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "cifar-100-binary" in err and "train.bin" in err and str(tmp_path / "nothing") in err

@@ -1,0 +1,286 @@
+"""End to end on digits: ``lucir.run`` determinism, resume equivalence, frozen old rows, imprinting in a real
+run, checkpoints (DESIGN §7), divergence, the per-phase metrics (DESIGN §4)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lucir_fixtures import digits, run_all, same_tensors, tiny_config
+from lucir.checkpoint import CheckpointError, load_state, save_state
+from lucir.data import class_order
+from lucir.heads import CosineHead
+from lucir.learner import TrainingDivergedError
+from lucir.run import build_model, check_state
+
+pytestmark = pytest.mark.slow
+
+TIMING = {"train_seconds", "phase_seconds"}
+
+
+def _metrics(res):
+    return {k: v for k, v in res.metrics().items() if k not in TIMING}
+
+
+def _same_metrics(a, b) -> bool:
+    ma, mb = _metrics(a), _metrics(b)
+    return ma.keys() == mb.keys() and all(
+        (isinstance(ma[k], float) and math.isnan(ma[k]) and math.isnan(mb[k])) or ma[k] == mb[k] for k in ma)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return tiny_config()  # lucir preset, 4 base classes + 3 phases of 2, 2 epochs per phase
+
+
+@pytest.fixture(scope="module")
+def full(cfg):
+    """One uninterrupted run: [(PhaseResult, state)] for phases 0..3."""
+    return run_all(cfg)
+
+
+# ----------------------------------------------------------------------------- determinism and resume
+def test_same_config_twice_gives_identical_results_and_weights(cfg, full):
+    again = run_all(cfg)
+    assert [r.phase for r, _ in full] == [0, 1, 2, 3]
+    assert full[-1][0].acc_matrix_cnn == again[-1][0].acc_matrix_cnn
+    assert full[-1][0].acc_matrix_nme == again[-1][0].acc_matrix_nme
+    for (ra, sa), (rb, sb) in zip(full, again):
+        assert _same_metrics(ra, rb)
+        assert same_tensors(sa["model"], sb["model"])
+        assert sa["memory"] == sb["memory"]
+
+
+def test_resume_after_phase_1_through_a_file_equals_the_uninterrupted_run(cfg, full, tmp_path):
+    first = run_all(cfg, stop_after=1)  # the run is interrupted after phase 1
+    assert [r.phase for r, _ in first] == [0, 1]
+    save_state(first[-1][1], tmp_path / "state.pt")
+    resumed = run_all(cfg, load_state(tmp_path / "state.pt"))
+    assert [r.phase for r, _ in resumed] == [2, 3]
+    for (ra, sa), (rb, sb) in zip(full[2:], resumed):
+        assert _same_metrics(ra, rb)
+        assert ra.acc_matrix_cnn == rb.acc_matrix_cnn and ra.acc_matrix_nme == rb.acc_matrix_nme
+        assert same_tensors(sa["model"], sb["model"])
+        assert sa["memory"] == sb["memory"]
+    # the resumed run carries the earlier phases' results, so the averages include them
+    assert resumed[-1][1]["results"][0]["acc_cnn"] == full[0][0].acc_cnn
+
+
+@pytest.mark.parametrize("after", [0, 2])
+def test_resume_after_any_phase_equals_the_uninterrupted_run(cfg, full, tmp_path, after):
+    save_state(full[after][1], tmp_path / "s.pt")
+    resumed = run_all(cfg, load_state(tmp_path / "s.pt"))
+    assert [r.phase for r, _ in resumed] == list(range(after + 1, 4))
+    assert _same_metrics(resumed[-1][0], full[-1][0])
+    assert same_tensors(resumed[-1][1]["model"], full[-1][1]["model"])
+
+
+# ----------------------------------------------------------------------------- frozen old rows (LF on / off)
+def test_old_class_weights_do_not_change_during_a_phase_with_less_forget(full):
+    for t in range(1, 4):
+        prev = full[t - 1][1]["model"]
+        before = torch.cat([prev["head.old"], prev["head.new"]])  # every row of phase t-1 becomes old
+        after = full[t][1]["model"]["head.old"]
+        assert torch.equal(after, before), f"old-class rows changed in phase {t}"
+        assert full[t][1]["model"]["head.new"].shape[0] == 2
+    # ... while the rest of the model did train
+    assert not torch.equal(full[1][1]["model"]["head.new"], full[0][1]["model"]["head.new"][:2])
+    conv = [k for k in full[0][1]["model"] if k.endswith("conv1.weight")][0]
+    assert not torch.equal(full[1][1]["model"][conv], full[0][1]["model"][conv])
+
+
+def test_old_class_weights_do_change_without_less_forget(full):
+    cn = tiny_config(preset="cn")  # cosine + imprint + mimic scores, nothing frozen
+    state0 = full[0][1]
+    check_state(cn, state0)  # the base phase does not depend on the incremental switches: it is shared
+    (res, st), = run_all(cn, state0, stop_after=1)
+    old0 = torch.cat([state0["model"]["head.old"], state0["model"]["head.new"]])
+    assert st["model"]["head.old"].shape == old0.shape
+    assert not torch.equal(st["model"]["head.old"], old0)
+
+
+# ----------------------------------------------------------------------------- imprinting in a real run
+def test_new_rows_are_imprinted_from_class_means_with_the_mean_old_norm(cfg, full, monkeypatch):
+    captured = []
+    original = CosineHead.expand
+
+    def spy(self, n_new, rows=None, gen=None):
+        original(self, n_new, rows, gen)
+        captured.append((self.old.detach().clone(), self.new.detach().clone()))
+
+    monkeypatch.setattr(CosineHead, "expand", spy)
+    state0 = full[0][1]
+    run_all(cfg, state0, stop_after=1)
+    (old, new), = captured
+    assert new.shape == (2, 64)
+    # norm: the mean norm of the old rows
+    assert torch.allclose(new.norm(dim=1), old.norm(dim=1).mean().expand(2), rtol=1e-5)
+    # direction: the normalised mean of the normalised phase-0 features of all the class's training images
+    d = digits()
+    model = build_model(cfg, 1, state0["head"])
+    model.load_state_dict(state0["model"])
+    model.eval()
+    order = class_order(10, cfg.protocol.class_order_seed)
+    with torch.no_grad():
+        for row, pos in zip(new, (4, 5)):  # phase 1 brings class positions 4 and 5
+            x = d.train_x[d.train_y == int(order[pos])].float() / 255.0
+            x = (x - d.mean[0]) / d.std[0]  # the eval transform: no crop, no flip
+            f = F.normalize(model.backbone(x), dim=1)
+            expect = F.normalize(f.mean(0), dim=0) * old.norm(dim=1).mean()
+            assert torch.allclose(row, expect, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- per-phase results
+def test_phase_results_follow_the_metric_definitions(cfg, full):
+    d = digits()
+    order = class_order(10, cfg.protocol.class_order_seed)
+    test_counts = torch.bincount(d.test_y, minlength=10)
+    group_sizes = [int(sum(test_counts[int(order[c])] for c in cfg.protocol.phase_classes(t))) for t in range(4)]
+    accs_cnn, accs_nme = [], []
+    for t, (res, st) in enumerate(full):
+        assert res.phase == t and res.classes_seen == 4 + 2 * t
+        row = res.acc_matrix_cnn[t]
+        assert len(row) == t + 1 and len(res.acc_matrix_cnn) == t + 1
+        # the accuracy on all seen classes is the size-weighted mean of the group accuracies
+        total = sum(a * n for a, n in zip(row, group_sizes)) / sum(group_sizes[: t + 1])
+        assert res.acc_cnn == pytest.approx(total, abs=1e-3)
+        nrow = res.acc_matrix_nme[t]
+        assert res.acc_nme == pytest.approx(sum(a * n for a, n in zip(nrow, group_sizes)) /
+                                            sum(group_sizes[: t + 1]), abs=1e-3)
+        accs_cnn.append(res.acc_cnn)
+        accs_nme.append(res.acc_nme)
+        assert res.avg_inc_acc_cnn == pytest.approx(sum(accs_cnn) / len(accs_cnn))
+        assert res.avg_inc_acc_nme == pytest.approx(sum(accs_nme) / len(accs_nme))
+        assert res.acc_new_cnn == row[-1]
+        if t:
+            old = sum(a * n for a, n in zip(row[:-1], group_sizes)) / sum(group_sizes[:t])
+            assert res.acc_old_cnn == pytest.approx(old, abs=1e-3)
+            best = [max(res.acc_matrix_cnn[s][g] for s in range(g, t)) - row[g] for g in range(t)]
+            assert res.forgetting_cnn == pytest.approx(sum(best) / t)
+            assert res.lambda_ == pytest.approx(5.0 * math.sqrt((4 + 2 * (t - 1)) / 2))
+        else:
+            assert math.isnan(res.acc_old_cnn) and res.forgetting_cnn == 0.0
+        # per-class budget: every seen class keeps its quota (digits has > 100 training images per class)
+        assert res.exemplars == cfg.protocol.exemplars_per_class * res.classes_seen
+        assert all(0.0 <= a <= 100.0 for a in row + nrow)
+        assert res.train_seconds > 0 and res.eta > 0
+    # the matrix rows of earlier phases are kept as they were
+    assert full[-1][0].acc_matrix_cnn[:3] == full[2][0].acc_matrix_cnn
+
+
+def test_exemplars_are_distinct_training_images_of_their_class_kept_for_ever(cfg, full):
+    from lucir.data import Source
+
+    q = cfg.protocol.exemplars_per_class
+    assert q >= 2
+    src = Source(digits(), class_order(10, cfg.protocol.class_order_seed), torch.device("cpu"))
+    mem = full[-1][1]["memory"]
+    assert sorted(mem) == list(range(10))
+    for c, ranks in mem.items():
+        assert len(ranks) == q and len(set(ranks)) == q
+        assert all(int(src.train_y[i]) == c for i in ranks)
+    for t in range(1, 4):  # old classes are never re-selected
+        prev = full[t - 1][1]["memory"]
+        assert all(full[t][1]["memory"][c] == prev[c] for c in prev)
+
+
+def test_fixed_total_memory_shrinks_each_class_to_its_herding_prefix():
+    cfg = tiny_config(memory_total=40, epochs=1)
+    out = run_all(cfg)
+    assert [r.exemplars for r, _ in out] == [40, 36, 40, 40]  # quotas 10, 6, 5, 4 per class
+    ranks = out[-1][1]["memory"]
+    assert all(len(r) == 10 for c, r in ranks.items() if c < 4)  # herded once with quota 10, kept as ranks
+
+
+@pytest.mark.parametrize("preset", ["finetune", "baseline", "cn_lf", "lucir_cbf", "joint"])
+def test_every_rung_of_the_ladder_runs(preset):
+    cfg = tiny_config(preset=preset, epochs=1, cbf_epochs=1, phases=1, base_classes=8, K=1)
+    out = run_all(cfg)
+    assert [r.phase for r, _ in out] == [0, 1]
+    res = out[-1][0]
+    assert res.classes_seen == 10 and 0 <= res.acc_cnn <= 100 and 0 <= res.acc_nme <= 100
+    fc = preset in ("finetune", "baseline")
+    assert math.isnan(res.eta) == fc
+    keys = out[-1][1]["model"]
+    assert ("head.weight" in keys) == fc and ("head.eta" in keys) != fc
+    # the FC rungs use the plain network (ReLU everywhere), the cosine rungs the modified one
+    model = build_model(cfg, 1, out[-1][1]["head"])
+    assert model.backbone.last_relu == fc
+
+
+def test_bf16_and_channels_last_options_run():
+    out = run_all(tiny_config(epochs=1, bf16=True, channels_last=True), stop_after=1)
+    assert [r.phase for r, _ in out] == [0, 1] and all(math.isfinite(r.acc_cnn) for r, _ in out)
+
+
+# ----------------------------------------------------------------------------- divergence
+def test_nan_loss_raises_training_diverged_naming_phase_and_epoch():
+    with pytest.raises(TrainingDivergedError, match=r"phase 0, epoch 1\b"):
+        run_all(tiny_config(lr=1e30))
+
+
+def test_divergence_in_an_incremental_phase_names_that_phase(full):
+    cfg = tiny_config(lambda_base=1e30)  # same base key: resumes from the shared base phase
+    with pytest.raises(TrainingDivergedError, match=r"phase 1, epoch \d+"):
+        run_all(cfg, full[0][1])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_corrupt_checkpoint_is_a_checkpoint_error(full, tmp_path):
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"this is not a torch checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_state(bad)
+    good = tmp_path / "good.pt"
+    save_state(full[1][1], good)
+    trunc = tmp_path / "truncated.pt"
+    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError):
+        load_state(trunc)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_state(tmp_path / "missing.pt")
+    other = tmp_path / "other.pt"
+    torch.save({"format": 99, "phase": 1}, other)
+    with pytest.raises(CheckpointError, match="format"):
+        load_state(other)
+
+
+def test_state_that_is_not_a_run_state_is_a_checkpoint_error(cfg, tmp_path):
+    p = tmp_path / "s.pt"
+    save_state({"phase": 1}, p)
+    with pytest.raises(CheckpointError, match="missing"):
+        run_all(cfg, load_state(p))
+
+
+def test_checkpoint_of_another_config_is_a_checkpoint_error(cfg, full):
+    other = cfg.replace(margin=0.3)
+    with pytest.raises(CheckpointError, match="margin"):
+        run_all(other, full[1][1])
+    with pytest.raises(CheckpointError, match="base key"):
+        run_all(cfg.replace(seed=1), full[0][1])  # another seed trains another base phase
+    with pytest.raises(CheckpointError, match="last phase"):
+        run_all(cfg, full[-1][1])
+    # runtime fields are not part of the identity: a checkpoint resumes on another device / with bf16
+    check_state(cfg.replace(bf16=True, threads=1), full[1][1])
+
+
+def test_save_state_is_atomic(full, tmp_path, monkeypatch):
+    p = tmp_path / "state.pt"
+    save_state(full[0][1], p)
+    assert sorted(os.listdir(tmp_path)) == ["state.pt"]
+    before = p.read_bytes()
+
+    def crash(fd):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        save_state(full[1][1], p)
+    assert p.read_bytes() == before, "a failed write must leave the previous checkpoint intact"
+    assert sorted(os.listdir(tmp_path)) == ["state.pt"], "no temporary file left behind"
+    monkeypatch.undo()
+    assert load_state(p)["phase"] == 0
