@@ -31,6 +31,12 @@ from analysis.tables import (GROUP, _sort_key_preset, protocol_label, searched_p
                              summary_table, varying_fields, with_memory)
 
 
+METRIC_LABELS = {"avg_inc_acc_cnn": "average incremental accuracy, CNN",
+                 "avg_inc_acc_nme": "average incremental accuracy, NME",
+                 "last_acc_cnn": "last-phase accuracy, CNN", "last_acc_nme": "last-phase accuracy, NME",
+                 "forgetting_cnn": "forgetting, CNN"}
+
+
 def _color(i: int):
     return plt.get_cmap("tab10")(i % 10)
 
@@ -133,7 +139,7 @@ def ablation_figures(df: pd.DataFrame, metric: str = "avg_inc_acc_cnn") -> list[
             ax.bar(np.array(xs) + (i - (len(rungs) - 1) / 2) * width, means, width * 0.95, yerr=stds,
                    capsize=3, color=_color(i), label=rung)
         ax.set_xticks(range(len(phases)), [f"{p} phases" for p in phases])
-        ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")) + " (%)")
         ax.set_title(f"{protocol_label(ds, base, None, mem)}: ablation (mean ± std over seeds)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
@@ -169,7 +175,7 @@ def search_history_figure(df: pd.DataFrame, metric: str = OBJECTIVE, mode: str =
     ax.set_title(f"search history: {metric} at the last phase ({len(y)} finished"
                  + (f", {n_out} not finished" if n_out else "") + ")", fontsize=9)
     ax.set_xlabel("finished trial (completion order)")
-    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric) + " (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig

@@ -155,6 +155,12 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
         name = f"ablation_{tables.slug(label)}"
         export(name, tab, index=True, caption=f"Ablation, {label}: average incremental accuracy (CNN, %)")
         abl_names[label] = name
+    curves = tables.curve_tables(df)
+    curve_names = {}
+    for label, tab in curves.items():
+        name = f"curve_{tables.slug(label)}"
+        export(name, tab, index=True, caption=f"{label}: top-1 accuracy (CNN, %) after each phase")
+        curve_names[label] = name
     objective, mode = exp.metric, exp.mode
     params = tables.searched_params(df, exp.meta)
     is_search = exp.meta.get("kind") == "search" or bool(params)
@@ -208,6 +214,11 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
         for label, tab in abl.items():
             lines += [f"### {label}", "", tables.to_markdown(tab, index=True),
                       "Files: " + _bullet_table_links(written[abl_names[label]], root), ""]
+    if curves:
+        lines += ["## Accuracy after each phase (CNN, %, mean ± std over seeds)", ""]
+        for label, tab in curves.items():
+            lines += [f"### {label}", "", tables.to_markdown(tab, index=True),
+                      "Files: " + _bullet_table_links(written[curve_names[label]], root), ""]
     if is_search:
         lines += ["## Search", ""]
         if top is not None and len(top):

@@ -454,6 +454,16 @@ def describe_unfinished(df: pd.DataFrame) -> pd.DataFrame:
     return ov[~ov["finished"]].reset_index(drop=True)
 
 
+def accuracy_matrix(trial: TrialRecord, kind: str = "cnn") -> pd.DataFrame:
+    """The trial's accuracy matrix (phase x class group, %; group g = classes added in phase g), from the
+    trial file (DESIGN §4: saved so that any other metric can be computed later); NaN above the diagonal."""
+    mat = trial.acc_matrix_cnn if kind == "cnn" else trial.acc_matrix_nme
+    width = max((len(r) for r in mat), default=0)
+    data = [[float(v) for v in r] + [math.nan] * (width - len(r)) for r in mat]
+    return pd.DataFrame(data, index=pd.RangeIndex(len(data), name="phase"),
+                        columns=[f"group_{g}" for g in range(width)])
+
+
 def utc(ts: float) -> str:
     if ts is None or (isinstance(ts, float) and math.isnan(ts)):
         return ""

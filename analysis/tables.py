@@ -31,7 +31,8 @@ LADDER = ("finetune", "baseline", "cn", "cn_lf", "lucir", "lucir_cbf", "joint")
 GROUP = ("dataset", "base_classes", "phases", "memory")
 #: columns of ``summary_table`` summarised as mean/std over seeds: output name -> frame column
 SUMMARY_METRICS = {"avg_inc_acc_cnn": "avg_inc_acc_cnn", "avg_inc_acc_nme": "avg_inc_acc_nme",
-                   "last_acc_cnn": "acc_cnn", "last_acc_nme": "acc_nme", "forgetting_cnn": "forgetting_cnn"}
+                   "last_acc_cnn": "acc_cnn", "last_acc_nme": "acc_nme", "forgetting_cnn": "forgetting_cnn",
+                   "trial_seconds": "trial_seconds"}
 DASH = "–"
 # config columns that are not hyperparameters of a result: who ran it and what follows from other fields
 _NOT_IDENTITY = set(RUNTIME_FIELDS) | {"seed", "num_classes", "preset", "cosine", "imprint", "less_forget",
@@ -119,7 +120,8 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """Numeric summary, one row per protocol x preset (x varied hyperparameters).
 
     Columns: dataset, base_classes, phases, memory, preset, [varied fields], seeds (finished trials),
-    ``<metric>_mean`` / ``<metric>_std`` for ``SUMMARY_METRICS`` (std with ddof=1, NaN for one seed),
+    ``<metric>_mean`` / ``<metric>_std`` for ``SUMMARY_METRICS`` (std with ddof=1, NaN for one seed;
+    ``trial_seconds`` is a trial's summed ``phase_seconds``, its wall time),
     excluded (trials of the group that did not finish: pruned, failed or still running).
     """
     d = with_memory(df)
@@ -130,6 +132,12 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     for k in vary:
         all_trials[k] = all_trials[k].map(_hashable)
     fin = last_phase(d)
+    if len(fin):  # wall time of a trial: its phases' seconds summed (train_seconds when not reported)
+        per_phase = d["phase_seconds"].fillna(d["train_seconds"]) if "phase_seconds" in d else d["train_seconds"]
+        total = per_phase.groupby(d["trial_id"]).sum(min_count=1)
+        fin = fin.assign(trial_seconds=fin["trial_id"].map(total).astype(float))
+    else:
+        fin = fin.assign(trial_seconds=pd.Series(dtype=float))
     rows = []
     for key, g in all_trials.groupby(keys, dropna=False, sort=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -161,9 +169,12 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
     out = summary[lead].copy()
     out = out.rename(columns={"base_classes": "base", "memory": "exemplars"})
     titles = {"avg_inc_acc_cnn": "avg inc acc CNN", "avg_inc_acc_nme": "avg inc acc NME",
-              "last_acc_cnn": "last acc CNN", "last_acc_nme": "last acc NME", "forgetting_cnn": "forgetting CNN"}
+              "last_acc_cnn": "last acc CNN", "last_acc_nme": "last acc NME", "forgetting_cnn": "forgetting CNN",
+              "trial_seconds": "time/trial (s)"}
     for name, title in titles.items():
-        out[title] = [fmt_mean_std(m, s) for m, s in zip(summary[f"{name}_mean"], summary[f"{name}_std"])]
+        digits = 1 if name == "trial_seconds" else 2
+        out[title] = [fmt_mean_std(m, s, digits=digits)
+                      for m, s in zip(summary[f"{name}_mean"], summary[f"{name}_std"])]
     out["seeds"] = summary["seeds"]
     out["excluded"] = summary["excluded"]
     return out
@@ -196,6 +207,30 @@ def ablation_tables(df: pd.DataFrame, metric: str = "avg_inc_acc_cnn") -> dict[s
         for _, r in g.iterrows():
             tab.loc[r["rung"], f"{r['phases']} phases"] = fmt_mean_std(r[f"{metric}_mean"], r[f"{metric}_std"])
         out[protocol_label(ds, b, None, mem)] = tab
+    return out
+
+
+# --------------------------------------------------------------------------- accuracy per phase
+def curve_tables(df: pd.DataFrame, metric: str = "acc_cnn") -> dict[str, pd.DataFrame]:
+    """Top-1 accuracy after each phase, one table per protocol: rows = presets (ladder order), columns =
+    classes seen, cells 'mean ± std' over the finished seeds (the numbers behind the accuracy curves)."""
+    d = with_memory(df[df["finished"] & df["phase"].notna()])
+    out: dict[str, pd.DataFrame] = {}
+    if not len(d):
+        return out
+    vary = varying_fields(d)
+    for key, g in d.groupby(list(GROUP), sort=True, dropna=False):
+        rows = {}
+        series = list(g.groupby(["preset", *vary], sort=False, dropna=False))
+        series.sort(key=lambda kv: _sort_key_preset(kv[0][0]))
+        for skey, s in series:
+            label = skey[0] if not vary else f"{skey[0]} ({', '.join(f'{k}={v}' for k, v in zip(vary, skey[1:]))})"
+            agg = s.groupby("classes_seen")[metric].agg(["mean", "std"]).sort_index()
+            rows[label] = {f"{int(c)} classes": fmt_mean_std(m, sd) for c, m, sd in
+                           zip(agg.index, agg["mean"], agg["std"])}
+        tab = pd.DataFrame.from_dict(rows, orient="index").fillna(DASH)
+        tab.index.name = "preset"
+        out[protocol_label(*key)] = tab
     return out
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from analysis_fixtures import empty_mlflow_db, fresh_mlflow, make_trial, write_experiment, write_mlflow
 
-from analysis.results import (METRICS, ExperimentError, describe_unfinished, last_phase, load_experiment,
+from analysis.results import (METRICS, ExperimentError, accuracy_matrix, describe_unfinished, last_phase, load_experiment,
                               load_mlflow, read_experiment)
 
 
@@ -49,6 +49,13 @@ def test_folder_frame_has_one_row_per_trial_and_phase(tmp_path):
     assert df["acc_cnn"].dtype == float and df["finished"].dtype == bool
     last = last_phase(df)
     assert set(last["trial_id"]) == {"t_done", "t_cn"} and list(last["phase"]) == [2, 3]
+
+
+def test_accuracy_matrix_of_a_trial(tmp_path):
+    e = read_experiment(write_experiment(tmp_path / "exp", mixed_trials()))
+    m = accuracy_matrix(e.trial("t_pruned"))
+    assert m.shape == (2, 2) and m.loc[1, "group_1"] == 70.0 and math.isnan(m.loc[0, "group_1"])
+    assert accuracy_matrix(e.trial("t_pruned"), "nme").loc[1, "group_0"] == 69.0
 
 
 def test_unfinished_and_unreadable_trials_are_listed_not_dropped(tmp_path):

@@ -38,6 +38,7 @@ def test_summary_mean_and_sample_std_over_seeds_match_hand_computation(known):
     assert lucir["last_acc_cnn_mean"] == pytest.approx(62.0)
     assert lucir["forgetting_cnn_mean"] == pytest.approx(14.0)     # (10 + 13 + 19) / 3
     assert lucir["forgetting_cnn_std"] == pytest.approx(math.sqrt(21.0))  # sqrt((16 + 1 + 25) / 2)
+    assert lucir["trial_seconds_mean"] == pytest.approx(1.5 + 2.5 + 3.5 + 4.5)  # phase_seconds summed
     joint = s[s["preset"] == "joint"].iloc[0]
     assert joint["seeds"] == 1 and joint["avg_inc_acc_cnn_mean"] == 70.0
     assert math.isnan(joint["avg_inc_acc_cnn_std"])                # one seed: no std (ddof=1)
@@ -45,6 +46,17 @@ def test_summary_mean_and_sample_std_over_seeds_match_hand_computation(known):
     assert text.loc["lucir", "avg inc acc CNN"] == "62.00 ± 2.00"
     assert text.loc["joint", "avg inc acc CNN"] == "70.00"          # the mean alone for one seed
     assert list(s["preset"]) == ["lucir", "joint"]                  # ladder order
+
+
+def test_curve_table_gives_accuracy_after_each_phase(tmp_path):
+    trials = [make_trial("a", seed=0, acc=60.0), make_trial("b", seed=1, acc=64.0),
+              make_trial("c", preset="cn", seed=0, acc=50.0), make_trial("d", preset="cn", seed=1, done=2)]
+    (label, tab), = tables.curve_tables(_frame(tmp_path, trials)).items()
+    assert label == "digits B4 3 phases 5/class"
+    assert list(tab.index) == ["cn", "lucir"]
+    assert list(tab.columns) == ["4 classes", "6 classes", "8 classes", "10 classes"]
+    assert tab.loc["lucir", "8 classes"] == "62.00 ± 2.83"      # mean(60, 64), std sqrt(8)
+    assert tab.loc["cn", "10 classes"] == "50.00"               # the unfinished cn seed does not count
 
 
 def test_protocols_are_kept_apart(tmp_path):
