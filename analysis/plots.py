@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.results import OBJECTIVE, last_phase  # noqa: E402
 from analysis.tables import (GROUP, _sort_key_preset, protocol_label, searched_params, slug,  # noqa: E402
@@ -68,8 +69,12 @@ def _save_all(figs: list[tuple[str, Figure]], out_dir: str | os.PathLike) -> lis
 
 
 # --------------------------------------------------------------------------- accuracy curves
-def accuracy_figures(df: pd.DataFrame, nme: bool = True) -> list[tuple[str, Figure]]:
-    """One figure per protocol; per preset a CNN line (mean over seeds) with a ± std band, NME dashed."""
+def accuracy_figures(df: pd.DataFrame, nme: bool = True, max_series: int = 10) -> list[tuple[str, Figure]]:
+    """One figure per protocol; per preset a CNN line (mean over seeds) with a ± std band, NME dashed.
+
+    When a grid or a search varied hyperparameters, each configuration is a series; beyond ``max_series``
+    only the best ones (by final average incremental accuracy) are drawn, and the title says so.
+    """
     d = with_memory(df[df["finished"] & df["phase"].notna()])
     if not len(d):
         return []
@@ -78,6 +83,12 @@ def accuracy_figures(df: pd.DataFrame, nme: bool = True) -> list[tuple[str, Figu
     for key, g in d.groupby(list(GROUP), sort=True, dropna=False):
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         series = list(g.groupby(["preset", *vary], sort=False, dropna=False))
+        n_all = len(series)
+        if n_all > max_series:
+            def final(kv):
+                s = kv[1]
+                return s[s["phase"] == s["phase"].max()]["avg_inc_acc_cnn"].mean()
+            series = sorted(series, key=final, reverse=True)[:max_series]
         series.sort(key=lambda kv: _sort_key_preset(kv[0][0]))
         for i, (_, s) in enumerate(series):
             row = s.iloc[0]
@@ -94,9 +105,11 @@ def accuracy_figures(df: pd.DataFrame, nme: bool = True) -> list[tuple[str, Figu
             if nme:
                 ax.plot(x, agg["nme"].to_numpy(dtype=float), ls="--", color=_color(i), alpha=0.8)
         ds, base, phases, mem = key
-        ax.set_title(f"{protocol_label(ds, base, phases, mem)}: top-1 accuracy" + (" (CNN solid, NME dashed)"
-                                                                                   if nme else " (CNN)"),
-                     fontsize=9)
+        title = f"{protocol_label(ds, base, phases, mem)}: top-1 accuracy" + (" (CNN solid, NME dashed)"
+                                                                             if nme else " (CNN)")
+        if n_all > len(series):
+            title += f"\nbest {len(series)} of {n_all} configurations by final avg. inc. accuracy"
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("number of classes seen")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
@@ -201,6 +214,8 @@ def param_slices_figure(df: pd.DataFrame, params: list[str] | None = None, metri
             xv = vals.astype(str).map({c: i for i, c in enumerate(cats)}).to_numpy(dtype=float)
             ax.set_xticks(range(len(cats)), cats, rotation=30, fontsize=7)
         sc = ax.scatter(xv, last[metric].to_numpy(dtype=float), c=order, cmap="viridis", s=18)
+        if numeric and np.all(np.isfinite(xv)) and np.all(xv == np.round(xv)):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(p)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{metric} (%)")

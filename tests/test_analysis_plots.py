@@ -86,6 +86,16 @@ def test_search_history_and_parameter_slices(tmp_path):
     assert [p.name for p in paths] == ["search_history.png", "param_slices.png"] and all(map(_is_png, paths))
 
 
+def test_many_configurations_draw_only_the_best(tmp_path):
+    trials = [make_trial(f"m{i}", margin=round(0.05 * i, 2), acc=40.0 + i) for i in range(12)]
+    (_, fig), = plots.accuracy_figures(load_experiment(write_experiment(tmp_path / "exp", trials)),
+                                       nme=False, max_series=4)
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == 4
+    assert sorted(ln.get_ydata()[0] for ln in ax.get_lines()) == [48.0, 49.0, 50.0, 51.0]
+    assert "best 4 of 12 configurations" in ax.get_title()
+
+
 def test_nothing_finished_draws_nothing(tmp_path):
     df = load_experiment(write_experiment(tmp_path / "exp", [make_trial("a", done=1)]))
     assert plots.accuracy_curves(df, tmp_path / "f") == []
