@@ -282,16 +282,19 @@ class MLflowCallback(Callback):
             receives ``parent_run_id``; ``trials/<trial_id>.json`` are logged as artifacts.
         tags: extra tags for the parent and every child run.
         metrics: the result keys logged per phase (default :data:`METRICS`).
+        record_parent_run_id: write ``parent_run_id`` into ``lucir_experiment.json`` (turn off for a
+            second callback logging the same sweep to another store).
     """
 
     def __init__(self, tracking_uri: str, experiment_name: str, sweep_name: str, experiment_dir: str,
-                 tags: dict | None = None, metrics: Iterable[str] = METRICS):
+                 tags: dict | None = None, metrics: Iterable[str] = METRICS, record_parent_run_id: bool = True):
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.sweep_name = sweep_name
         self.experiment_dir = str(Path(experiment_dir).absolute())
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.metrics = tuple(metrics)
+        self.record_parent_run_id = record_parent_run_id
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
         self._init_caches()
@@ -301,11 +304,13 @@ class MLflowCallback(Callback):
         self._runs: dict[str, str] = {}                   # trial_id -> run_id
         self._steps: dict[str, dict[str, set[int]]] = {}  # run_id -> metric -> steps logged
         self._ended: set[str] = set()                     # trial ids whose run this driver ended
+        self._started: set[str] = set()                   # trial ids this driver started (or resumed)
+        self._done: set[str] = set()                      # trial ids Ray completed or failed in this driver
 
     # pickling: Tuner pickles the RunConfig (callbacks included) into tuner.pkl and restores it from there
     def __getstate__(self):
         state = self.__dict__.copy()
-        for k in ("_client_obj", "_runs", "_steps", "_ended"):
+        for k in ("_client_obj", "_runs", "_steps", "_ended", "_started", "_done"):
             state.pop(k, None)
         return state
 
@@ -336,7 +341,8 @@ class MLflowCallback(Callback):
                 self.client.update_run(run.info.run_id, status="RUNNING")
             logger.info("MLflow: sweep %s resumes parent run %s", self.sweep_name, run.info.run_id)
         self.parent_run_id = run.info.run_id
-        self._store_parent_id()
+        if self.record_parent_run_id:
+            self._store_parent_id()
 
     def _get_or_create_experiment(self) -> str:
         c = self.client
@@ -365,7 +371,7 @@ class MLflowCallback(Callback):
     def _find_parent(self):
         c = self.client
         info = _read_json(Path(self.experiment_dir) / EXPERIMENT_FILE) or {}
-        rid = info.get("parent_run_id")
+        rid = info.get("parent_run_id") if self.record_parent_run_id else None
         if rid:
             try:
                 run = c.get_run(rid)
@@ -494,6 +500,9 @@ class MLflowCallback(Callback):
 
     # ------------------------------------------------------------------ Tune hooks
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._started.add(trial.trial_id)
+        self._done.discard(trial.trial_id)
+
         def start():
             rid = self._run_for(trial)
             if trial.trial_id in self._ended:  # started again in this driver after it ended: reopen
@@ -513,9 +522,11 @@ class MLflowCallback(Callback):
         self._safely(f"result of {trial}", log)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._done.add(trial.trial_id)
         self._safely(f"completion of {trial}", self._finish, trial, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._done.add(trial.trial_id)
         error = None
         try:
             error = trial.get_error()
@@ -525,8 +536,14 @@ class MLflowCallback(Callback):
         self._safely(f"error of {trial}", self._finish, trial, "FAILED", error)
 
     def on_experiment_end(self, trials, **info):
-        """End the parent run, unless the sweep was interrupted (then resume reuses it, still RUNNING)."""
-        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        """End the parent run, unless the sweep was interrupted (then resume reuses it, still RUNNING).
+
+        Interrupted (Ctrl+C, SIGTERM, an exception in the driver): a trial is still pending or paused, or
+        a trial started by this driver never completed nor failed here.  Ray's clean-up marks the trials
+        it stops TERMINATED without calling ``on_trial_complete``, so the status alone does not tell.
+        """
+        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")
+                      or (t.trial_id in self._started and t.trial_id not in self._done)]
         if unfinished:
             logger.info("MLflow: sweep %s interrupted with %d unfinished trial(s); parent run %s stays "
                         "RUNNING until `lucir resume`", self.sweep_name, len(unfinished), self.parent_run_id)
