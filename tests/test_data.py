@@ -170,9 +170,14 @@ def test_cifar100_binary_layout(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real CIFAR-100
+@pytest.fixture(scope="module")
+def cifar():
+    return load_dataset("cifar100", cifar_root(), download=False)
+
+
 @requires_cifar
-def test_cifar100_reader_on_the_shared_copy():
-    data = load_dataset("cifar100", cifar_root(), download=False)
+def test_cifar100_reader_on_the_shared_copy(cifar):
+    data = cifar
     assert tuple(data.train_x.shape) == (50_000, 3, 32, 32) and tuple(data.test_x.shape) == (10_000, 3, 32, 32)
     assert data.train_x.dtype == torch.uint8 and data.test_x.dtype == torch.uint8
     assert torch.bincount(data.train_y, minlength=100).tolist() == [500] * 100
@@ -255,3 +260,21 @@ def test_source_train_batches_cover_the_indices_once_per_epoch_and_are_seeded():
     xa = torch.cat([x for x, _ in src.train_batches(idx, 16, torch.Generator().manual_seed(1))])
     xb = torch.cat([x for x, _ in src.train_batches(idx, 16, torch.Generator().manual_seed(1))])
     assert torch.equal(xa, xb)
+
+
+@requires_cifar
+def test_cifar100_through_the_seed_1993_order(cifar):
+    src = Source(cifar, class_order(100, 1993), torch.device("cpu"))
+    assert src.class_names[:3] == ["road", "palm_tree", "snake"]  # original labels 68, 56, 78
+    assert torch.equal(src.train_y == 0, cifar.train_y == 68)
+    assert torch.bincount(src.test_y, minlength=100).tolist() == [100] * 100
+    idx = torch.nonzero(src.train_y < 50).flatten()
+    assert len(idx) == 25_000  # the base phase of B50
+    x, y = next(src.train_batches(idx, 128, torch.Generator().manual_seed(0)))
+    assert x.shape == (128, 3, 32, 32) and x.dtype == torch.float32 and bool((y < 50).all())
+    # normalised with the reference's mean/std: roughly zero-mean, unit-std per channel
+    xe = torch.cat([b for b, _ in src.eval_batches("train", idx[:4096], 1024)])
+    assert xe.mean(dim=(0, 2, 3)).abs().max() < 0.1
+    # the reference's std (0.2009, 0.1984, 0.2023) is below the pixel std (about 0.27): normalised std about 1.3
+    std = xe.std(dim=(0, 2, 3))
+    assert bool((std > 1.15).all() and (std < 1.5).all()), std

@@ -117,3 +117,47 @@ def test_mimic_scores_by_hand():
     s_ref = torch.tensor([[0.3, 0.2, -0.4], [0.1, 0.1, 0.6]])
     # old classes 0, 1: squared differences 0.04, 0, 0, 0 -> MSE 0.01, times N_old = 2
     assert float(mimic_scores(s, s_ref, 2)) == pytest.approx(0.02, abs=1e-7)
+
+
+# ----------------------------------------------------------------------------- the phase objective (learner.phase_loss)
+def _batch(n_old=4, n_seen=6, b=10, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f, f_ref = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)
+    s = torch.rand(b, n_seen, generator=g) * 2 - 1
+    s_ref = torch.rand(b, n_old, generator=g) * 2 - 1
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 4, 5, 0, 5])[:b]
+    return (f, s, 3.0 * s), (f_ref, s_ref, 3.0 * s_ref), y
+
+
+def _ctx(cfg, phase):
+    from lucir.learner import PhaseContext
+
+    p = cfg.protocol
+    return PhaseContext(phase, p.seen_classes(phase - 1) if phase else 0, p.seen_classes(phase),
+                        cfg.lambda_at(phase) if phase else 0.0)
+
+
+@pytest.mark.parametrize("preset", ["finetune", "baseline", "cn", "cn_lf", "lucir", "joint"])
+def test_phase_loss_is_the_sum_of_the_terms_each_rung_switches_on(preset):
+    import torch.nn.functional as F
+
+    from lucir.config import Config
+    from lucir.learner import phase_loss
+
+    cfg = Config.from_flat(dataset="digits", preset=preset, mr_weight=2.0, lambda_base=3.0)
+    out, ref, y = _batch()
+    ce = F.cross_entropy(out[2], y)
+    lam = 3.0 * math.sqrt(4 / 2)
+    assert cfg.lambda_at(1) == pytest.approx(lam if cfg.method.adaptive_lambda else 3.0)
+    expect = {
+        "finetune": ce,
+        "baseline": ce + knowledge_distillation(out[2], ref[2], 4, 2.0, 0.25),
+        "cn": ce + mimic_scores(out[1], ref[1], 4),
+        "cn_lf": ce + lam * less_forget(out[0], ref[0]),
+        "lucir": ce + lam * less_forget(out[0], ref[0]) + 2.0 * margin_ranking(out[1], y, 4, 0.5, 2),
+        "joint": ce,
+    }[preset]
+    got = phase_loss(cfg, _ctx(cfg, 1), out, ref, y)
+    assert float(got) == pytest.approx(float(expect), rel=1e-6)
+    # the base phase is cross-entropy alone, whatever the rung
+    assert float(phase_loss(cfg, _ctx(cfg, 0), out, None, y)) == pytest.approx(float(ce), rel=1e-6)

@@ -284,3 +284,88 @@ def test_save_state_is_atomic(full, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["state.pt"], "no temporary file left behind"
     monkeypatch.undo()
     assert load_state(p)["phase"] == 0
+
+
+# ----------------------------------------------------------------------------- what a phase trains on, and how
+def test_incremental_phase_trains_on_new_classes_plus_the_old_exemplars(cfg, full, monkeypatch):
+    from lucir import learner
+    from lucir.data import Source
+
+    seen = []
+    original = learner.train_phase
+
+    def spy(model, ref_model, source, indices, *a, **k):
+        seen.append((indices.clone(), ref_model is not None))
+        return original(model, ref_model, source, indices, *a, **k)
+
+    monkeypatch.setattr(learner, "train_phase", spy)
+    run_all(cfg, full[0][1], stop_after=1)
+    run_all(tiny_config(preset="joint"), full[0][1], stop_after=1)
+    (lucir_idx, lucir_ref), (joint_idx, joint_ref) = seen
+    src = Source(digits(), class_order(10, 1993), torch.device("cpu"))
+    new = torch.nonzero((src.train_y == 4) | (src.train_y == 5)).flatten()
+    exemplars = [i for c in range(4) for i in full[0][1]["memory"][c]]
+    assert sorted(lucir_idx.tolist()) == sorted(new.tolist() + exemplars)
+    assert lucir_ref, "the frozen previous model feeds less-forget"
+    # joint (the upper bound): every training image of the seen classes, no reference model
+    assert sorted(joint_idx.tolist()) == torch.nonzero(src.train_y < 6).flatten().tolist()
+    assert not joint_ref
+
+
+def test_lr_steps_down_after_each_milestone_epoch_and_every_parameter_incl_eta_is_optimised(monkeypatch):
+    from lucir import learner
+
+    record = []
+    original = learner._sgd
+
+    def spy(params, lr, momentum, wd, device):
+        params = list(params)
+        opt = original(params, lr, momentum, wd, device)
+        record.append({"params": {id(p) for p in params}, "lrs": [], "wd": wd, "momentum": momentum})
+        opt.register_step_pre_hook(lambda o, args, kwargs: record[-1]["lrs"].append(o.param_groups[0]["lr"]))
+        return opt
+
+    monkeypatch.setattr(learner, "_sgd", spy)
+    cfg = tiny_config(epochs=3, milestones=[1, 2], lr=0.05)
+    captured = {}
+    original_phase = learner.train_phase
+
+    def keep_model(model, *a, **k):
+        captured["model"] = model
+        return original_phase(model, *a, **k)
+
+    monkeypatch.setattr(learner, "train_phase", keep_model)
+    run_all(cfg, stop_after=0)
+    (rec,) = record
+    steps = len(rec["lrs"]) // 3
+    assert steps > 1 and len(rec["lrs"]) == 3 * steps  # same number of batches in every epoch
+    assert rec["lrs"] == pytest.approx([0.05] * steps + [0.005] * steps + [0.0005] * steps)
+    assert rec["wd"] == cfg.schedule.weight_decay and rec["momentum"] == 0.9
+    model = captured["model"]
+    assert rec["params"] == {id(p) for p in model.parameters()}
+    assert id(model.head.eta) in rec["params"]  # eta is trained, with weight decay, like the reference
+
+
+def test_cbf_trains_only_the_classifier_rows_with_backbone_bn_and_eta_frozen(full, monkeypatch):
+    from lucir import learner
+
+    cfg = tiny_config(preset="lucir_cbf", cbf_epochs=2)
+    check_state(cfg, full[0][1])
+    snap = {}
+    original = learner.class_balanced_finetune
+
+    def spy(model, *a, **k):
+        snap["before"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        out = original(model, *a, **k)
+        snap["after"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return out
+
+    monkeypatch.setattr(learner, "class_balanced_finetune", spy)
+    run_all(cfg, full[0][1], stop_after=1)
+    before, after = snap["before"], snap["after"]
+    backbone = [k for k in before if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in backbone)
+    assert all(torch.equal(before[k], after[k]) for k in backbone), "CBF must not touch the backbone or BN stats"
+    assert torch.equal(before["head.eta"], after["head.eta"])
+    assert not torch.equal(before["head.old"], after["head.old"])  # both classifier parts are finetuned
+    assert not torch.equal(before["head.new"], after["head.new"])
