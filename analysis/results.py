@@ -273,6 +273,54 @@ def _mtime(path: Path) -> float:
         return math.nan
 
 
+def _trials_from_ray_dirs(path: Path) -> list[TrialRecord]:
+    """Trials from Ray Tune's own trial folders (``params.json`` + ``result.json``, one JSON line per report).
+
+    A fallback for a folder without ``trials/``: the config is resolved to the full flat lucir config,
+    the status is ERROR when Ray left an ``error.txt``, TERMINATED when every phase was reported, else RUNNING.
+    """
+    out = []
+    for d in sorted(p for p in path.iterdir() if p.is_dir() and (p / "params.json").exists()):
+        try:
+            params = read_json(d / "params.json")
+        except (OSError, ValueError):
+            continue
+        phases, trial_id = [], ""
+        rfile = d / "result.json"
+        if rfile.exists():
+            for line in rfile.read_text(encoding="utf-8").splitlines():
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a crash
+                trial_id = trial_id or str(r.get("trial_id") or "")
+                if isinstance(r.get("phase"), (int, float)):
+                    phases.append({k: r[k] for k in ("phase", "classes_seen", *METRICS, *EXTRA_METRICS) if k in r})
+        by_phase = {int(p["phase"]): p for p in phases}  # a phase reported twice (retried trial): keep the last
+        phases = [by_phase[k] for k in sorted(by_phase)]
+        config = dict(params)
+        try:
+            from lucir.config import Config
+
+            config = Config.from_flat({k: v for k, v in params.items() if k in CONFIG_FIELDS}).to_flat()
+        except Exception:  # noqa: BLE001 - keep the literal params of a config the trainer refuses
+            pass
+        if not trial_id:
+            parts = d.name.split("_")
+            trial_id = next((f"{a}_{b}" for a, b in zip(parts, parts[1:]) if b.isdigit() and len(b) == 5), d.name)
+        i = d.name.find(trial_id)
+        name = d.name[: i + len(trial_id)] if i >= 0 else d.name  # Ray's trial name: <trainable>_<trial_id>
+        err = ""
+        for name_ in ("error.txt",):
+            if (d / name_).exists():
+                err = (d / name_).read_text(encoding="utf-8", errors="replace").strip()[-4000:]
+        n = config.get("phases")
+        status = "ERROR" if err else ("TERMINATED" if isinstance(n, int) and len(phases) == n + 1 else "RUNNING")
+        out.append(TrialRecord(trial_id=trial_id, trial_name=name, sweep=path.name, config=config,
+                               phases=phases, status=status, error=err, updated=_mtime(rfile)))
+    return out
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """``lucir_experiment.json`` of an experiment folder ({} when absent)."""
     f = Path(path) / EXPERIMENT_FILE
@@ -288,8 +336,9 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 def read_experiment(path: str | os.PathLike, *, source: str = "auto") -> Experiment:
     """Read an experiment folder.
 
-    ``source``: ``folder`` (``trials/*.json``), ``mlflow`` (the store named in ``lucir_experiment.json``)
-    or ``auto`` (the folder's trial files; MLflow only when there are none).
+    ``source``: ``folder`` (``trials/*.json``), ``mlflow`` (the store named in ``lucir_experiment.json``),
+    ``ray`` (Ray Tune's trial folders) or ``auto``: the folder's trial files; when there are none, MLflow,
+    then Ray's trial folders.
     """
     path = Path(path).expanduser().absolute()
     if not path.is_dir():
@@ -298,27 +347,35 @@ def read_experiment(path: str | os.PathLike, *, source: str = "auto") -> Experim
     notes: list[str] = []
     tdir = path / TRIALS_DIR
     files = sorted(tdir.glob("*.json")) if tdir.is_dir() else []
-    if not meta and not files:
+    if not meta and not files and not any(path.glob("*/params.json")):
         raise ExperimentError(f"{path} is not an experiment folder: no {EXPERIMENT_FILE} and no {TRIALS_DIR}/*.json "
                               "(give the folder `lucir ablate` or `lucir search` printed)")
+    if source not in ("auto", "folder", "mlflow", "ray"):
+        raise ValueError(f"source={source!r} is invalid: allowed auto, folder, mlflow, ray")
     if source == "mlflow" or (source == "auto" and not files and meta.get("mlflow_uri")):
         uri, name = meta.get("mlflow_uri"), meta.get("mlflow_experiment") or meta.get("name")
-        if not uri or not name:
-            raise ExperimentError(f"{path / EXPERIMENT_FILE} names no mlflow_uri / mlflow_experiment")
-        if _sqlite_missing(uri):
-            if source == "mlflow":
-                raise ExperimentError(f"MLflow store {uri} does not exist")
-        else:
-            try:
-                exp = load_mlflow_experiment(uri, name)
-                exp.path, exp.meta = path, {**meta, **exp.meta, "name": meta.get("name", name)}
-                exp.notes.insert(0, f"trials read from MLflow ({uri}, experiment {name!r}): "
-                                    f"no {TRIALS_DIR}/*.json in the folder")
+        try:
+            if not uri or not name:
+                raise ExperimentError(f"{path / EXPERIMENT_FILE} names no mlflow_uri / mlflow_experiment")
+            exp = load_mlflow_experiment(uri, name)
+            if exp.trials or source == "mlflow":
+                exp.path = path
+                exp.meta = {**exp.meta, **{k: v for k, v in meta.items() if v is not None}}
+                exp.notes.insert(0, f"trials read from MLflow ({uri}, experiment {name!r})"
+                                    + ("" if source == "mlflow" else f": no {TRIALS_DIR}/*.json in the folder"))
                 return exp
-            except ExperimentError as exc:
-                if source == "mlflow":
-                    raise
-                notes.append(f"no trials in MLflow either: {exc}")
+        except ExperimentError as exc:
+            if source == "mlflow":
+                raise
+            notes.append(f"no trials in MLflow: {exc}")
+    if source == "ray" or (source == "auto" and not files):
+        records = _trials_from_ray_dirs(path)
+        if records or source == "ray":
+            if records:
+                notes.insert(0, f"trials read from Ray's trial folders (result.json): no {TRIALS_DIR}/*.json; "
+                                "accuracy matrices and PRUNED status are not available there")
+            return Experiment(path=path, meta=meta, trials=records, frame=frame_from_records(records),
+                              source="ray", notes=notes)
     records = [_trial_from_json(f) for f in files]
     seen: dict[str, TrialRecord] = {}
     for r in records:

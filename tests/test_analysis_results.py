@@ -100,6 +100,37 @@ def test_mlflow_store_gives_the_same_frame(tmp_path, mlflow_template):
         load_mlflow(uri, "other")
 
 
+def test_ray_trial_folders_are_read_when_there_are_no_trial_files(tmp_path):
+    """Ray Tune's own trial folders (params.json + one result.json line per report) as a fallback."""
+    import json
+
+    exp = write_experiment(tmp_path / "exp", [], meta={"mlflow_uri": None})
+    (exp / "trials").rmdir()
+    docs = mixed_trials()[:4]
+    for n, doc in enumerate(docs):
+        d = exp / f"lucir_trainable_{doc['trial_id']}_{n}_preset={doc['config']['preset']}_2026-11-28_08-49-38"
+        d.mkdir()
+        cfg = doc["config"]
+        (d / "params.json").write_text(json.dumps({k: cfg[k] for k in ("dataset", "preset", "phases", "seed",
+                                                                       "epochs", "margin")}))
+        lines = [json.dumps({**p, "trial_id": doc["trial_id"], "done": False, "hostname": "vm",
+                             "config": {"preset": cfg["preset"]}}) for p in doc["phases"]]
+        (d / "result.json").write_text("\n".join(lines) + "\n")
+    (next(exp.glob("*t_running*")) / "error.txt").write_text("Failure # 1\nRuntimeError: worker died")
+    e = read_experiment(exp)
+    assert e.source == "ray" and "Ray's trial folders" in e.notes[0]
+    df = e.frame
+    by_id = df.groupby("trial_id").first()
+    assert by_id.loc["t_done", "status"] == "TERMINATED" and by_id.loc["t_done", "trial_name"] == \
+        "lucir_trainable_t_done"
+    assert by_id.loc["t_running", "status"] == "ERROR" and "worker died" in by_id.loc["t_running", "error"]
+    assert by_id.loc["t_pruned", "status"] == "RUNNING"          # Ray's folders cannot tell PRUNED apart
+    assert "hostname" not in df.columns and "done" not in df.columns
+    folder = load_experiment(write_experiment(tmp_path / "ref", docs))
+    cols = ["trial_id", "phase", "classes_seen", *METRICS, "preset", "seed", "margin", "epochs", "milestones"]
+    pd.testing.assert_frame_equal(df[cols], folder[cols])
+
+
 @pytest.mark.slow
 def test_real_trainer_trial_loads(tmp_path):
     """A trial file written from the trainer's own results (2 epochs, 1 incremental phase) loads unchanged."""
