@@ -79,6 +79,17 @@ def test_resume_after_any_phase_equals_the_uninterrupted_run(cfg, full, tmp_path
     assert same_tensors(resumed[-1][1]["model"], full[-1][1]["model"])
 
 
+@pytest.mark.parametrize("preset", ["baseline", "lucir_cbf"])
+def test_resume_equivalence_for_the_linear_head_and_cbf(preset, tmp_path):
+    cfg = tiny_config(preset=preset, epochs=1, cbf_epochs=1)
+    whole = run_all(cfg)
+    save_state(whole[1][1], tmp_path / "s.pt")
+    resumed = run_all(cfg, load_state(tmp_path / "s.pt"))
+    assert resumed[-1][0].acc_matrix_cnn == whole[-1][0].acc_matrix_cnn
+    assert resumed[-1][0].acc_matrix_nme == whole[-1][0].acc_matrix_nme
+    assert same_tensors(resumed[-1][1]["model"], whole[-1][1]["model"])
+
+
 # ----------------------------------------------------------------------------- frozen old rows (LF on / off)
 def test_old_class_weights_do_not_change_during_a_phase_with_less_forget(full):
     for t in range(1, 4):
