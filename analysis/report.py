@@ -134,8 +134,9 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
     rep = Report(out=root, index=root / "index.md", notes=list(exp.notes))
     written: dict[str, list[Path]] = {}
 
-    def export(name: str, table: pd.DataFrame, index: bool = False, caption: str | None = None) -> list[Path]:
-        paths = tables.export_table(table, tdir / name, formats, index=index, caption=caption)
+    def export(name: str, table: pd.DataFrame, index: bool = False, caption: str | None = None,
+               display: pd.DataFrame | None = None) -> list[Path]:
+        paths = tables.export_table(table, tdir / name, formats, index=index, caption=caption, display=display)
         written[name] = paths
         rep.tables += paths
         return paths
@@ -149,13 +150,14 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
         p = tdir / "summary_numeric.csv"
         tables._atomic_write(p, summary.to_csv(index=False, float_format="%.4f"))
         rep.tables.append(p)
-    abl = tables.ablation_tables(df)
+    search_kind = exp.meta.get("kind") == "search"  # one row per configuration: the search tables say more
+    abl = tables.ablation_tables(df) if not search_kind else {}
     abl_names = {}
     for label, tab in abl.items():
         name = f"ablation_{tables.slug(label)}"
         export(name, tab, index=True, caption=f"Ablation, {label}: average incremental accuracy (CNN, %)")
         abl_names[label] = name
-    curves = tables.curve_tables(df)
+    curves = tables.curve_tables(df) if not search_kind else {}
     curve_names = {}
     for label, tab in curves.items():
         name = f"curve_{tables.slug(label)}"
@@ -165,8 +167,9 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
     params = tables.searched_params(df, exp.meta)
     is_search = exp.meta.get("kind") == "search" or bool(params)
     top = tables.search_summary(df, exp.meta, k=top_k, metric=objective, mode=mode) if is_search else None
+    top_display = tables.display_params(top, params) if top is not None else None
     if top is not None and len(top):
-        export("search_top", top)
+        export("search_top", top, display=top_display)
     imp, imp_note = (tables.param_importances(exp.path, exp.meta.get("optuna_study") or exp.name, params)
                      if exp.path is not None else (None, "no experiment folder"))
     if imp is not None:
@@ -177,14 +180,14 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
         p = tdir / "long.csv"
         tables._atomic_write(p, df.to_csv(index=False, float_format="%.4f"))
         rep.tables.append(p)
-    if exp.meta.get("kind") == "search" and top is not None and len(top):
-        rep.main_table = top  # a search's headline is its best configurations, not one row per config
+    if search_kind and top is not None and len(top):
+        rep.main_table = top_display  # a search's headline is its best configurations, not one row per config
     best = tables.best_trial(df, metric=objective, mode=mode)
     best_cmd = tables.best_command_line(tables.config_of(best)) if best is not None else None
 
     # figures -----------------------------------------------------------------------------------------
     acc_figs = plots.accuracy_curves(df, fdir)
-    abl_figs = plots.ablation_bars(df, fdir) if df["preset"].nunique() > 1 else []
+    abl_figs = plots.ablation_bars(df, fdir) if df["preset"].nunique() > 1 and not search_kind else []
     hist_figs = plots.search_history(df, fdir, metric=objective, mode=mode) if is_search else []
     slice_figs = plots.param_slices(df, fdir, params=params, metric=objective) if is_search and params else []
     rep.figures = acc_figs + abl_figs + hist_figs + slice_figs
@@ -223,7 +226,7 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
         lines += ["## Search", ""]
         if top is not None and len(top):
             lines += [f"Top {len(top)} finished trials by {objective} at the last phase:", "",
-                      tables.to_markdown(top), "Files: " + _bullet_table_links(written["search_top"], root), ""]
+                      tables.to_markdown(top_display), "Files: " + _bullet_table_links(written["search_top"], root), ""]
         else:
             lines += ["No trial has finished every phase yet: no best configuration.", ""]
         if imp is not None:

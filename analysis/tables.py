@@ -405,10 +405,26 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def to_markdown(table: pd.DataFrame, index: bool = False, floatfmt: str = ".2f") -> str:
     t = (table.reset_index() if index else table).copy()
-    for c in t.columns:  # pandas' NA / NaN in text and nullable columns print as '–'
-        if not pd.api.types.is_float_dtype(t[c]) or pd.api.types.is_extension_array_dtype(t[c]):
-            t[c] = [DASH if _isnan(v) else v for v in t[c].astype(object)]
-    return t.to_markdown(index=False, floatfmt=floatfmt, missingval=DASH) + "\n"
+    align = []
+    for c in t.columns:  # cells formatted here (text stays text: '0.8' is not re-read as 0.80); NA as '–'
+        numeric = pd.api.types.is_numeric_dtype(t[c]) and not pd.api.types.is_bool_dtype(t[c])
+        numeric = numeric or (len(t) > 0 and all(_is_number_text(v) for v in t[c]))
+        align.append("right" if numeric else "left")
+        t[c] = [DASH if _isnan(v) else (format(v, floatfmt) if isinstance(v, float) else str(v))
+                for v in t[c].astype(object)]
+    return t.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
+
+
+def _is_number_text(v: Any) -> bool:
+    if _isnan(v) or v == DASH:
+        return True
+    if not isinstance(v, str):
+        return False
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
 
 
 def _tex_escape(s: str) -> str:
@@ -449,9 +465,21 @@ def to_latex(table: pd.DataFrame, index: bool = False, floatfmt: str = ".2f", ca
     return "\n".join(lines) + "\n"
 
 
+def display_params(table: pd.DataFrame, params: Iterable[str]) -> pd.DataFrame:
+    """A copy with the float columns ``params`` as short text (4 significant digits: 0.3141, 12.5, 0.0005)."""
+    out = table.copy()
+    for p in params:
+        if p in out and pd.api.types.is_float_dtype(out[p]):
+            out[p] = [DASH if _isnan(v) else f"{v:.4g}" for v in out[p]]
+    return out
+
+
 def export_table(table: pd.DataFrame, out_stem: str | os.PathLike, formats: Iterable[str] = ("csv", "md", "tex"),
-                 index: bool = False, caption: str | None = None) -> list[Path]:
-    """Write ``<stem>.csv``, ``<stem>.md`` and/or ``<stem>.tex`` (each atomically); return the paths written."""
+                 index: bool = False, caption: str | None = None, display: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``<stem>.csv``, ``<stem>.md`` and/or ``<stem>.tex`` (each atomically); return the paths written.
+
+    ``display``: a formatted version of ``table`` for Markdown and LaTeX (the CSV keeps the numbers).
+    """
     stem = Path(out_stem)
     written = []
     for fmt in formats:
@@ -460,9 +488,9 @@ def export_table(table: pd.DataFrame, out_stem: str | os.PathLike, formats: Iter
             t = table.reset_index() if index else table
             text = t.to_csv(index=False, float_format="%.4f")
         elif fmt == "md":
-            text = to_markdown(table, index=index)
+            text = to_markdown(table if display is None else display, index=index)
         elif fmt == "tex":
-            text = to_latex(table, index=index, caption=caption)
+            text = to_latex(table if display is None else display, index=index, caption=caption)
         else:
             raise ValueError(f"format {fmt!r} is invalid: allowed csv, md, tex")
         _atomic_write(path, text)

@@ -94,6 +94,7 @@ def test_search_report_has_top_configs_importances_and_search_plots(tmp_path, ca
     assert {"tables/search_top.md", "tables/search_top.tex", "tables/param_importances.md",
             "figures/search_history.png", "figures/param_slices.png"} <= names
     assert not any(n.endswith(".csv") for n in names)                         # --formats md,tex
+    assert not any("ablation" in n or "curve" in n for n in names)            # a search has no ladder
     text = (rep / "index.md").read_text()
     assert "fANOVA importances over 6 complete trials" in text
     assert "--set margin=0.8" in text                                        # the best trial, s5
