@@ -158,6 +158,7 @@ def sweep(tmp_path_factory):
     server = MlflowServer(root / "server")  # starts now, comes up while Ray starts
     try:
         template = _migrated_db(root / "template")
+        shutil.copy(template, tmp_path_factory.getbasetemp() / "mlflow_template.db")
         if ray.is_initialized():
             ray.shutdown()
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -193,6 +194,8 @@ def sweep(tmp_path_factory):
         t1 = time.monotonic()
         restored = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=True)
         grid = restored.fit()
+        print(f"\nsweep: first fit (interrupted) {interrupted['seconds']:.0f} s, "
+              f"restore {time.monotonic() - t1:.0f} s")
         yield {"exp": exp, "sqlite": sqlite_uri, "http": url, "grid": grid, "interrupted": interrupted,
                "server_artifacts": root / "server" / "artifacts", "restore_seconds": time.monotonic() - t1}
     finally:
@@ -353,10 +356,11 @@ def test_replaying_the_hooks_after_a_restore_duplicates_nothing(sweep):
     assert all(r.info.status == "FINISHED" for r in parents2 + children2)
 
 
-def test_failed_trial_ends_its_run_failed_and_nan_is_logged(tmp_path):
+def test_failed_trial_ends_its_run_failed_and_nan_is_logged(tmp_path, tmp_path_factory):
     exp = tmp_path / "exp"
     (exp / "trials").mkdir(parents=True)
-    shutil.copy(_migrated_db(tmp_path / "tpl"), exp / "mlflow.db")
+    template = tmp_path_factory.getbasetemp() / "mlflow_template.db"  # left by the sweep fixture
+    shutil.copy(template if template.exists() else _migrated_db(tmp_path / "tpl"), exp / "mlflow.db")
     uri = default_tracking_uri(exp)
     cb = MLflowCallback(uri, "failing", "failing_sweep", str(exp))
     cb.setup()
@@ -415,3 +419,33 @@ def test_check_tracking_uri_refuses_unusable_stores(tmp_path):
     good = f"sqlite:///{tmp_path}/new/folder/mlflow.db"
     check_tracking_uri(good)
     assert (tmp_path / "new" / "folder").is_dir()
+
+
+def test_parent_run_is_found_again_for_the_same_folder_only(tmp_path, tmp_path_factory):
+    """Restore finds the sweep's parent (by lucir_experiment.json, else by tag + folder); a sweep of the
+    same name in another folder gets its own parent."""
+    template = tmp_path_factory.getbasetemp() / "mlflow_template.db"
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copy(template if template.exists() else _migrated_db(tmp_path / "tpl"), db)
+    uri = f"sqlite:///{db}"
+    a, b = tmp_path / "a" / "sweep", tmp_path / "b" / "sweep"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    (a / "lucir_experiment.json").write_text(json.dumps({"name": "sweep", "parent_run_id": None}))
+    cb_a = MLflowCallback(uri, "shared", "sweep", str(a))
+    cb_a.setup()
+    assert json.loads((a / "lucir_experiment.json").read_text())["parent_run_id"] == cb_a.parent_run_id
+    cb_b = MLflowCallback(uri, "shared", "sweep", str(b))  # no lucir_experiment.json there
+    cb_b.setup()
+    assert cb_b.parent_run_id != cb_a.parent_run_id
+    again = pickle.loads(pickle.dumps(MLflowCallback(uri, "shared", "sweep", str(b))))
+    again.setup()  # found by tag and folder
+    assert again.parent_run_id == cb_b.parent_run_id
+    moved = tmp_path / "moved" / "sweep"
+    shutil.copytree(a, moved)
+    cb_moved = MLflowCallback(uri, "shared", "sweep", str(moved))
+    cb_moved.setup()  # found through parent_run_id of the moved lucir_experiment.json
+    assert cb_moved.parent_run_id == cb_a.parent_run_id
+    _, parents, _ = _runs_named(uri, "shared")
+    assert len(parents) == 2

@@ -383,7 +383,9 @@ class MLflowCallback(Callback):
                              filter_string=f"tags.`{TAG_ROLE}` = 'sweep' and "
                                            f"tags.`{TAG_SWEEP}` = {_quote(self.sweep_name)}",
                              order_by=["attributes.start_time ASC"], max_results=100)
-        runs = [r for r in runs if r.data.tags.get(TAG_EXP_DIR) == self.experiment_dir] or runs
+        # the same experiment folder: a sweep of the same name elsewhere (another --out) is another sweep;
+        # a moved folder finds its parent through lucir_experiment.json above
+        runs = [r for r in runs if r.data.tags.get(TAG_EXP_DIR) == self.experiment_dir]
         return runs[0] if runs else None
 
     def _store_parent_id(self) -> None:
