@@ -60,15 +60,24 @@ def _config_fields() -> dict[str, str]:
     try:
         from dataclasses import fields
 
-        from lucir.config import _SECTIONS
+        from lucir.config import Config
     except ImportError:  # pragma: no cover - the trainer ships in the same wheel
         return {}
-    return {f.name: str(f.type) for cls in _SECTIONS.values() for f in fields(cls)}
+    # Config's fields are its sections (protocol, method, schedule, runtime), each a dataclass
+    return {f.name: str(f.type) for sec in fields(Config) for f in fields(sec.default_factory)}
+
+
+def _runtime_fields() -> tuple[str, ...]:
+    try:
+        from lucir.config import RUNTIME_FIELDS as rt
+    except ImportError:  # pragma: no cover
+        rt = ("device", "bf16", "channels_last", "compile", "threads", "eval_batch_size", "gpu_memory_fraction")
+    return tuple(sorted(rt)) + ("data_root",)
 
 
 CONFIG_FIELDS: dict[str, str] = _config_fields()
-RUNTIME_FIELDS = ("device", "bf16", "channels_last", "compile", "threads", "eval_batch_size",
-                  "gpu_memory_fraction", "data_root")
+#: How a trial ran, not what it computed (plus where the data lies): never part of a configuration's identity.
+RUNTIME_FIELDS = _runtime_fields()
 
 
 def parse_param(text: Any, ftype: str | None = None) -> Any:
