@@ -89,7 +89,7 @@ def write_mlflow(uri: str, experiment: str, trials: list[dict], artifact_root: P
     """Log ``trials`` as child runs (params = flat config, metrics with step = phase, lucir.* tags)
     under one parent run of the sweep; returns the parent run id."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     c = MlflowClient(tracking_uri=uri)
     exp = c.get_experiment_by_name(experiment)
