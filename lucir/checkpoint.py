@@ -8,6 +8,7 @@ renamed over the target: a crash never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -43,14 +44,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Strict JSON (RFC 8259): NaN and infinities are written as ``null``."""
+    text = json.dumps(_finite_or_none(obj), indent=2, sort_keys=True, allow_nan=False, default=_json_default)
+    atomic_write_text(path, text + "\n")
+
+
+def _finite_or_none(o):
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite_or_none(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_or_none(v) for v in o]
+    if hasattr(o, "tolist"):
+        return _finite_or_none(o.tolist())
+    return o
 
 
 def _json_default(o):
-    if isinstance(o, float):
-        return o
-    if hasattr(o, "tolist"):
-        return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 

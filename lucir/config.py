@@ -291,15 +291,16 @@ class Config:
         elif preset != "custom":
             raise _err("preset", preset, f"one of {list(LADDER)} or 'custom'")
         if "epochs" in flat and "milestones" not in flat:
-            values["milestones"] = scale_milestones(values["milestones"], values["epochs"], int(flat["epochs"]))
+            values["milestones"] = scale_milestones(values["milestones"], values["epochs"],
+                                                    _as_int("epochs", flat["epochs"]))
         if "cbf_epochs" in flat and "cbf_milestones" not in flat:
             values["cbf_milestones"] = scale_milestones(values["cbf_milestones"], values["cbf_epochs"],
-                                                        int(flat["cbf_epochs"]))
+                                                        _as_int("cbf_epochs", flat["cbf_epochs"]))
         values.update(flat)
         if preset in PRESETS and any(values[s] != PRESETS[preset][s] for s in _SWITCHES):
             values["preset"] = "custom"
         if DATASETS[dataset] is not None:
-            if "num_classes" in flat and int(flat["num_classes"]) != DATASETS[dataset]:
+            if "num_classes" in flat and _as_int("num_classes", flat["num_classes"]) != DATASETS[dataset]:
                 raise _err("num_classes", flat["num_classes"], f"{DATASETS[dataset]} for {dataset}")
             values["num_classes"] = DATASETS[dataset]
         elif "num_classes" not in flat:
@@ -309,7 +310,9 @@ class Config:
         kwargs: dict[str, dict[str, Any]] = {sec: {} for sec in _SECTIONS}
         for k, v in values.items():
             if k in ("milestones", "cbf_milestones"):
-                v = tuple(int(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
+                if isinstance(v, str):
+                    v = [x for x in v.replace(",", " ").split() if x]
+                v = tuple(_as_int(k, x, v) for x in (v if isinstance(v, (list, tuple)) else [v]))
             kwargs[FIELD_SECTION[k]][k] = _coerce(_SECTIONS[FIELD_SECTION[k]], k, v)
         return cls(**{sec: c(**kwargs[sec]) for sec, c in _SECTIONS.items()})
 
@@ -324,6 +327,9 @@ class Config:
             if k in ("milestones", "cbf_milestones"):
                 v = tuple(v)
             kwargs[FIELD_SECTION[k]][k] = v
+        preset = kwargs["method"].get("preset")
+        if preset in PRESETS and any(kwargs["method"][s] != PRESETS[preset][s] for s in _SWITCHES):
+            kwargs["method"]["preset"] = "custom"
         return Config(**{sec: c(**kwargs[sec]) for sec, c in _SECTIONS.items()})
 
     # ------------------------------------------------------------------ identity
@@ -371,13 +377,23 @@ class Config:
 
 
 def scale_milestones(milestones, old_epochs: int, new_epochs: int) -> tuple[int, ...]:
-    """Milestones scaled in proportion to a changed number of epochs (80/120 of 160 -> 5/7 of 10)."""
+    """Milestones scaled in proportion to a changed number of epochs (80/120 of 160 -> 5/8 of 10)."""
     out: list[int] = []
     for m in milestones:
         s = max(1, min(new_epochs - 1, round(m * new_epochs / old_epochs)))
         if new_epochs > 1 and (not out or s > out[-1]):
             out.append(s)
     return tuple(out)
+
+
+def _as_int(name: str, value: Any, shown: Any = None) -> int:
+    try:
+        f = float(value)
+        if f.is_integer():
+            return int(f)
+    except (TypeError, ValueError):
+        pass
+    raise _err(name, value if shown is None else shown, "an integer" if shown is None else "a list of integers")
 
 
 def _finite(v: Any) -> bool:
@@ -388,14 +404,14 @@ def _coerce(cls, name: str, value: Any) -> Any:
     """Accept strings from the command line / JSON for typed fields; leave the rest to validation."""
     ftype = {f.name: f.type for f in fields(cls)}[name]
     if isinstance(value, str):
+        if ftype == "bool":
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise _err(name, value, "true or false")
         try:
-            if ftype == "bool":
-                low = value.lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise _err(name, value, "true or false")
             if ftype == "int":
                 return int(value)
             if ftype == "float":

@@ -81,7 +81,7 @@ class FolderDataset:
     class_names: list[str]
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-    num_workers: int = 4
+    num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     kind: str = field(default="folder", init=False)
 
     @property
@@ -164,13 +164,19 @@ def cifar100_paths(root: str | os.PathLike) -> tuple[Path, str] | None:
 def load_cifar100(root: str | os.PathLike, download: bool = True) -> TensorDataset:
     found = cifar100_paths(root)
     if found is None and download:
+        import socket
+
+        old_timeout = socket.getdefaulttimeout()
         try:
             import torchvision
 
+            socket.setdefaulttimeout(30)  # a network that drops packets fails in seconds, not minutes
             torchvision.datasets.CIFAR100(str(root), train=True, download=True)
             found = cifar100_paths(root)
         except Exception as exc:  # no network, no permission, ...
             raise DatasetMissingError(CIFAR_HELP.format(root=root, why=f"{type(exc).__name__}: {exc}")) from None
+        finally:
+            socket.setdefaulttimeout(old_timeout)
     if found is None:
         raise DatasetMissingError(CIFAR_HELP.format(root=root, why="download disabled"))
     path, kind = found
@@ -279,7 +285,6 @@ class Source:
     def _folder_loader(self, indices, batch_size, train: bool, split: str, seed: int):
         from torch.utils.data import DataLoader, Subset
         from torchvision import transforms as T
-        from torchvision.datasets.folder import default_loader
 
         d = self.data
         norm = T.Normalize(d.mean, d.std)
@@ -287,17 +292,25 @@ class Source:
               else T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm]))
         samples = d.train_samples if split == "train" else d.test_samples
         ys = self.train_y if split == "train" else self.test_y
-
-        class _Files(torch.utils.data.Dataset):
-            def __len__(self):
-                return len(samples)
-
-            def __getitem__(self, i):
-                return tf(default_loader(samples[i][0])), ys[i]
-
         g = torch.Generator().manual_seed(seed)
-        loader = DataLoader(Subset(_Files(), indices.tolist()), batch_size=batch_size, shuffle=False,
+        files = _ImageFiles([s for s, _ in samples], ys, tf)
+        loader = DataLoader(Subset(files, indices.tolist()), batch_size=batch_size, shuffle=False,
                             num_workers=d.num_workers, pin_memory=self.device.type == "cuda", generator=g,
                             persistent_workers=False)
         for x, y in loader:
             yield self._fmt(x.to(self.device, non_blocking=True)), y.to(self.device)
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decode one JPEG/PNG per item and apply the transform (module level: picklable for spawn)."""
+
+    def __init__(self, paths: list[str], labels: torch.Tensor, transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from torchvision.datasets.folder import default_loader
+
+        return self.transform(default_loader(self.paths[i])), self.labels[i]

@@ -72,7 +72,7 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
     if flipped is not None:
         g = F.normalize(flipped.float(), dim=1)
         means2 = torch.zeros_like(means).index_add_(0, labels, g) / counts[:, None]
-        means = F.normalize(means, dim=1) + F.normalize(means2, dim=1)
+        means = (means + means2) / 2  # reference: (D.alph + D2.alph) / 2, then normalised
     return F.normalize(means, dim=1)
 
 

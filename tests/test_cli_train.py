@@ -45,9 +45,6 @@ def test_train_writes_results_json_csv_and_state(finished, capsys):
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.xfail(reason="BUG: results.json holds a bare NaN (acc_old_cnn of phase 0), which is not JSON "
-                          "(RFC 8259): lucir/checkpoint.py atomic_write_json uses json.dumps' allow_nan default",
-                   strict=True)
 def test_results_json_is_strict_json(finished):
     out, _ = finished
 
@@ -122,9 +119,6 @@ def test_bad_input_exits_2_with_the_message_before_any_training(extra, needle, t
     assert not out.exists(), "nothing may be written for a bad configuration"
 
 
-@pytest.mark.xfail(reason="BUG: --set epochs=abc / milestones=abc raise a bare ValueError in Config.from_flat "
-                          "(lucir/config.py l. 294/312): a traceback and exit 1 instead of exit 2 naming the field",
-                   strict=True)
 @pytest.mark.parametrize("item", ["epochs=abc", "milestones=abc"])
 def test_non_numeric_integer_field_exits_2(item, tmp_path, capsys, no_training):
     assert main(ARGS + ["--out", str(tmp_path / "out"), "--set", item]) == 2

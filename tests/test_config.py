@@ -60,9 +60,6 @@ def test_bad_string_value_from_the_command_line_names_the_field():
         Config.from_flat(dataset="digits", preset="custom", cosine="maybe")
 
 
-@pytest.mark.xfail(reason="BUG: lucir/config.py Config.from_flat calls int() on epochs/cbf_epochs (l. 294, 297), "
-                          "num_classes (l. 302) and milestones (l. 312) before validation: a bare ValueError "
-                          "without the field's name", strict=True)
 @pytest.mark.parametrize("key, value", [("epochs", "abc"), ("cbf_epochs", "x"), ("milestones", "abc"),
                                         ("milestones", [3, "a"]), ("num_classes", "ten")])
 def test_non_numeric_strings_for_integer_fields_are_config_errors(key, value):
@@ -103,8 +100,6 @@ def test_flat_round_trip(flat):
     assert again.to_flat() == cfg.to_flat()
 
 
-@pytest.mark.xfail(reason="BUG: Config.replace keeps the preset name when a switch changes (lucir/config.py "
-                          "Config.replace; from_flat marks such a config 'custom')", strict=True)
 def test_replace_that_changes_a_switch_makes_the_preset_custom():
     cfg = Config.from_flat(dataset="digits", preset="lucir").replace(margin_ranking=False)
     assert cfg.method.preset == "custom"

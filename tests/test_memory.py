@@ -92,8 +92,6 @@ def test_class_means_with_flipped_features_average_both_means():
     assert torch.allclose(means, torch.tensor([[s, s]]), atol=1e-6)
 
 
-@pytest.mark.xfail(reason="BUG: lucir/memory.py class_means normalises the two means before averaging them; "
-                          "the reference averages the raw means of normalised features, then normalises", strict=True)
 def test_class_means_with_flip_follow_the_reference_formula():
     # reference (iCaRL/OFF): mean = normalise((D . alph + D2 . alph) / 2), D/D2 = normalised (flipped) features
     feats = torch.tensor([[1.0, 0.0], [0.0, 1.0]])    # mean of normalised features (.5, .5), norm .71
