@@ -273,11 +273,6 @@ def run_config(exp: Path, runner: dict, callbacks: list):
         verbose=1)
 
 
-def fit(tuner) -> Any:
-    results = tuner.fit()
-    return results
-
-
 # ---------------------------------------------------------------------------------------- reports
 def _mean_std(xs: list[float]) -> str:
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
