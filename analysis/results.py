@@ -254,7 +254,7 @@ def _float(v: Any) -> float:
 # --------------------------------------------------------------------------- experiment folder
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as f:
-        return json.load(f)  # NaN tokens are Python's json default (EXPERIMENT_LAYOUT)
+        return json.load(f)  # strict JSON (null for NaN); a NaN token from an older runner is read too
 
 
 def _trial_from_json(path: Path) -> TrialRecord:
@@ -525,7 +525,7 @@ def accuracy_matrix(trial: TrialRecord, kind: str = "cnn") -> pd.DataFrame:
     trial file (DESIGN §4: saved so that any other metric can be computed later); NaN above the diagonal."""
     mat = trial.acc_matrix_cnn if kind == "cnn" else trial.acc_matrix_nme
     width = max((len(r) for r in mat), default=0)
-    data = [[float(v) for v in r] + [math.nan] * (width - len(r)) for r in mat]
+    data = [[_float(v) for v in r] + [math.nan] * (width - len(r)) for r in mat]
     return pd.DataFrame(data, index=pd.RangeIndex(len(data), name="phase"),
                         columns=[f"group_{g}" for g in range(width)])
 

@@ -3,7 +3,7 @@
 ``make_trial`` builds a trial record with known values: every phase's CNN accuracy is ``acc`` (so the
 average incremental accuracy at every phase is ``acc`` too), NME is ``acc - 1``, forgetting at phase t
 is ``forgetting * t / phases``. ``write_experiment`` writes ``lucir_experiment.json`` and
-``trials/<id>.json`` exactly as the runner does; ``write_mlflow`` logs the same trials as child runs of
+``trials/<id>.json`` exactly as the runner does (strict JSON, NaN as null); ``write_mlflow`` logs the same trials as child runs of
 a sweep parent run, the way ``tune``'s MLflow callback does.
 """
 
@@ -47,6 +47,19 @@ def make_trial(trial_id: str, *, preset: str = "lucir", seed: int = 0, acc: floa
     return doc
 
 
+def strict_json(obj: Any) -> str:
+    """Strict JSON as the runner writes it (EXPERIMENT_LAYOUT): NaN becomes null."""
+    def clean(v):
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(obj), allow_nan=False)
+
+
 def write_experiment(root: Path, trials: list[dict], *, name: str = "exp", kind: str = "ablate",
                      meta: dict | None = None) -> Path:
     """An experiment folder at ``root`` with ``lucir_experiment.json`` and one JSON file per trial."""
@@ -56,10 +69,10 @@ def write_experiment(root: Path, trials: list[dict], *, name: str = "exp", kind:
          "mlflow_uri": f"sqlite:///{root.absolute()}/mlflow.db", "mlflow_experiment": name,
          "param_space": {}}
     m.update(meta or {})
-    (root / "lucir_experiment.json").write_text(json.dumps(m))
+    (root / "lucir_experiment.json").write_text(strict_json(m))
     (root / "trials").mkdir(exist_ok=True)
     for t in trials:
-        (root / "trials" / f"{t['trial_id']}.json").write_text(json.dumps(t))
+        (root / "trials" / f"{t['trial_id']}.json").write_text(strict_json(t))
     return root
 
 

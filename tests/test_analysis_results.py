@@ -6,7 +6,8 @@ import math
 
 import pandas as pd
 import pytest
-from analysis_fixtures import empty_mlflow_db, fresh_mlflow, make_trial, write_experiment, write_mlflow
+from analysis_fixtures import (empty_mlflow_db, fresh_mlflow, make_trial, strict_json, write_experiment,
+                               write_mlflow)
 
 from analysis.results import (METRICS, ExperimentError, accuracy_matrix, describe_unfinished, last_phase, load_experiment,
                               load_mlflow, read_experiment)
@@ -56,6 +57,8 @@ def test_accuracy_matrix_of_a_trial(tmp_path):
     m = accuracy_matrix(e.trial("t_pruned"))
     assert m.shape == (2, 2) and m.loc[1, "group_1"] == 70.0 and math.isnan(m.loc[0, "group_1"])
     assert accuracy_matrix(e.trial("t_pruned"), "nme").loc[1, "group_0"] == 69.0
+    e.trial("t_pruned").acc_matrix_cnn[1][0] = None                # strict JSON: an undefined entry is null
+    assert math.isnan(accuracy_matrix(e.trial("t_pruned")).loc[1, "group_0"])
 
 
 def test_unfinished_and_unreadable_trials_are_listed_not_dropped(tmp_path):
@@ -102,7 +105,6 @@ def test_mlflow_store_gives_the_same_frame(tmp_path, mlflow_template):
 
 def test_ray_trial_folders_are_read_when_there_are_no_trial_files(tmp_path):
     """Ray Tune's own trial folders (params.json + one result.json line per report) as a fallback."""
-    import json
 
     exp = write_experiment(tmp_path / "exp", [], meta={"mlflow_uri": None})
     (exp / "trials").rmdir()
@@ -111,10 +113,10 @@ def test_ray_trial_folders_are_read_when_there_are_no_trial_files(tmp_path):
         d = exp / f"lucir_trainable_{doc['trial_id']}_{n}_preset={doc['config']['preset']}_2026-11-28_08-49-38"
         d.mkdir()
         cfg = doc["config"]
-        (d / "params.json").write_text(json.dumps({k: cfg[k] for k in ("dataset", "preset", "phases", "seed",
-                                                                       "epochs", "margin")}))
-        lines = [json.dumps({**p, "trial_id": doc["trial_id"], "done": False, "hostname": "vm",
-                             "config": {"preset": cfg["preset"]}}) for p in doc["phases"]]
+        (d / "params.json").write_text(strict_json({k: cfg[k] for k in ("dataset", "preset", "phases", "seed",
+                                                                        "epochs", "margin")}))
+        lines = [strict_json({**p, "trial_id": doc["trial_id"], "done": False, "hostname": "vm",
+                              "config": {"preset": cfg["preset"]}}) for p in doc["phases"]]
         (d / "result.json").write_text("\n".join(lines) + "\n")
     (next(exp.glob("*t_running*")) / "error.txt").write_text("Failure # 1\nRuntimeError: worker died")
     e = read_experiment(exp)
