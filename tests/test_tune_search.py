@@ -39,17 +39,21 @@ def test_unfinished_trials_are_pruned_not_complete(tmp_path):
     assert s._ot_study.best_value == 80.0  # the early-stopped 95 never becomes the best
 
 
-def test_restore_fails_orphaned_optuna_trials(tmp_path):
+def test_restore_hands_out_orphaned_optuna_trials_again(tmp_path):
     from optuna.trial import TrialState
 
     s = _searcher(tmp_path)
     s.suggest("a")
     s.save(str(tmp_path / "searcher.pkl"))
-    s.suggest("b")  # asked after the last save: the driver died before Tune recorded it
+    lost = s.suggest("b")  # asked after the last save: the driver died before Tune recorded it
     s2 = PrunedAwareOptunaSearch(metric="avg_inc_acc_cnn", mode="max")
     s2.restore(str(tmp_path / "searcher.pkl"))
-    states = [t.state for t in s2._ot_study.trials]
-    assert states == [TrialState.RUNNING, TrialState.FAIL]  # 'a' continues, 'b' cannot be duplicated
+    assert s2.suggest("b2") == lost  # the orphan is the next trial, not a new ask
+    s2.on_trial_complete("a", {"avg_inc_acc_cnn": 80.0, "phase": 3, "num_phases": 3})
+    s2.on_trial_complete("b2", {"avg_inc_acc_cnn": 81.0, "phase": 3, "num_phases": 3})
+    assert [t.state for t in s2._ot_study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    s2.suggest("c")
+    assert len(s2._ot_study.trials) == 3  # new asks resume after the orphans are used
 
 
 def test_best_trial_only_among_finished(tmp_path):

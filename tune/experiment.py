@@ -160,7 +160,8 @@ class PrunedAwareOptunaSearch(_OptunaSearch):
     a finished trial.  Here a trial counts as COMPLETE only when its last result is the last phase;
     a trial stopped early is PRUNED, a failed one FAIL.  On restore, Optuna trials left RUNNING by a
     driver that died between asking Optuna and saving Tune's state (no Tune trial owns them) are
-    marked FAIL, so the study holds no phantom or duplicated trial.
+    handed out again to the next new Tune trial (same parameters, same Optuna trial number), so the
+    study holds neither a phantom nor a duplicated trial.
     """
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -181,22 +182,28 @@ class PrunedAwareOptunaSearch(_OptunaSearch):
 
     def restore(self, checkpoint_path: str):
         super().restore(checkpoint_path)
-        self.fail_orphans()
+        self._orphans = self.find_orphans()
 
-    def fail_orphans(self) -> int:
+    def find_orphans(self) -> list[int]:
+        """Optuna trials left RUNNING that no Tune trial owns (asked after Tune's last snapshot)."""
         from optuna.trial import TrialState
 
         if self._ot_study is None:
-            return 0
+            return []
         owned = {t.number for t in self._ot_trials.values()}
-        n = 0
-        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number not in owned:
-                self._ot_study.tell(t.number, None, state=TrialState.FAIL)
-                n += 1
-        if n:
-            log.warning("marked %d orphaned Optuna trial(s) FAIL after restore", n)
-        return n
+        orphans = [t._trial_id for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if t.number not in owned]
+        if orphans:
+            log.info("%d Optuna trial(s) were asked but never started; they are handed out again", len(orphans))
+        return orphans
+
+    def suggest(self, trial_id: str):
+        orphans = getattr(self, "_orphans", None)
+        if orphans and trial_id not in self._ot_trials and self._ot_study is not None:
+            from optuna.trial import Trial
+
+            self._ot_trials[trial_id] = Trial(self._ot_study, orphans.pop(0))
+        return super().suggest(trial_id)
 
 
 def make_searcher(exp: Path, name: str, seed: int, points: list[dict]):
