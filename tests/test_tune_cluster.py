@@ -2,7 +2,7 @@
 Ray cluster on this machine: trials placed on both nodes, all results in one shared storage path.
 
 The two-node test starts its own Ray nodes (Ray listens on the machine's address, not 127.0.0.1: it
-replaces a loopback --node-ip-address; the nodes run with token authentication disabled, see the fixture) with ``ray start --block`` in a new session and its own
+replaces a loopback --node-ip-address; nodes and driver use Ray's token authentication, see the fixture) with ``ray start --block`` in a new session and its own
 ``--temp-dir``; it stops them by the pids it started (SIGTERM to ``ray start --block``, which stops
 the node's processes, then SIGKILL to the process groups it created if anything is left).  It never
 runs ``ray stop``, which would kill every Ray process on the machine, other users' included.
@@ -11,6 +11,7 @@ runs ``ray stop``, which would kill every Ray process on the machine, other user
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,13 +100,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _node_env() -> dict:
+    # Ray 2.60 turns token authentication on for `ray start` when ~/.ray/auth_token exists (any local
+    # ray.init() writes it), but a driver joining by address sends the token only when RAY_AUTH_MODE=token
+    # was set before Ray read its config: nodes and driver get it in their environment and share the
+    # token of ~/.ray/auth_token (created by the head when missing).
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
 def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
     ray_bin = Path(sys.executable).with_name("ray")
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
-    env.pop("RAY_ADDRESS", None)
     with open(log, "w") as out:
         return subprocess.Popen([str(ray_bin), "start", *args, "--disable-usage-stats", "--block"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, env=_node_env(), start_new_session=True)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -127,16 +136,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def two_node_cluster(tmp_path, monkeypatch):
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    # Ray 2.60 turns token authentication on for `ray start` when ~/.ray/auth_token exists (any local
-    # ray.init() writes it) but a driver connecting by address does not send it unless RAY_AUTH_MODE is
-    # set: these throw-away nodes and this driver run with authentication explicitly disabled.
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+def two_node_cluster(tmp_path):
+    """Head (1 CPU, resource head_node) + a second node (1 CPU, resource worker_node); yields the address."""
     port = _free_port()
     # a short private temp dir (Unix socket paths are limited to 107 bytes): `ray_current_cluster`
     # is written there, so nobody else's ray.init() on this machine connects to these nodes
@@ -146,7 +147,7 @@ def two_node_cluster(tmp_path, monkeypatch):
         procs.append(_ray_start(["--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
                                  "--resources", '{"head_node": 1}', f"--temp-dir={temp_dir}",
                                  "--include-dashboard=false"], tmp_path / "head.log"))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -158,21 +159,61 @@ def two_node_cluster(tmp_path, monkeypatch):
         # the second node joins with its own resources; it shares the head's temp dir (ray's default)
         procs.append(_ray_start([f"--address=127.0.0.1:{port}", "--num-cpus=1", "--num-gpus=0",
                                  "--resources", '{"worker_node": 1}'], tmp_path / "worker.log"))
-        ray.init(address=f"127.0.0.1:{port}", logging_level="WARNING", log_to_driver=False)
-        deadline = time.monotonic() + 60
-        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
-            if procs[1].poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"second ray node did not join: {(tmp_path / 'worker.log').read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+        yield f"127.0.0.1:{port}"
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
         for p in reversed(procs):
             _stop(p)
-        import shutil
+        if os.environ.get("LUCIR_KEEP_RAY_TMP") != "1":
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
-        shutil.rmtree(temp_dir, ignore_errors=True)
+
+# The driver runs in its own process (as `lucir ablate --address ...` would): Ray reads its
+# authentication mode once per process, and this pytest process may already hold a local Ray's.
+DRIVER = r"""
+import json, os, sys, time
+import ray
+from ray import tune
+from tune.cluster import verify_shared_storage
+
+address, storage = sys.argv[1], sys.argv[2]
+ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+deadline = time.monotonic() + 90
+while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+    assert time.monotonic() < deadline, "the second node did not join"
+    time.sleep(0.3)
+nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+checked = verify_shared_storage(storage)
+
+
+def trainable(config):
+    import json as _json, os as _os, time as _time
+    import ray as _ray
+    from ray import tune as _tune
+
+    node = _ray.get_runtime_context().get_node_id()
+    tid = _tune.get_context().get_trial_id()
+    folder = _os.path.join(config["exp_dir"], "trials")
+    _os.makedirs(folder, exist_ok=True)
+    with open(_os.path.join(folder, f"{tid}.json"), "w") as f:
+        _json.dump({"trial_id": tid, "node_id": node, "pid": _os.getpid()}, f)
+    _time.sleep(3.0)  # both trials alive at once: 1 CPU each, 1 CPU per node
+    for phase in range(2):
+        _tune.report({"phase": phase, "node_id": node, "x": config["x"] * phase})
+
+
+name = "two_node"
+tuner = tune.Tuner(
+    tune.with_resources(trainable, {"cpu": 1}),
+    param_space={"x": tune.grid_search([1, 2]), "exp_dir": os.path.join(storage, name)},
+    tune_config=tune.TuneConfig(max_concurrent_trials=2),
+    run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
+)
+grid = tuner.fit()
+out = {"nodes": nodes, "checked": checked, "errors": [str(e) for e in grid.errors],
+       "results": [{"node_id": r.metrics.get("node_id"), "path": r.path} for r in grid]}
+ray.shutdown()
+print("RESULT " + json.dumps(out))
+"""
 
 
 @pytest.mark.slow
@@ -180,55 +221,29 @@ def two_node_cluster(tmp_path, monkeypatch):
 def test_two_node_cluster_places_trials_on_both_nodes_with_one_storage_path(two_node_cluster, tmp_path):
     import json
 
-    import ray
-    from ray import tune
-
-    from tune.cluster import verify_shared_storage
-
-    nodes = two_node_cluster
-    by_resource = {next(k for k in ("head_node", "worker_node") if k in res): nid for nid, res in nodes.items()}
-    assert set(by_resource) == {"head_node", "worker_node"}
-
     storage = tmp_path / "shared"
-    assert sorted(verify_shared_storage(str(storage))) == sorted(nodes)
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    proc = subprocess.run([sys.executable, str(script), two_node_cluster, str(storage)], capture_output=True,
+                          text=True, timeout=200, env=_node_env(), cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
 
-    def trainable(config):
-        import json as _json
-        import os as _os
-        import time as _time
-
-        import ray as _ray
-        from ray import tune as _tune
-
-        node = _ray.get_runtime_context().get_node_id()
-        ctx = _tune.get_context()
-        folder = _os.path.join(config["exp_dir"], "trials")
-        _os.makedirs(folder, exist_ok=True)
-        with open(_os.path.join(folder, f"{ctx.get_trial_id()}.json"), "w") as f:
-            _json.dump({"trial_id": ctx.get_trial_id(), "node_id": node, "pid": _os.getpid()}, f)
-        _time.sleep(3.0)  # both trials are alive at once: 1 CPU each, 1 CPU per node
-        for phase in range(2):
-            _tune.report({"phase": phase, "node_id": node, "x": config["x"] * phase})
-
-    name = "two_node"
-    exp_dir = storage / name
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 1}),
-        param_space={"x": tune.grid_search([1, 2]), "exp_dir": str(exp_dir)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=2),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
-    )
-    grid = tuner.fit()
-    assert not grid.errors
-    assert len(grid) == 2
-    used = {r.metrics["node_id"] for r in grid}
+    nodes = out["nodes"]
+    kinds = {next(k for k in ("head_node", "worker_node") if k in res) for res in nodes.values()}
+    assert kinds == {"head_node", "worker_node"}, nodes
+    assert sorted(out["checked"]) == sorted(nodes), "every node sees the shared storage path"
+    assert not out["errors"]
+    assert len(out["results"]) == 2
+    used = {r["node_id"] for r in out["results"]}
     assert used == set(nodes), f"trials ran on {used}, cluster nodes {set(nodes)}"
     # everything sits in the one storage path: Ray's experiment state, each trial's folder, our files
+    exp_dir = storage / "two_node"
     assert (exp_dir / "tuner.pkl").exists()
     assert any(exp_dir.glob("experiment_state-*.json"))
-    for r in grid:
-        assert Path(r.path).resolve().parent == exp_dir.resolve()
-        assert (Path(r.path) / "result.json").exists()
+    for r in out["results"]:
+        assert Path(r["path"]).resolve().parent == exp_dir.resolve()
+        assert (Path(r["path"]) / "result.json").exists()
     files = [json.loads(p.read_text()) for p in (exp_dir / "trials").glob("*.json")]
     assert {f["node_id"] for f in files} == set(nodes)
-    assert ray.is_initialized()

@@ -266,7 +266,7 @@ def _check_store(uri: str, sweep_info: dict) -> dict:
                 continue  # timings of a phase trained again after the interruption differ; the first is kept
             for m in hist:
                 want = doc["phases"][m.step][key]
-                if isinstance(want, float) and math.isnan(want):
+                if want is None or (isinstance(want, float) and math.isnan(want)):  # NaN (JSON null)
                     assert math.isnan(m.value), (key, m.step)
                 else:
                     assert m.value == pytest.approx(want), (key, m.step)

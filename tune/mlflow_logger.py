@@ -171,19 +171,9 @@ def _check_sqlite(uri: str) -> None:
 
 # ----------------------------------------------------------------------------------------- files
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from lucir.checkpoint import atomic_write_json  # temporary name + fsync + rename, strict JSON
+
+    atomic_write_json(path, obj)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -339,6 +329,8 @@ class MLflowCallback(Callback):
         else:
             if run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
+            if run.data.tags.get(TAG_EXP_DIR) != self.experiment_dir:  # the folder was moved
+                self.client.set_tag(run.info.run_id, TAG_EXP_DIR, self.experiment_dir)
             logger.info("MLflow: sweep %s resumes parent run %s", self.sweep_name, run.info.run_id)
         self.parent_run_id = run.info.run_id
         if self.record_parent_run_id:
@@ -444,7 +436,7 @@ class MLflowCallback(Callback):
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i:i + 100])
 
-    def _log_phase(self, run_id: str, values: dict, step: int) -> int:
+    def _log_phase(self, run_id: str, values: dict, step: int, none_is_nan: bool = False) -> int:
         from mlflow.entities import Metric
 
         steps = self._steps.setdefault(run_id, {})
@@ -452,6 +444,8 @@ class MLflowCallback(Callback):
         batch = []
         for k in self.metrics:
             v = values.get(k)
+            if v is None and none_is_nan and k in values:  # strict JSON trial files write NaN as null
+                v = float("nan")
             if not _is_number(v) or step in steps.get(k, ()):
                 continue
             batch.append(Metric(k, float(v), ts, step))
@@ -471,7 +465,7 @@ class MLflowCallback(Callback):
         if tf is not None:
             for p in tf.get("phases") or []:  # back-fill phases the driver did not see (e.g. while down)
                 if isinstance(p, dict) and _is_number(p.get("phase")):
-                    self._log_phase(rid, p, int(p["phase"]))
+                    self._log_phase(rid, p, int(p["phase"]), none_is_nan=True)
             with tempfile.TemporaryDirectory(prefix="lucir-mlflow-") as tmp:
                 write_trial_artifacts(tf, Path(tmp))
                 c.log_artifacts(rid, tmp)
