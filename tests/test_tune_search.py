@@ -4,7 +4,6 @@ early-stopped trials told to Optuna as PRUNED, the best config only among finish
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
@@ -64,7 +63,7 @@ def test_best_trial_only_among_finished(tmp_path):
                 "status": status, "phases": [{"phase": i, "avg_inc_acc_cnn": v} for i, v in enumerate(values)]}
 
     for d in (doc("full", [99, 90, 85, 80]), doc("pruned", [99, 97], status="PRUNED"),
-              doc("nan", [99, 90, 85, math.nan])):
+              doc("nan", [99, 90, 85, None])):
         (tmp_path / "trials" / f"{d['trial_id']}.json").write_text(json.dumps(d))
     assert best_trial(tmp_path)["trial_id"] == "full"
 

@@ -4,7 +4,6 @@ trials/<id>.json contract (docs/EXPERIMENT_LAYOUT.md), and the spaces/validation
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -53,7 +52,7 @@ def test_trainable_reports_every_phase_with_checkpoint_and_trial_file(ray_local,
     assert doc["config"] == lucir.Config.from_flat(runtime_overrides(flat, 1, 0)).to_flat()
     assert doc["num_phases"] == P and len(doc["phases"]) == P + 1
     assert [p["phase"] for p in doc["phases"]] == list(range(P + 1))
-    assert math.isnan(doc["phases"][0]["acc_old_cnn"])  # NaN written as the JSON token NaN
+    assert doc["phases"][0]["acc_old_cnn"] is None  # strict JSON: undefined (NaN) is null
     assert [len(r) for r in doc["acc_matrix_cnn"]] == list(range(1, P + 2))
     # CPU determinism: the same matrix as lucir.run outside Ray
     direct = _direct(flat)

@@ -33,8 +33,8 @@ def _runner_args(p: argparse.ArgumentParser) -> None:
                                         "e.g. http://host:5000)")
     g.add_argument("--mlflow-experiment", help="MLflow experiment name (default: the sweep's name)")
     g.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    g.add_argument("--address", help="Ray cluster address ('auto' joins a running cluster; default: a local "
-                                     "Ray started for this command)")
+    g.add_argument("--address", help="Ray cluster address ('auto' joins a running cluster; default: "
+                                     "$RAY_ADDRESS if set, else a local Ray started for this command)")
     g.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
 
 

@@ -224,6 +224,8 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None = N
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if address in (None, "") and os.environ.get("RAY_ADDRESS"):  # `ray submit` / Ray jobs set it
+        address = os.environ["RAY_ADDRESS"]
     if address in (None, "", "local"):
         kwargs.update(address="local", num_cpus=num_cpus)
         if num_gpus is not None:
@@ -282,7 +284,7 @@ def run_config(exp: Path, runner: dict, callbacks: list):
 
 # ---------------------------------------------------------------------------------------- reports
 def _mean_std(xs: list[float]) -> str:
-    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    xs = [x for x in map(_number, xs) if x is not None]
     if not xs:
         return "-"
     if len(xs) == 1:
@@ -327,10 +329,17 @@ def print_ablation_summary(exp: str | os.PathLike, file=None) -> None:
 def best_trial(exp: str | os.PathLike) -> dict | None:
     """The best trial among those that finished every phase (never a pruned or partial one)."""
     docs = [d for d in read_trials(exp) if is_finished(d) and d.get("status") != "ERROR"]
-    docs = [d for d in docs if not math.isnan(d["phases"][-1][METRIC])]
+    docs = [d for d in docs if _number(d["phases"][-1].get(METRIC)) is not None]
     if not docs:
         return None
     return max(docs, key=lambda d: d["phases"][-1][METRIC])
+
+
+def _number(v) -> float | None:
+    """A metric read back from strict JSON: null (undefined) and NaN are None."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return float(v)
 
 
 def train_command(flat: dict) -> str:
@@ -371,7 +380,7 @@ def print_search_summary(exp: str | os.PathLike, file=None) -> dict | None:
     for d in sorted(docs, key=lambda d: d["trial_id"]):
         last = d["phases"][-1] if d["phases"] else {}
         rows.append([d["trial_id"], d.get("status"), f"{len(d['phases']) - 1}/{d['num_phases']}",
-                     *[fmt_value(d["config"].get(k)) for k in SEARCHED], fmt_value(last.get(METRIC, math.nan))])
+                     *[fmt_value(d["config"].get(k)) for k in SEARCHED], fmt_value(last.get(METRIC))])
     print(f"\nsearch trials ({Path(exp)}; {METRIC} at the last phase reached):", file=file)
     print(tabulate(rows, headers=["trial", "status", "phases", *SEARCHED, METRIC], tablefmt="github"), file=file)
     best = best_trial(exp)

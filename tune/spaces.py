@@ -196,6 +196,8 @@ def search_corners(base_flat: dict, base: Config) -> list[dict]:
 
 
 def fmt_value(v: Any) -> str:
+    if v is None:
+        return "-"
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.6g}"
     return str(v)
