@@ -18,8 +18,11 @@ variant reported, ratios taken per round between neighbours in time and then the
 * ``herding``: one batched feature pass (``lucir.learner.extract``) + ``lucir.memory.herding`` per
   class, as ``lucir.run`` does, vs the reference style: a fresh DataLoader (PIL eval transform,
   ``--workers`` workers, batch 128) per class, fp32 features, the same herding.
-* ``eval``: an evaluation pass over the test images (``lucir.learner.extract``, eval batch) vs a
-  DataLoader with the PIL eval transform (batch 100, the reference's test batch).
+* ``eval``: an evaluation pass over the test images (``lucir.learner.extract`` at the eval batch, and
+  fp32 at batch 100) vs a DataLoader with the PIL eval transform (batch 100, the reference's test batch).
+
+The PIL training variant builds a fresh DataLoader per measurement (the reference builds one per
+epoch), so each measurement pays one worker start-up; use enough ``--steps`` to make it small.
 * peak RSS of this process and of its reaped children (DataLoader workers).
 
 Timings use ``time.perf_counter`` with ``torch.cuda.synchronize`` around each measurement on CUDA.
@@ -123,6 +126,10 @@ def cpu_info() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     info["bf16_hw"] = any(f in ("avx512_bf16", "amx_bf16") for f in info["flags"])
+    try:  # whether oneDNN has bf16 kernels here; without them bf16 convolutions fall back to slow_conv2d
+        info["onednn_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        info["onednn_bf16"] = None
     return info
 
 
@@ -511,7 +518,8 @@ def format_report(meta: dict, secs: dict[str, Section], ratios: list[dict], rss:
              f"{meta['rounds']} rounds, torch {meta['torch']}",
              f"CPU: {meta['cpu']['model']} ({meta['cpu']['cores']} logical cores; flags: "
              f"{' '.join(meta['cpu']['flags']) or 'none of avx2/avx512/amx'}; bf16 hardware: "
-             f"{'yes' if meta['cpu']['bf16_hw'] else 'no'}); OMP_WAIT_POLICY={meta['omp_wait_policy']}"]
+             f"{'yes' if meta['cpu']['bf16_hw'] else 'no'}; oneDNN bf16: {meta['cpu']['onednn_bf16']}); "
+             f"OMP_WAIT_POLICY={meta['omp_wait_policy']}"]
     for s in secs.values():
         lines.append("")
         lines.append(section_table(s))
@@ -563,8 +571,6 @@ def cmd_bench(args) -> int:
     steps = q.get("steps", args.steps)
     rounds = q.get("rounds", args.rounds)
     batch = args.batch_size or q.get("batch_size") or DATASET_DEFAULTS[ds]["batch_size"]
-    if ds == "cifar100" and args.batch_size is None and not args.quick:
-        batch = 128
     train_pc = q.get("train_per_class", shp["train_per_class"])
     test_pc = q.get("test_per_class", shp["test_per_class"])
     log = (lambda m: print(m, file=sys.stderr, flush=True))
@@ -577,10 +583,7 @@ def cmd_bench(args) -> int:
     order = np.arange(shp["classes"])
     sources = {("tensor", False): Source(data, order, device, False),
                ("tensor", True): Source(data, order, device, True)}
-    pil = PILSource(data, device, args.workers)
-    pil_cl = PILSource.__new__(PILSource)
-    pil_cl.__dict__.update(pil.__dict__, channels_last=True)
-    sources[("pil", False)], sources[("pil", True)] = pil, pil_cl
+    sources[("pil", False)] = PILSource(data, device, args.workers)  # the reference path runs NCHW fp32
 
     only = [o.strip() for o in args.only.split(",") if o.strip()]
     n_test = len(data.test_y)
