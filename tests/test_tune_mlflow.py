@@ -4,6 +4,9 @@ logged at once to a SQLite store and to a real `mlflow server` over HTTP; the dr
 finished by a real ``Tuner.restore``.  Then: one parent run, exactly one child run per trial, each
 phase logged once with step = phase, params = the trial config, no run left RUNNING, artifacts present.
 
+The sweep tests are marked slow (one module-scoped sweep: about 1 min on 2 idle cores, 3-4 min on a loaded
+machine); the callback's restore logic, failure path and URI checks have fast tests of their own.
+
 Services: the `mlflow server` subprocess listens on 127.0.0.1 and is stopped by its pid (its own
 process group); Ray is a private local instance (``address="local"``) shut down at the end.
 """
@@ -96,6 +99,12 @@ def _migrated_db(folder: Path) -> Path:
     return db
 
 
+def _template(tmp_path_factory) -> Path:
+    """One migrated empty store per test session, copied by every test that needs a store."""
+    path = tmp_path_factory.getbasetemp() / "mlflow_template" / "mlflow.db"
+    return path if path.exists() else _migrated_db(path.parent)
+
+
 # --------------------------------------------------------------------------------- the trainable
 def make_trainable(exp_dir: str):
     """A function trainable: lucir.run, trials/<id>.json before each report, resume from checkpoint."""
@@ -157,8 +166,7 @@ def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow_sweep")
     server = MlflowServer(root / "server")  # starts now, comes up while Ray starts
     try:
-        template = _migrated_db(root / "template")
-        shutil.copy(template, tmp_path_factory.getbasetemp() / "mlflow_template.db")
+        template = _template(tmp_path_factory)
         if ray.is_initialized():
             ray.shutdown()
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -282,6 +290,8 @@ def _check_store(uri: str, sweep_info: dict) -> dict:
     return {"parent": parent, "children": children}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_sqlite_store_holds_one_parent_and_one_run_per_trial(sweep):
     out = _check_store(sweep["sqlite"], sweep)
     doc = json.loads((sweep["exp"] / "lucir_experiment.json").read_text())
@@ -290,6 +300,8 @@ def test_sqlite_store_holds_one_parent_and_one_run_per_trial(sweep):
     assert any((sweep["exp"] / "mlartifacts").rglob("phases.csv"))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_http_tracking_server_receives_the_sweep(sweep):
     out = _check_store(sweep["http"], sweep)
     assert out["parent"].info.run_id != json.loads((sweep["exp"] / "lucir_experiment.json").read_text())["parent_run_id"]
@@ -297,6 +309,8 @@ def test_http_tracking_server_receives_the_sweep(sweep):
     assert len(list(sweep["server_artifacts"].rglob("acc_matrix_nme.csv"))) == len(SEEDS)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_interrupted_driver_leaves_runs_running_and_resume_reuses_them(sweep):
     snap = sweep["interrupted"]
     for store in ("sqlite", "http"):
@@ -332,6 +346,8 @@ def _history_counts(c, run_ids) -> dict:
     return {(rid, k): len(c.get_metric_history(rid, k)) for rid in run_ids for k in METRICS}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_replaying_the_hooks_after_a_restore_duplicates_nothing(sweep):
     """A restored driver sees trials and results again: same runs, no second copy of any (metric, step)."""
     uri = sweep["sqlite"]
@@ -359,8 +375,7 @@ def test_replaying_the_hooks_after_a_restore_duplicates_nothing(sweep):
 def test_failed_trial_ends_its_run_failed_and_nan_is_logged(tmp_path, tmp_path_factory):
     exp = tmp_path / "exp"
     (exp / "trials").mkdir(parents=True)
-    template = tmp_path_factory.getbasetemp() / "mlflow_template.db"  # left by the sweep fixture
-    shutil.copy(template if template.exists() else _migrated_db(tmp_path / "tpl"), exp / "mlflow.db")
+    shutil.copy(_template(tmp_path_factory), exp / "mlflow.db")
     uri = default_tracking_uri(exp)
     cb = MLflowCallback(uri, "failing", "failing_sweep", str(exp))
     cb.setup()
@@ -424,10 +439,9 @@ def test_check_tracking_uri_refuses_unusable_stores(tmp_path):
 def test_parent_run_is_found_again_for_the_same_folder_only(tmp_path, tmp_path_factory):
     """Restore finds the sweep's parent (by lucir_experiment.json, else by tag + folder); a sweep of the
     same name in another folder gets its own parent."""
-    template = tmp_path_factory.getbasetemp() / "mlflow_template.db"
     db = tmp_path / "store" / "mlflow.db"
     db.parent.mkdir()
-    shutil.copy(template if template.exists() else _migrated_db(tmp_path / "tpl"), db)
+    shutil.copy(_template(tmp_path_factory), db)
     uri = f"sqlite:///{db}"
     a, b = tmp_path / "a" / "sweep", tmp_path / "b" / "sweep"
     a.mkdir(parents=True)
