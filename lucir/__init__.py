@@ -4,6 +4,13 @@
 The trainer knows nothing of Ray, Optuna or MLflow (DESIGN §2).
 """
 
+import os as _os
+
+# torch's OpenMP threads spin while they wait by default; on a shared or oversubscribed CPU that
+# starves the other threads (3.2x fewer images/s measured here, docs/PERFORMANCE.md).  Only takes
+# effect when lucir is imported before torch; export OMP_WAIT_POLICY=ACTIVE to opt out.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from lucir.checkpoint import CheckpointError, load_state, save_state
 from lucir.config import LADDER, PRESETS, Config, ConfigError
 from lucir.data import DatasetMissingError

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -72,6 +73,13 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} is invalid here: no CUDA device is available (use 'cpu' or 'auto')")
     return dev
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _phase_gen(seed: int, phase: int) -> torch.Generator:
@@ -128,6 +136,9 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
     if rt.threads:
         torch.set_num_threads(rt.threads)
     device = resolve_device(rt.device)
+    if rt.bf16 and device.type == "cpu" and not _cpu_has_bf16():
+        warnings.warn("bf16=True on a CPU without AVX512-BF16/AMX: PyTorch falls back to a generic "
+                      "convolution that is 7-14x slower than fp32 here (docs/PERFORMANCE.md)", stacklevel=2)
     if device.type == "cuda" and rt.gpu_memory_fraction:
         torch.cuda.set_per_process_memory_fraction(rt.gpu_memory_fraction, device)
     if data is None:

@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no spinning OpenMP threads (PERFORMANCE.md)
+import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("LUCIR_TEST_THREADS", "1")))
 
