@@ -112,7 +112,7 @@ def _kill_session(sid: int) -> None:
 @pytest.mark.slow
 def test_killed_driver_then_resume_finishes_without_rerunning(tmp_path):
     exp = tmp_path / "exp"
-    proc = popen_lucir(["ablate", "--presets", "finetune,lucir", "--epochs", "3", "--out", str(exp),
+    proc = popen_lucir(["ablate", "--presets", "finetune,lucir", "--epochs", "2", "--out", str(exp),
                         "--num-cpus", "2"], tmp_path, tmp_path / "driver.log")
     try:
         deadline = time.time() + 240

@@ -69,9 +69,9 @@ def test_best_trial_only_among_finished(tmp_path):
 
 
 @pytest.mark.slow
-def test_search_digits_end_to_end(tmp_path):
+def test_search_digits_end_to_end_with_asha(tmp_path):
     exp = tmp_path / "exp"
-    r = run_lucir(["search", "--trials", "3", "--epochs", "2", "--out", "exp", "--num-cpus", "2",
+    r = run_lucir(["search", "--trials", "3", "--epochs", "2", "--asha", "--out", "exp", "--num-cpus", "2",
                    "--no-mlflow"], tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     journal = exp / "optuna_journal.log"
@@ -81,12 +81,21 @@ def test_search_digits_end_to_end(tmp_path):
     from optuna.storages.journal import JournalFileBackend
 
     study = optuna.load_study(study_name="exp", storage=JournalStorage(JournalFileBackend(str(journal))))
-    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(study.trials) == 3
     assert study.trials[0].params == {"eta_init": 1.0, "margin": 0.5, "K": 2, "lambda_base": 5.0}
     docs = trial_docs(exp)
-    assert len(docs) == 3 and all(d["status"] == "TERMINATED" for d in docs)
-    best = max(docs, key=lambda d: d["phases"][-1]["avg_inc_acc_cnn"])
+    assert len(docs) == 3
+    keys = ("eta_init", "margin", "K", "lambda_base")
+    for t in study.trials:  # Optuna's view agrees with the trial files: stopped early <=> PRUNED
+        (d,) = [d for d in docs if all(d["config"][k] == pytest.approx(t.params[k]) for k in keys)]
+        finished = len(d["phases"]) == d["num_phases"] + 1
+        assert d["status"] == ("TERMINATED" if finished else "PRUNED")
+        assert t.state.name == ("COMPLETE" if finished else "PRUNED")
+        if finished:
+            assert t.value == pytest.approx(d["phases"][-1]["avg_inc_acc_cnn"])
+    done = [d for d in docs if d["status"] == "TERMINATED"]
+    best = max(done, key=lambda d: d["phases"][-1]["avg_inc_acc_cnn"])
     assert study.best_value == pytest.approx(best["phases"][-1]["avg_inc_acc_cnn"])
     assert f"trial {best['trial_id']}" in r.stdout and "lucir train --dataset digits --preset lucir" in r.stdout
     doc = json.loads((exp / "lucir_experiment.json").read_text())
-    assert doc["kind"] == "search" and doc["points_to_evaluate"][0]["margin"] == 0.5
+    assert doc["kind"] == "search" and doc["asha"] and doc["points_to_evaluate"][0]["margin"] == 0.5

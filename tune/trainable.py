@@ -32,6 +32,10 @@ log = logging.getLogger("lucir.tune")
 STATE_FILE = "state.pt"
 
 
+class _Stopped(Exception):
+    """The driver already gave this trial a final status."""
+
+
 def runtime_overrides(config: dict, cpus: float, gpus: float) -> dict:
     """Fill the runtime fields from the trial's resources unless the user set them explicitly.
 
@@ -106,6 +110,14 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
                                                      "time": time.time()}) + "\n")
 
     def publish_phase(st: dict, metrics: dict) -> None:
+        # A trial stopped by the scheduler (PRUNED) or finished (TERMINATED) has a final status set by the
+        # driver; a training thread that outlived its stop (a reused actor) must not overwrite it.
+        try:
+            final = json.loads(doc_path.read_text()).get("status") in ("PRUNED", "TERMINATED")
+        except (OSError, ValueError):
+            final = False
+        if final:
+            raise _Stopped
         lucir.save_state(st, state_path)
         atomic_write_json(doc_path, trial_doc(trial_id, trial_name, sweep, cfg, st, "RUNNING", cache_status))
 
@@ -160,6 +172,8 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
             if result.phase < P:
                 progress(result.phase + 1)
             _report(metrics, st)
+    except _Stopped:
+        log.info("trial %s already has a final status (stopped by the driver); it writes nothing more", trial_id)
     finally:
         if claim is not None:
             claim.release()
