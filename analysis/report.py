@@ -235,7 +235,7 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
         else:
             lines += [f"Parameter importances: {imp_note}.", ""]
     if best is not None:
-        lines += [f"## Best configuration", "",
+        lines += ["## Best configuration", "",
                   f"Trial `{best['trial_id']}` ({best['preset']}, seed {best['seed']}): "
                   f"{objective} = {best[objective]:.2f} at the last phase. Reproduce it with:", "",
                   "```", best_cmd, "```", ""]

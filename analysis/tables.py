@@ -18,7 +18,6 @@ import math
 import os
 import re
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -391,16 +390,9 @@ def param_importances(exp_path: str | os.PathLike, study_name: str | None = None
 
 # --------------------------------------------------------------------------- export
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from lucir.checkpoint import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def to_markdown(table: pd.DataFrame, index: bool = False, floatfmt: str = ".2f") -> str:

@@ -15,7 +15,7 @@ from lucir.checkpoint import CheckpointError, load_state, save_state
 from lucir.config import LADDER, PRESETS, Config, ConfigError
 from lucir.data import DatasetMissingError
 from lucir.learner import TrainingDivergedError
-from lucir import run as run_module
+from lucir import run as run_module  # noqa: F401  (the module, for check_state)
 from lucir.run import PhaseResult, run
 
 __all__ = ["Config", "ConfigError", "CheckpointError", "DatasetMissingError", "LADDER", "PRESETS",

@@ -150,9 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     try:
         from tune.cli import add_tune_commands
-    except ImportError as exc:  # tune/ ships in the same wheel; only a broken install gets here
+    except ImportError:  # tune/ ships in the same wheel; only a broken install gets here
         add_tune_commands = None
-        _tune_error = exc
     if add_tune_commands is not None:
         add_tune_commands(sub, add_config_args, config_overrides)
     try:

@@ -11,7 +11,6 @@ Conv weights: Kaiming-normal, fan_out; BN weight 1, bias 0.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 import torch.nn.functional as F
 
