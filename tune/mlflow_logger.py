@@ -170,12 +170,6 @@ def _check_sqlite(uri: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------- files
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    from lucir.checkpoint import atomic_write_json  # temporary name + fsync + rename, strict JSON
-
-    atomic_write_json(path, obj)
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         with open(path) as f:
@@ -387,7 +381,9 @@ class MLflowCallback(Callback):
             return
         info["parent_run_id"] = self.parent_run_id
         try:
-            _atomic_write_json(path, info)
+            from lucir.checkpoint import atomic_write_json  # temporary name + fsync + rename, strict JSON
+
+            atomic_write_json(path, info)
         except OSError as exc:
             logger.warning("MLflow: could not record parent_run_id in %s: %s", path, exc)
 
