@@ -63,7 +63,11 @@ class Memory:
 def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
                 flipped: torch.Tensor | None = None) -> torch.Tensor:
     """NME class means: mean of the L2-normalised exemplar features (averaged with the mean of the
-    flipped exemplars' features when given, as the reference does), then L2-normalised."""
+    flipped exemplars' features when given, as the reference does), then L2-normalised.
+
+    The reference's CIFAR "flip" reverses the colour channels (an NHWC indexing bug inherited from
+    iCaRL, LUCIR_REFERENCE §5); ``lucir.run`` passes true horizontal mirrors (as PODNet does) for the
+    datasets that train with flips, and nothing for digits."""
     f = F.normalize(features.float(), dim=1)
     means = torch.zeros(num_classes, f.shape[1], device=f.device)
     means.index_add_(0, labels, f)
