@@ -151,18 +151,19 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
         tables._atomic_write(p, summary.to_csv(index=False, float_format="%.4f"))
         rep.tables.append(p)
     search_kind = exp.meta.get("kind") == "search"  # one row per configuration: the search tables say more
+
+    def export_each(prefix: str, tabs: dict, caption: str) -> dict:
+        """Export one table per protocol label; returns label -> exported name."""
+        names = {}
+        for label, tab in tabs.items():
+            names[label] = f"{prefix}_{tables.slug(label)}"
+            export(names[label], tab, index=True, caption=caption.format(label=label))
+        return names
+
     abl = tables.ablation_tables(df) if not search_kind else {}
-    abl_names = {}
-    for label, tab in abl.items():
-        name = f"ablation_{tables.slug(label)}"
-        export(name, tab, index=True, caption=f"Ablation, {label}: average incremental accuracy (CNN, %)")
-        abl_names[label] = name
+    abl_names = export_each("ablation", abl, "Ablation, {label}: average incremental accuracy (CNN, %)")
     curves = tables.curve_tables(df) if not search_kind else {}
-    curve_names = {}
-    for label, tab in curves.items():
-        name = f"curve_{tables.slug(label)}"
-        export(name, tab, index=True, caption=f"{label}: top-1 accuracy (CNN, %) after each phase")
-        curve_names[label] = name
+    curve_names = export_each("curve", curves, "{label}: top-1 accuracy (CNN, %) after each phase")
     objective, mode = exp.metric, exp.mode
     params = tables.searched_params(df, exp.meta)
     is_search = exp.meta.get("kind") == "search" or bool(params)

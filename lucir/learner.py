@@ -118,13 +118,13 @@ def train_phase(model: nn.Module, ref_model: nn.Module | None, source: Source, i
     return time.perf_counter() - t0
 
 
-def class_balanced_finetune(model: nn.Module, ref_model: nn.Module | None, source: Source,
-                            exemplars: torch.Tensor, cfg: Config, ctx: PhaseContext, gen: torch.Generator,
+def class_balanced_finetune(model: nn.Module, source: Source, exemplars: torch.Tensor, cfg: Config, ctx: PhaseContext, gen: torch.Generator,
                             device: torch.device) -> float:
     """CBF (LUCIR_REFERENCE §4, ``--ft_flag 2``): exemplars only, backbone and BN frozen (eval mode),
     fc1 and fc2 trainable at ``cbf_lr`` (x gamma at the CBF milestones), eta frozen, same loss.
 
-    The less-forget term is constant here (features do not change), so it is not computed.
+    The less-forget term is constant here (features do not change), so neither it nor the frozen
+    model's forward pass is computed.
     """
     s = cfg.schedule
     head = model.head

@@ -178,6 +178,7 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
         n_old = p.seen_classes(phase - 1) if phase else 0
         n_seen = p.seen_classes(phase)
         ctx = learner.PhaseContext(phase, n_old, n_seen, cfg.lambda_at(phase) if phase else 0.0)
+        new_idx = torch.nonzero(torch.isin(train_y, torch.tensor(new_classes))).flatten()
         ref_model = None
         if phase > 0:
             if learner.needs_reference(cfg, phase):
@@ -186,17 +187,16 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
                     q.requires_grad_(False)
             rows = None
             if m.imprint:
-                new_idx = torch.nonzero(torch.isin(train_y, torch.tensor(new_classes))).flatten()
                 f, _, y = learner.extract(model, source, "train", new_idx, cfg, device)
                 rows = imprint_rows([f[y == c] for c in new_classes], model.head.weight())
             model.head.expand(len(new_classes), rows, gen)
             model.to(device)
 
         # training data: new classes + exemplars (joint: all data of the seen classes)
-        train_classes = range(n_seen) if m.joint else new_classes
-        idx = torch.nonzero(torch.isin(train_y, torch.tensor(list(train_classes)))).flatten()
-        if phase > 0 and not m.joint:
-            idx = torch.cat([idx, memory.indices(cfg.quota(phase - 1))])
+        if m.joint:
+            idx = torch.nonzero(train_y < n_seen).flatten()
+        else:
+            idx = torch.cat([new_idx, memory.indices(cfg.quota(phase - 1))]) if phase else new_idx
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -216,7 +216,6 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
 
         # herding: one batched feature pass over the new classes' training images
         quota = cfg.quota(phase)
-        new_idx = torch.nonzero(torch.isin(train_y, torch.tensor(new_classes))).flatten()
         f, _, y = learner.extract(model, source, "train", new_idx, cfg, device)
         f = torch.nn.functional.normalize(f, dim=1).cpu()
         y = y.cpu()
@@ -225,8 +224,8 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
             memory.add(c, new_idx[pos[herding(f[pos], quota)]])
 
         if m.cbf and phase > 0:
-            train_s += learner.class_balanced_finetune(model, ref_model, source, memory.indices(quota), cfg,
-                                                       ctx, gen, device)
+            train_s += learner.class_balanced_finetune(model, source, memory.indices(quota), cfg, ctx, gen,
+                                                       device)
         del ref_model
 
         # evaluation: NME means from the exemplars (and their mirror images), CNN and NME on the test set
