@@ -347,7 +347,7 @@ def best_command_line(config: dict[str, Any], command: str = "lucir train") -> s
         same = (list(v) if isinstance(v, (list, tuple)) else v) == (list(rv) if isinstance(rv, (list, tuple)) else rv)
         if not same:
             parts += ["--set", shlex.quote(f"{k}={_cli_value(v)}")]
-    if config.get("dataset") == "imagefolder" and config.get("data_root"):
+    if config.get("dataset") not in (None, "digits") and config.get("data_root"):  # digits is embedded
         parts += ["--data-root", shlex.quote(str(config["data_root"]))]
     return " ".join(parts)
 

@@ -135,6 +135,16 @@ def test_best_command_line_reproduces_the_config():
     assert again.identity() == cfg.identity()
 
 
+def test_best_command_line_names_the_data_root_of_an_on_disk_dataset():
+    from lucir.config import Config
+
+    flat = Config.from_flat(dataset="cifar100", preset="lucir", data_root="/data/x y", epochs=3).to_flat()
+    line = tables.best_command_line(flat)
+    assert "--data-root '/data/x y'" in line and "--epochs 3" in line  # without it, cifar100 would look in ./data
+    digits = tables.best_command_line(Config.from_flat(dataset="digits", data_root="/data").to_flat())
+    assert "--data-root" not in digits
+
+
 def test_best_command_line_from_a_frame_row(known):
     row = tables.best_trial(known)
     line = tables.best_command_line(tables.config_of(row))
