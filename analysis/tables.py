@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shlex
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -291,19 +290,6 @@ def best_trial(df: pd.DataFrame, metric: str = OBJECTIVE, mode: str = "max") -> 
     return last.iloc[0]
 
 
-_FLAGS = {"dataset": "--dataset", "preset": "--preset", "base_classes": "--base", "phases": "--phases",
-          "exemplars_per_class": "--exemplars", "memory_total": "--memory-total", "seed": "--seed",
-          "epochs": "--epochs"}
-
-
-def _cli_value(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(str(x) for x in v) + "]"
-    if isinstance(v, float):
-        return repr(v)
-    return str(v)
-
-
 def config_of(row: pd.Series | dict[str, Any]) -> dict[str, Any]:
     """The flat config of a frame row (config columns only, in Config order)."""
     r = dict(row)
@@ -323,33 +309,11 @@ def _py(v: Any) -> Any:
 
 
 def best_command_line(config: dict[str, Any], command: str = "lucir train") -> str:
-    """A ``lucir train`` command line that reproduces ``config`` (DESIGN §1).
+    """A ``lucir train`` command line that reproduces ``config``: the trainer's own
+    ``lucir.cli.command_line``, the one implementation the runner's search summary uses too."""
+    from lucir.cli import command_line
 
-    The main protocol fields are flags; every other field whose value differs from what those flags
-    give by default (``Config.from_flat``) is a ``--set key=value``. Runtime fields are left out.
-    """
-    cfg = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS and k != "num_classes"}
-    head = {k: cfg[k] for k in _FLAGS if k in cfg and not (k == "memory_total" and not cfg[k])}
-    try:
-        from lucir.config import Config
-
-        ref = Config.from_flat({k: (list(v) if isinstance(v, tuple) else v) for k, v in head.items()}).to_flat()
-    except Exception:  # noqa: BLE001 - any config the trainer rejects: spell every field out
-        ref = {}
-    parts = [command]
-    for k, flag in _FLAGS.items():
-        if k in head:
-            parts += [flag, shlex.quote(_cli_value(head[k]))]
-    for k, v in cfg.items():
-        if k in _FLAGS:
-            continue
-        rv = ref.get(k, object())
-        same = (list(v) if isinstance(v, (list, tuple)) else v) == (list(rv) if isinstance(rv, (list, tuple)) else rv)
-        if not same:
-            parts += ["--set", shlex.quote(f"{k}={_cli_value(v)}")]
-    if config.get("dataset") not in (None, "digits") and config.get("data_root"):  # digits is embedded
-        parts += ["--data-root", shlex.quote(str(config["data_root"]))]
-    return " ".join(parts)
+    return command_line(config, command)
 
 
 def param_importances(exp_path: str | os.PathLike, study_name: str | None = None,

@@ -141,6 +141,7 @@ def test_best_command_line_names_the_data_root_of_an_on_disk_dataset():
     flat = Config.from_flat(dataset="cifar100", preset="lucir", data_root="/data/x y", epochs=3).to_flat()
     line = tables.best_command_line(flat)
     assert "--data-root '/data/x y'" in line and "--epochs 3" in line  # without it, cifar100 would look in ./data
+    assert "data_root=" not in line  # once, as the flag
     digits = tables.best_command_line(Config.from_flat(dataset="digits", data_root="/data").to_flat())
     assert "--data-root" not in digits
 

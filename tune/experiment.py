@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from lucir.checkpoint import atomic_write_json
-from lucir.config import RUNTIME_FIELDS, Config, ConfigError
+from lucir.cli import command_line as train_command
+from lucir.config import Config, ConfigError
 
 log = logging.getLogger("lucir.tune")
 
@@ -340,34 +341,6 @@ def _number(v) -> float | None:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
     return float(v)
-
-
-def train_command(flat: dict) -> str:
-    """A ``lucir train`` command line that reproduces a trial's config (only non-default fields)."""
-    ref = Config.from_flat({k: flat[k] for k in ("dataset", "preset", "data_root", "num_classes")
-                            if k in flat and not (k == "num_classes" and flat.get("dataset") != "imagefolder")})
-    ref_flat = ref.to_flat()
-    parts = ["lucir", "train", "--dataset", str(flat["dataset"]), "--preset", str(flat["preset"])]
-    if flat.get("data_root") and flat["dataset"] != "digits":
-        parts += ["--data-root", str(flat["data_root"])]
-    flags = {"base_classes": "--base", "phases": "--phases", "seed": "--seed", "epochs": "--epochs",
-             "exemplars_per_class": "--exemplars", "memory_total": "--memory-total", "lr": "--lr",
-             "batch_size": "--batch-size"}
-    epochs_changed = flat.get("epochs") != ref_flat.get("epochs")
-    for k, v in flat.items():
-        if k in ("dataset", "preset", "data_root", "num_classes") or k in RUNTIME_FIELDS:
-            continue
-        if v == ref_flat.get(k):
-            continue
-        if k in ("milestones", "cbf_milestones") and epochs_changed:
-            scaled = Config.from_flat({"dataset": flat["dataset"], "epochs": flat["epochs"]}).to_flat()[k]
-            if list(v) == list(scaled):
-                continue
-        if k in flags:
-            parts += [flags[k], str(v)]
-        else:
-            parts += ["--set", f"{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}"]
-    return " ".join(parts)
 
 
 def print_search_summary(exp: str | os.PathLike, file=None) -> dict | None:
