@@ -126,10 +126,9 @@ def cpu_info() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     info["bf16_hw"] = any(f in ("avx512_bf16", "amx_bf16") for f in info["flags"])
-    try:  # whether oneDNN has bf16 kernels here; without them bf16 convolutions fall back to slow_conv2d
-        info["onednn_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        info["onednn_bf16"] = None
+    from lucir.run import cpu_has_bf16
+
+    info["onednn_bf16"] = cpu_has_bf16()
     return info
 
 

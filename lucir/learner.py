@@ -118,8 +118,8 @@ def train_phase(model: nn.Module, ref_model: nn.Module | None, source: Source, i
     return time.perf_counter() - t0
 
 
-def class_balanced_finetune(model: nn.Module, source: Source, exemplars: torch.Tensor, cfg: Config, ctx: PhaseContext, gen: torch.Generator,
-                            device: torch.device) -> float:
+def class_balanced_finetune(model: nn.Module, source: Source, exemplars: torch.Tensor, cfg: Config,
+                            ctx: PhaseContext, gen: torch.Generator, device: torch.device) -> float:
     """CBF (LUCIR_REFERENCE §4, ``--ft_flag 2``): exemplars only, backbone and BN frozen (eval mode),
     fc1 and fc2 trainable at ``cbf_lr`` (x gamma at the CBF milestones), eta frozen, same loss.
 

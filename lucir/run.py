@@ -75,7 +75,9 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels on this CPU (AVX512-BF16/AMX); without them PyTorch runs bf16
+    convolutions through a generic fallback (docs/PERFORMANCE.md)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -136,7 +138,7 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
     if rt.threads:
         torch.set_num_threads(rt.threads)
     device = resolve_device(rt.device)
-    if rt.bf16 and device.type == "cpu" and not _cpu_has_bf16():
+    if rt.bf16 and device.type == "cpu" and not cpu_has_bf16():
         warnings.warn("bf16=True on a CPU without AVX512-BF16/AMX: PyTorch falls back to a generic "
                       "convolution that is 7-14x slower than fp32 here (docs/PERFORMANCE.md)", stacklevel=2)
     if device.type == "cuda" and rt.gpu_memory_fraction:
