@@ -85,13 +85,14 @@ def test_sigkill_of_trial_worker_resumes_from_last_phase(ray_local, tmp_path):  
     assert after and min(after) == 2, killer.seen
     (tdir,) = trial_dirs(exp)
     rows = result_rows(tdir)
-    phases = [r["phase"] for r in rows]
-    # Ray's result.json keeps or drops the pre-crash rows depending on when the restored trial's logger
-    # starts (seen both ways); the restarted worker reported exactly phases 2 and 3, and the trial's own
-    # record (EXPERIMENT_LAYOUT) holds every phase once
-    assert phases in ([0, 1, 2, 3], [2, 3]), phases
-    assert rows[-1]["pid"] != killer.killed["pid"]
-    assert all(r["pid"] == killer.killed["pid"] for r in rows if r["phase"] < 2)
+    # Ray's result.json keeps all, some or none of the pre-crash rows depending on when the killed
+    # actor's last report and the restored trial's logger meet (seen: [0,1,2,3], [2,3] and, in CI,
+    # [0,2,3]); what must hold is that every pre-crash row came from the killed worker and the restarted
+    # worker reported exactly phases 2 and 3. The trial's own record (EXPERIMENT_LAYOUT) holds every phase.
+    before = [r["phase"] for r in rows if r["pid"] == killer.killed["pid"]]
+    after_rows = [r["phase"] for r in rows if r["pid"] != killer.killed["pid"]]
+    assert after_rows == [2, 3], [(r["pid"], r["phase"]) for r in rows]
+    assert before == sorted(set(before)) and set(before) <= {0, 1}, [(r["pid"], r["phase"]) for r in rows]
     assert [p["phase"] for p in doc["phases"]] == [0, 1, 2, 3]
     # ... and the result is the undisturbed run's
     direct = [r for r, _ in lucir.run(lucir.Config.from_flat(runtime_overrides(flat, 1, 0)))]
