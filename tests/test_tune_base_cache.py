@@ -89,7 +89,7 @@ def test_live_claim_keeps_waiters_waiting(tmp_path):
     owner = BaseCache(root, heartbeat=0.1).lookup("k", who="owner")
     assert owner.status == "miss"
     with pytest.raises(TimeoutError):
-        BaseCache(root, poll=0.05, stale_after=0.5, timeout=1.5).lookup("k", who="waiter")
+        BaseCache(root, poll=0.05, stale_after=2.0, timeout=3.0).lookup("k", who="waiter")  # 20 heartbeats of slack
     owner.claim.release()
 
 
