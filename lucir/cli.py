@@ -24,6 +24,11 @@ _COMMAND_FLAGS = {"dataset": "--dataset", "preset": "--preset", "base_classes": 
                   "epochs": "--epochs"}
 
 
+def _plain(v: Any) -> Any:
+    """Tuples as lists, so that a config read back from JSON compares equal to one built in Python."""
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
 def _cli_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(str(x) for x in v) + "]"
@@ -42,7 +47,7 @@ def command_line(config: dict[str, Any], command: str = "lucir train") -> str:
     cfg = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS and k not in ("num_classes", "data_root")}
     head = {k: cfg[k] for k in _COMMAND_FLAGS if k in cfg and not (k == "memory_total" and not cfg[k])}
     try:
-        ref = Config.from_flat({k: (list(v) if isinstance(v, tuple) else v) for k, v in head.items()}).to_flat()
+        ref = Config.from_flat({k: _plain(v) for k, v in head.items()}).to_flat()
     except Exception:  # noqa: BLE001 - any config the trainer rejects: spell every field out
         ref = {}
     parts = [command]
@@ -52,9 +57,7 @@ def command_line(config: dict[str, Any], command: str = "lucir train") -> str:
     for k, v in cfg.items():
         if k in _COMMAND_FLAGS:
             continue
-        rv = ref.get(k, object())
-        same = (list(v) if isinstance(v, (list, tuple)) else v) == (list(rv) if isinstance(rv, (list, tuple)) else rv)
-        if not same:
+        if k not in ref or _plain(v) != _plain(ref[k]):
             parts += ["--set", shlex.quote(f"{k}={_cli_value(v)}")]
     if config.get("dataset") not in (None, "digits") and config.get("data_root"):  # digits is embedded
         parts += ["--data-root", shlex.quote(str(config["data_root"]))]
