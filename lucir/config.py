@@ -31,6 +31,12 @@ DATASETS = {
     "imagefolder": None,
 }
 BACKBONES = ("auto", "convnet", "resnet32", "resnet18")
+#: training augmentations: RandomResizedCrop + flip; pad-crop + flip; pad-crop only; nothing
+AUGMENTS = ("imagenet", "cifar", "crop", "none")
+#: what the NME class means average with (the reference's CIFAR block reverses RGB; DESIGN §3)
+CLASS_MEAN_FLIPS = ("channels", "mirror", "none")
+#: tensor datasets whose images have one size and channel count
+NATIVE_IMAGES = {"digits": (8, 1), "cifar100": (32, 3)}
 
 # Ablation ladder (paper Fig. 7, official run.sh).  Each preset sets every switch.
 _SWITCHES = ("cosine", "imprint", "less_forget", "adaptive_lambda", "margin_ranking", "kd",
@@ -58,13 +64,16 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     # digits: 5 exemplars per class keep ~3.7% of a class's ~135 training images, the share that
     # 20 of CIFAR-100's 500 keep (4%); with 20 (15%) replay alone nearly closes the gap to joint.
     "digits": dict(base_classes=4, phases=3, exemplars_per_class=5, backbone="convnet", lambda_base=5.0,
+                   image_size=8, channels=1, augment="crop", class_mean_flip="none",
                    epochs=30, lr=0.1, milestones=(20, 25), weight_decay=5e-4, batch_size=64,
                    cbf_epochs=10, cbf_milestones=(5,)),
     "cifar100": dict(base_classes=50, phases=5, backbone="resnet32", lambda_base=5.0,
+                     image_size=32, channels=3, augment="cifar", class_mean_flip="channels",
                      exemplars_per_class=20, epochs=160, lr=0.1, milestones=(80, 120), weight_decay=5e-4,
                      batch_size=128,
                      cbf_epochs=20, cbf_milestones=(10,)),
     "imagefolder": dict(base_classes=50, phases=5, backbone="resnet18", lambda_base=10.0,
+                        image_size=224, channels=3, augment="imagenet", class_mean_flip="none",
                         exemplars_per_class=20, epochs=90, lr=0.1, milestones=(30, 60), weight_decay=1e-4,
                         batch_size=128,
                         cbf_epochs=20, cbf_milestones=(10,)),
@@ -88,6 +97,11 @@ class Protocol:
     class_order_seed: int = 1993
     seed: int = 0
     num_classes: int = 10  # filled from the dataset; imagefolder: number of class folders
+    image_size: int = 8  # side of the (square) training crop; fixed for digits (8) and cifar100 (32)
+    channels: int = 1  # 1 (grayscale) or 3 (RGB; grayscale files are repeated to 3)
+    augment: str = "crop"  # one of AUGMENTS; pad-crops pad by max(1, round(image_size / 8)) pixels
+    mean: tuple[float, ...] = ()  # () = the dataset's (cifar100: the reference's; imagenet augment:
+    std: tuple[float, ...] = ()  # ImageNet's; otherwise computed once from the training split)
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -108,6 +122,26 @@ class Protocol:
             raise _err("base_classes", self.base_classes,
                        f"1..{self.num_classes - 1} ({self.dataset} has {self.num_classes} classes "
                        "and at least one incremental phase needs classes)")
+        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 4:
+            raise _err("image_size", self.image_size, "an integer >= 4 (pixels)")
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+            raise _err("channels", self.channels, "1 (grayscale) or 3 (RGB)")
+        if self.augment not in AUGMENTS:
+            raise _err("augment", self.augment, f"one of {list(AUGMENTS)}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v and (len(v) != self.channels or not all(_finite(x) for x in v)):
+                raise _err(name, v, f"empty (the dataset's) or {self.channels} finite numbers (one per channel)")
+        if any(x <= 0 for x in self.std):
+            raise _err("std", self.std, "numbers > 0")
+        if bool(self.mean) != bool(self.std):
+            raise _err("mean" if not self.mean else "std", self.mean or self.std,
+                       "given together with " + ("std" if self.mean else "mean"))
+        native = NATIVE_IMAGES.get(self.dataset)
+        if native and (self.image_size, self.channels) != native:
+            bad = "image_size" if self.image_size != native[0] else "channels"
+            raise _err(bad, getattr(self, bad), f"{native[0] if bad == 'image_size' else native[1]} "
+                                                f"for {self.dataset} (its images are {native[1]}x{native[0]}x{native[0]})")
         rest = self.num_classes - self.base_classes
         if rest % self.phases:
             ok = [p for p in range(1, rest + 1) if rest % p == 0]
@@ -153,6 +187,7 @@ class Method:
     kd_beta: float = 0.25
     ms_weight: float = 1.0
     backbone: str = "auto"
+    class_mean_flip: str = "none"  # one of CLASS_MEAN_FLIPS (lucir.memory.class_means)
 
     def __post_init__(self):
         if self.preset not in PRESETS and self.preset != "custom":
@@ -162,6 +197,8 @@ class Method:
                 raise _err(name, getattr(self, name), "true or false")
         if self.backbone not in BACKBONES:
             raise _err("backbone", self.backbone, f"one of {list(BACKBONES)}")
+        if self.class_mean_flip not in CLASS_MEAN_FLIPS:
+            raise _err("class_mean_flip", self.class_mean_flip, f"one of {list(CLASS_MEAN_FLIPS)}")
         for name in ("eta_init", "kd_T"):
             v = getattr(self, name)
             if not _finite(v) or v <= 0:
@@ -224,6 +261,9 @@ class Runtime:
     threads: int = 0  # 0: leave torch's default
     eval_batch_size: int = 512
     gpu_memory_fraction: float = 0.0  # > 0: cap this process's share of the GPU
+    checkpoint_every: int = 10  # epochs between mid-phase checkpoints (0: at phase ends only)
+    in_memory: str = "auto"  # imagefolder: decode once into uint8 tensors ("auto": when images are small)
+    workers: int = 0  # DataLoader workers of the folder path (0: the threads the run was given)
 
     def __post_init__(self):
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -237,7 +277,17 @@ class Runtime:
             raise _err("eval_batch_size", self.eval_batch_size, "an integer >= 1")
         if not _finite(self.gpu_memory_fraction) or not 0 <= self.gpu_memory_fraction <= 1:
             raise _err("gpu_memory_fraction", self.gpu_memory_fraction, "a number in [0, 1]")
+        for name in ("checkpoint_every", "workers"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise _err(name, v, "an integer >= 0")
+        if self.in_memory not in IN_MEMORY:
+            raise _err("in_memory", self.in_memory, f"one of {list(IN_MEMORY)}")
 
+
+IN_MEMORY = ("auto", "true", "false")
+_INT_TUPLES = ("milestones", "cbf_milestones")
+_FLOAT_TUPLES = ("mean", "std")
 
 _SECTIONS = {"protocol": Protocol, "method": Method, "schedule": Schedule, "runtime": Runtime}
 FIELD_SECTION: dict[str, str] = {f.name: sec for sec, cls in _SECTIONS.items() for f in fields(cls)}
@@ -309,10 +359,13 @@ class Config:
             values["num_classes"] = count_imagefolder_classes(values.get("data_root", "data"))
         kwargs: dict[str, dict[str, Any]] = {sec: {} for sec in _SECTIONS}
         for k, v in values.items():
-            if k in ("milestones", "cbf_milestones"):
+            if k in _INT_TUPLES or k in _FLOAT_TUPLES:
                 if isinstance(v, str):
-                    v = [x for x in v.replace(",", " ").split() if x]
-                v = tuple(_as_int(k, x, v) for x in (v if isinstance(v, (list, tuple)) else [v]))
+                    v = [x for x in v.strip("[]()").replace(",", " ").split() if x]
+                conv = _as_int if k in _INT_TUPLES else _as_float
+                v = tuple(conv(k, x, v) for x in (v if isinstance(v, (list, tuple)) else [v]))
+            elif k == "in_memory" and isinstance(v, bool):
+                v = "true" if v else "false"
             kwargs[FIELD_SECTION[k]][k] = _coerce(_SECTIONS[FIELD_SECTION[k]], k, v)
         return cls(**{sec: c(**kwargs[sec]) for sec, c in _SECTIONS.items()})
 
@@ -324,7 +377,7 @@ class Config:
         for k, v in cur.items():
             if k not in FIELD_SECTION:
                 raise ConfigError(f"unknown config field {k!r}: allowed {sorted(FIELD_SECTION)}")
-            if k in ("milestones", "cbf_milestones"):
+            if k in _INT_TUPLES or k in _FLOAT_TUPLES:
                 v = tuple(v)
             kwargs[FIELD_SECTION[k]][k] = v
         preset = kwargs["method"].get("preset")
@@ -340,14 +393,16 @@ class Config:
     def base_key(self) -> str:
         """Key of the base phase (DESIGN §5): configs with equal keys train an identical phase 0.
 
-        Phase 0 depends on the data, class order, base classes, backbone and head type, eta_init,
-        the schedule, the seed, and (for herding and the phase-0 NME evaluation) the memory budget.
+        Phase 0 depends on the data (and its image size, channels, augmentation, normalisation), class
+        order, base classes, backbone and head type, eta_init, the schedule, the seed, and (for herding
+        and the phase-0 NME evaluation) the memory budget and the class-mean flip.
         It does not depend on lambda_base, margin, K, the later phases or the other switches.
         """
         f = self.to_flat()
         keys = ("dataset", "num_classes", "class_order_seed", "base_classes", "seed",
                 "exemplars_per_class", "memory_total", "cosine", "backbone",
-                "epochs", "lr", "milestones", "gamma", "momentum", "weight_decay", "batch_size")
+                "epochs", "lr", "milestones", "gamma", "momentum", "weight_decay", "batch_size",
+                "image_size", "channels", "augment", "mean", "std", "class_mean_flip")
         ident = {k: f[k] for k in keys}
         ident["memory_total_per_class0"] = self.quota(0)
         if self.method.cosine:
@@ -394,6 +449,13 @@ def _as_int(name: str, value: Any, shown: Any = None) -> int:
     except (TypeError, ValueError):
         pass
     raise _err(name, value if shown is None else shown, "an integer" if shown is None else "a list of integers")
+
+
+def _as_float(name: str, value: Any, shown: Any = None) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _err(name, value if shown is None else shown, "a list of numbers") from None
 
 
 def _finite(v: Any) -> bool:
