@@ -14,6 +14,7 @@ original label ``order[k]``.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -229,6 +230,16 @@ def check_dataset(name: str, root: str | os.PathLike = "data") -> None:
         count_imagefolder_classes(root)
 
 
+def flip_images(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """``mode`` "channels": reverse the channel axis (RGB -> BGR); "mirror": reverse the width; "none".
+    Works on one C x H x W image or an N x C x H x W batch (before normalisation)."""
+    if mode == "channels":
+        return x.flip(-3)
+    if mode == "mirror":
+        return x.flip(-1)
+    return x
+
+
 # ---------------------------------------------------------------------------- phase view
 class Source:
     """The dataset seen through a class order, with batch iterators for one device.
@@ -270,7 +281,10 @@ class Source:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
             yield from self._folder_loader(perm, batch_size, train=augment, split="train", seed=seed)
 
-    def eval_batches(self, split: str, indices: torch.Tensor | None, batch_size: int):
+    def eval_batches(self, split: str, indices: torch.Tensor | None, batch_size: int, flip: str = "none"):
+        """Eval-transform batches; ``flip`` (``Method.class_mean_flip``) acts on the uint8 image before
+        normalising: "channels" reverses the colour channels (the reference's ``[:, :, :, ::-1]`` on NHWC
+        arrays in ``class_incremental_cosine_cifar100.py``), "mirror" reverses the width."""
         ys = self.train_y if split == "train" else self.test_y
         if indices is None:
             indices = torch.arange(len(ys))
@@ -278,18 +292,19 @@ class Source:
             xs = self.train_x if split == "train" else self.test_x
             for i in range(0, len(indices), batch_size):
                 idx = indices[i:i + batch_size].to(self.device)
-                yield self._fmt(self.augment.normalize(xs[idx])), ys[idx.cpu()].to(self.device)
+                yield self._fmt(self.augment.normalize(flip_images(xs[idx], flip))), ys[idx.cpu()].to(self.device)
         else:
-            yield from self._folder_loader(indices, batch_size, train=False, split=split, seed=0)
+            yield from self._folder_loader(indices, batch_size, train=False, split=split, seed=0, flip=flip)
 
-    def _folder_loader(self, indices, batch_size, train: bool, split: str, seed: int):
+    def _folder_loader(self, indices, batch_size, train: bool, split: str, seed: int, flip: str = "none"):
         from torch.utils.data import DataLoader, Subset
         from torchvision import transforms as T
 
         d = self.data
         norm = T.Normalize(d.mean, d.std)
         tf = (T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm]) if train
-              else T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm]))
+              else T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                              T.Lambda(functools.partial(flip_images, mode=flip)), norm]))
         samples = d.train_samples if split == "train" else d.test_samples
         ys = self.train_y if split == "train" else self.test_y
         g = torch.Generator().manual_seed(seed)

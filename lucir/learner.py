@@ -155,13 +155,12 @@ def class_balanced_finetune(model: nn.Module, source: Source, exemplars: torch.T
 
 @torch.inference_mode()
 def extract(model: nn.Module, source: Source, split: str, indices: torch.Tensor | None, cfg: Config,
-            device: torch.device, flip: bool = False):
-    """One batched pass (eval transform): returns (features, logits, labels) on ``device``."""
+            device: torch.device, flip: str = "none"):
+    """One batched pass (eval transform): returns (features, logits, labels) on ``device``.
+    ``flip`` ("channels", "mirror", "none") is applied to the images first (``Source.eval_batches``)."""
     model.eval()
     feats, logits, labels = [], [], []
-    for x, y in source.eval_batches(split, indices, cfg.runtime.eval_batch_size):
-        if flip:
-            x = x.flip(3)
+    for x, y in source.eval_batches(split, indices, cfg.runtime.eval_batch_size, flip=flip):
         with autocast(cfg, device):
             f, _, z = model(x)
         feats.append(f.float())

@@ -65,9 +65,12 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
     """NME class means: mean of the L2-normalised exemplar features (averaged with the mean of the
     flipped exemplars' features when given, as the reference does), then L2-normalised.
 
-    The reference's CIFAR "flip" reverses the colour channels (an NHWC indexing bug inherited from
-    iCaRL, LUCIR_REFERENCE §5); ``lucir.run`` passes true horizontal mirrors (as PODNet does) for the
-    datasets that train with flips, and nothing for digits."""
+    ``Method.class_mean_flip`` decides what ``flipped`` holds: "channels" (the default for CIFAR-100)
+    is the reference's CIFAR "flip", ``[:, :, :, ::-1]`` on NHWC uint8 arrays in
+    ``class_incremental_cosine_cifar100.py``, which reverses the colour channels (RGB -> BGR) before
+    normalising; the published NME numbers (63.12 / 60.12) come from it.  "mirror" is a true
+    horizontal flip (as PODNet does); "none" (digits, ImageFolder: the reference's ImageNet driver
+    uses no flip) passes nothing."""
     f = F.normalize(features.float(), dim=1)
     means = torch.zeros(num_classes, f.shape[1], device=f.device)
     means.index_add_(0, labels, f)

@@ -230,12 +230,12 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
                                                        device)
         del ref_model
 
-        # evaluation: NME means from the exemplars (and their mirror images), CNN and NME on the test set
+        # evaluation: NME means from the exemplars (and their flipped copies), CNN and NME on the test set
         ex = memory.indices(quota)
         fe, _, ye = learner.extract(model, source, "train", ex, cfg, device)
         fe_flip = None
-        if getattr(data, "flip", True):
-            fe_flip, _, _ = learner.extract(model, source, "train", ex, cfg, device, flip=True)
+        if m.class_mean_flip != "none":
+            fe_flip, _, _ = learner.extract(model, source, "train", ex, cfg, device, flip=m.class_mean_flip)
         means = class_means(fe, ye, n_seen, fe_flip)
         test_idx = torch.nonzero(test_y < n_seen).flatten()
         ft, zt, yt = learner.extract(model, source, "test", test_idx, cfg, device)

@@ -136,3 +136,76 @@ def test_nme_differs_from_nearest_unnormalised_mean():
 def test_class_means_of_absent_classes_are_zero_not_nan(n):
     means = class_means(torch.randn(n, 4), torch.zeros(n, dtype=torch.int64), 3)
     assert torch.isfinite(means).all() and torch.all(means[1:] == 0)
+
+
+# ---------------------------------------------------------------------------- class_mean_flip
+class _Flatten(torch.nn.Module):
+    """A 'model' whose feature is the normalised image itself, so class means can be done by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.Flatten()
+        self.backbone.feature_dim = 12
+
+    def forward(self, x):
+        f = x.flatten(1)
+        return f, f[:, :2], f[:, :2]
+
+
+def _hand_means(imgs: dict[int, list], mean, std, flip: str):
+    """The reference's class-mean block by hand, in numpy: per class, the mean of the normalised
+    features of the exemplars, averaged with that of their flipped copies, then normalised."""
+    import numpy as np
+
+    m = np.array(mean).reshape(-1, 1, 1) * 255
+    s = np.array(std).reshape(-1, 1, 1) * 255
+
+    def feat(a):
+        v = ((a.astype(np.float64) - m) / s).ravel()
+        return v / np.linalg.norm(v)
+
+    out = []
+    for c in sorted(imgs):
+        mu = np.mean([feat(a) for a in imgs[c]], axis=0)
+        if flip != "none":
+            f = [a[::-1] if flip == "channels" else a[:, :, ::-1] for a in imgs[c]]
+            mu = (mu + np.mean([feat(a) for a in f], axis=0)) / 2
+        out.append(mu / np.linalg.norm(mu))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("flip", ["channels", "mirror", "none"])
+def test_class_mean_flip_settings_give_the_hand_computed_means(flip):
+    """Two classes of 2x2 RGB images (channels reversed != mirrored != unchanged); the means that
+    lucir.run computes (Source.eval_batches + learner.extract + class_means) equal the hand formula."""
+    import numpy as np
+
+    from lucir import learner
+    from lucir.config import Config
+    from lucir.data import Source, TensorDataset
+
+    rng = np.random.RandomState(0)
+    x = rng.randint(0, 256, size=(6, 3, 2, 2)).astype(np.uint8)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    data = TensorDataset("hand", torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(x),
+                         torch.from_numpy(y), ["a", "b"], mean, std, pad=1, flip=False)
+    source = Source(data, np.array([0, 1]), torch.device("cpu"))
+    cfg = Config.from_flat(dataset="digits", device="cpu", class_mean_flip=flip)
+    idx = torch.arange(6)
+    fe, _, ye = learner.extract(_Flatten(), source, "train", idx, cfg, torch.device("cpu"))
+    fl = None if flip == "none" else learner.extract(_Flatten(), source, "train", idx, cfg,
+                                                     torch.device("cpu"), flip=flip)[0]
+    got = class_means(fe, ye, 2, fl)
+    want = _hand_means({0: list(x[:3]), 1: list(x[3:])}, mean, std, flip)
+    assert torch.allclose(got.double(), torch.from_numpy(want), atol=1e-6)
+    if flip != "none":  # the flip changes the means (the test would not tell the settings apart otherwise)
+        assert not np.allclose(want, _hand_means({0: list(x[:3]), 1: list(x[3:])}, mean, std, "none"), atol=1e-3)
+
+
+def test_class_mean_flip_defaults_follow_the_reference_drivers():
+    from lucir.config import Config, ConfigError
+
+    assert Config.from_flat(dataset="digits").method.class_mean_flip == "none"
+    with pytest.raises(ConfigError, match="class_mean_flip='bgr'.*channels"):
+        Config.from_flat(dataset="digits", class_mean_flip="bgr")
