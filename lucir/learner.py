@@ -73,10 +73,26 @@ def needs_reference(cfg: Config, phase: int) -> bool:
     return phase > 0 and not m.joint and (m.less_forget or m.kd or m.mimic_scores)
 
 
+@dataclass
+class TrainState:
+    """Where training stands inside a phase: epochs done, optimiser and scheduler state (``run``
+    saves it with the model and the phase's generator state in a mid-phase checkpoint)."""
+
+    epoch: int = 0
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+
+
 def train_phase(model: nn.Module, ref_model: nn.Module | None, source: Source, indices: torch.Tensor,
                 cfg: Config, ctx: PhaseContext, gen: torch.Generator, device: torch.device,
-                on_epoch: Callable[[int, float], None] | None = None) -> float:
-    """Train ``model`` for one phase on ``indices`` (train positions); returns wall seconds."""
+                on_epoch: Callable[[int, float], None] | None = None, resume: TrainState | None = None,
+                on_checkpoint: Callable[[TrainState], None] | None = None) -> float:
+    """Train ``model`` for one phase on ``indices`` (train positions); returns wall seconds.
+
+    ``resume`` continues after its epoch with its optimiser (momentum buffers) and scheduler state;
+    with the model weights and ``gen`` restored too, the rest of the phase is bit-identical to an
+    uninterrupted one on the CPU.  ``on_checkpoint`` gets a ``TrainState`` (copies, on the CPU) every
+    ``checkpoint_every`` epochs and after the last epoch."""
     s = cfg.schedule
     head = model.head
     freeze_old = (ctx.phase > 0 and isinstance(head, CosineHead) and cfg.method.less_forget
@@ -86,9 +102,15 @@ def train_phase(model: nn.Module, ref_model: nn.Module | None, source: Source, i
         head.old.requires_grad_(False)
     opt = _sgd(params, s.lr, s.momentum, s.weight_decay, device)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(s.milestones), s.gamma)
+    start = 0
+    if resume is not None:
+        opt.load_state_dict(resume.optimizer)
+        sched.load_state_dict({**resume.scheduler, "milestones": sched.milestones})
+        start = resume.epoch
     fwd = torch.compile(model) if cfg.runtime.compile else model
+    every = cfg.runtime.checkpoint_every
     t0 = time.perf_counter()
-    for epoch in range(s.epochs):
+    for epoch in range(start, s.epochs):
         model.train()
         total = torch.zeros((), device=device)
         steps = 0
@@ -113,9 +135,23 @@ def train_phase(model: nn.Module, ref_model: nn.Module | None, source: Source, i
                                         f"(lr={s.lr}, preset={cfg.method.preset}); lower lr or check the data")
         if on_epoch:
             on_epoch(epoch, mean_loss)
+        if on_checkpoint is not None and every and ((epoch + 1) % every == 0 or epoch + 1 == s.epochs):
+            on_checkpoint(TrainState(epoch + 1, _cpu_copy(opt.state_dict()),
+                                     {k: v for k, v in sched.state_dict().items() if k != "milestones"}))
     if freeze_old:
         head.old.requires_grad_(True)
     return time.perf_counter() - t0
+
+
+def _cpu_copy(obj):
+    """A deep copy with every tensor cloned to the CPU (optimiser state keeps changing in place)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
 
 
 def class_balanced_finetune(model: nn.Module, source: Source, exemplars: torch.Tensor, cfg: Config,

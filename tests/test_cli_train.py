@@ -85,6 +85,51 @@ def test_interrupted_train_resumes_to_the_same_result(finished, tmp_path, monkey
     assert strip(res["phases"]) == strip(full["phases"])
 
 
+def test_sigkilled_train_resumes_inside_the_phase_to_the_bitwise_same_result(tmp_path, capsys):
+    """``lucir train`` is SIGKILLed in the middle of phase 1 (after an epoch checkpoint); ``--resume`` goes
+    on from that epoch, not from the phase start, and gives the accuracy matrices of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["train", "--dataset", "digits", "--epochs", "40", "--device", "cpu", "--threads", "1", "--quiet",
+            "--set", "checkpoint_every=1"]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "lucir.cli", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    where = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                st = load_state(out / "state.pt")
+            except Exception:  # noqa: BLE001 - not written yet
+                st = None
+            if st is not None and st.get("partial") and st["partial"]["phase"] == 1 and st["partial"]["epoch"] >= 3:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed inside phase 1"
+    st = load_state(out / "state.pt")
+    assert st["phase"] == 0 and st["partial"]["phase"] == 1 and 3 <= st["partial"]["epoch"] < 40
+    where = st["partial"]["epoch"]
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert f"in phase 1 after epoch {where}" in capsys.readouterr().out
+    full = tmp_path / "full"
+    assert main(args + ["--out", str(full)]) == 0
+    a = json.loads((out / "results.json").read_text())
+    b = json.loads((full / "results.json").read_text())
+    assert a["acc_matrix_cnn"] == b["acc_matrix_cnn"] and a["acc_matrix_nme"] == b["acc_matrix_nme"]
+    assert [p["phase"] for p in a["phases"]] == [0, 1, 2, 3]
+
+
 def test_resume_of_a_finished_run_exits_2(finished, capsys):
     out, _ = finished
     assert main(ARGS + ["--out", str(out), "--resume"]) == 2

@@ -90,6 +90,77 @@ def test_resume_equivalence_for_the_linear_head_and_cbf(preset, tmp_path):
     assert same_tensors(resumed[-1][1]["model"], whole[-1][1]["model"])
 
 
+# ----------------------------------------------------------------------------- resume inside a phase
+class _Killed(Exception):
+    pass
+
+
+def _checkpoint_at(cfg, phase: int, epoch: int, path):
+    """Run until the epoch checkpoint (phase, epoch), save it to ``path`` as the CLI does, then die."""
+    seen = []
+
+    def on_checkpoint(st):
+        seen.append((st["partial"]["phase"], st["partial"]["epoch"]))
+        if seen[-1] == (phase, epoch):
+            save_state(st, path)
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        for _ in __import__("lucir").run(cfg, None, data=digits(), on_checkpoint=on_checkpoint):
+            pass
+    return seen
+
+
+@pytest.mark.parametrize("preset,phase,epoch", [("lucir", 0, 1), ("lucir", 1, 2), ("lucir", 1, 3),
+                                                ("baseline", 2, 1), ("lucir_cbf", 3, 3)])
+def test_resume_inside_a_phase_equals_the_uninterrupted_run_bitwise(preset, phase, epoch, tmp_path):
+    """Killed after epoch ``epoch`` of ``phase`` (3 = after the last epoch, before herding/CBF/evaluation),
+    resumed from the saved epoch checkpoint: accuracy matrices and weights equal an uninterrupted run's."""
+    cfg = tiny_config(preset=preset, epochs=3, checkpoint_every=1, cbf_epochs=2)
+    whole = run_all(cfg)
+    seen = _checkpoint_at(cfg, phase, epoch, tmp_path / "state.pt")
+    assert seen[-1] == (phase, epoch) and len(seen) == 3 * phase + epoch  # one checkpoint per epoch
+    st = load_state(tmp_path / "state.pt")
+    assert st["phase"] == phase - 1 and st["partial"]["epoch"] == epoch
+    resumed = run_all(cfg, st)
+    assert [r.phase for r, _ in resumed] == list(range(phase, 4))
+    assert resumed[-1][0].acc_matrix_cnn == whole[-1][0].acc_matrix_cnn
+    assert resumed[-1][0].acc_matrix_nme == whole[-1][0].acc_matrix_nme
+    for (ra, sa), (rb, sb) in zip(whole[phase:], resumed):
+        assert _same_metrics(ra, rb)
+        assert same_tensors(sa["model"], sb["model"]) and sa["memory"] == sb["memory"]
+        assert "partial" not in sb  # phase-end states hold no training in progress
+
+
+def test_checkpoint_every_sets_the_epochs_of_the_mid_phase_checkpoints():
+    import lucir
+
+    seen = []
+    cfg = tiny_config(epochs=5, checkpoint_every=2, phases=1, base_classes=4, K=1)
+    for _ in lucir.run(cfg, None, data=digits(), on_checkpoint=lambda st: seen.append(
+            (st["partial"]["phase"], st["partial"]["epoch"]))):
+        pass
+    assert seen == [(0, 2), (0, 4), (0, 5), (1, 2), (1, 4), (1, 5)]  # every 2 epochs and after the last
+    seen.clear()
+    for _ in lucir.run(cfg.replace(checkpoint_every=0), None, data=digits(),
+                       on_checkpoint=lambda st: seen.append(st)):
+        pass
+    assert seen == []  # 0: phase ends only
+
+
+def test_mid_phase_checkpoint_of_another_config_is_refused(tmp_path):
+    """A phase-1 checkpoint holds this config's own incremental training: a config that differs only in
+    margin (same base key) must not resume it; a base-phase checkpoint still seeds any config of its key."""
+    cfg = tiny_config(epochs=2, checkpoint_every=1)
+    _checkpoint_at(cfg, 1, 1, tmp_path / "p1.pt")
+    other = cfg.replace(margin=0.3)
+    assert other.base_key() == cfg.base_key()
+    with pytest.raises(CheckpointError, match="margin"):
+        check_state(other, load_state(tmp_path / "p1.pt"))
+    _checkpoint_at(cfg, 0, 1, tmp_path / "p0.pt")
+    check_state(other, load_state(tmp_path / "p0.pt"))
+
+
 # ----------------------------------------------------------------------------- frozen old rows (LF on / off)
 def test_old_class_weights_do_not_change_during_a_phase_with_less_forget(full):
     for t in range(1, 4):

@@ -1,8 +1,8 @@
 """Real faults, no injected exceptions (DESIGN §7):
 
 * SIGKILL of a trial's worker process in the middle of a phase: the trial is retried
-  (``FailureConfig``) from its last phase checkpoint and ends with the accuracy matrix of an
-  undisturbed run;
+  (``FailureConfig``) from its last epoch checkpoint inside that phase and ends with the accuracy
+  matrix of an undisturbed run;
 * SIGKILL of the driver (and every process it started) after the first phase reports: ``lucir resume``
   finishes the sweep, no completed phase is trained or reported twice, one MLflow run per trial.
 """
@@ -33,13 +33,15 @@ def _read(p: Path) -> dict | None:
 
 
 class Killer(threading.Thread):
-    """Watches trials/*.progress; SIGKILLs the worker once it is inside phase ``at_phase`` (>= 1 epoch done)."""
+    """Watches trials/*.progress; SIGKILLs the worker once it is inside phase ``at_phase`` with more than
+    ``min_epoch`` epochs done."""
 
-    def __init__(self, exp: Path, at_phase: int):
+    def __init__(self, exp: Path, at_phase: int, min_epoch: int = 0):
         super().__init__(daemon=True)
-        self.exp, self.at_phase = exp, at_phase
+        self.exp, self.at_phase, self.min_epoch = exp, at_phase, min_epoch
         self.killed: dict | None = None
         self.seen: list[tuple[int, int]] = []  # (pid, phase) as observed
+        self.first_epoch: dict[tuple[int, int], int] = {}  # (pid, phase) -> first epoch index observed
         self.done = threading.Event()
 
     def run(self):
@@ -50,21 +52,23 @@ class Killer(threading.Thread):
                     continue
                 if not self.seen or self.seen[-1] != (pr["pid"], pr["phase"]):
                     self.seen.append((pr["pid"], pr["phase"]))
-                if self.killed is None and pr["phase"] == self.at_phase and pr["epoch"] >= 0:
+                if pr["epoch"] >= 0:
+                    self.first_epoch.setdefault((pr["pid"], pr["phase"]), pr["epoch"])
+                if self.killed is None and pr["phase"] == self.at_phase and pr["epoch"] >= self.min_epoch:
                     doc = _read(p.with_suffix(".json"))
                     os.kill(pr["pid"], signal.SIGKILL)
                     self.killed = {"pid": pr["pid"], "phase": pr["phase"], "epoch": pr["epoch"],
                                    "phases_done": len(doc["phases"]) if doc else None}
-            time.sleep(0.02)
+            time.sleep(0.002)
 
 
 @pytest.mark.slow
-def test_sigkill_of_trial_worker_resumes_from_last_phase(ray_local, tmp_path):  # noqa: F811
+def test_sigkill_of_trial_worker_resumes_from_its_last_epoch_checkpoint(ray_local, tmp_path):  # noqa: F811
     from ray import tune
 
     exp = tmp_path / "exp"
-    flat = {"epochs": 3}
-    killer = Killer(exp, at_phase=2)
+    flat = {"epochs": 12, "checkpoint_every": 1}
+    killer = Killer(exp, at_phase=2, min_epoch=2)
     killer.start()
     try:
         grid = tune.Tuner(make_trainable(str(exp), cpus=1, base_cache=False), param_space=flat,
@@ -83,6 +87,9 @@ def test_sigkill_of_trial_worker_resumes_from_last_phase(ray_local, tmp_path):  
     # the retried worker started at phase 2: phases 0 and 1 were not trained again
     after = [ph for pid, ph in killer.seen if pid != killer.killed["pid"]]
     assert after and min(after) == 2, killer.seen
+    # ... and inside phase 2 from the epoch checkpoint before the kill, not from the phase start
+    (new_pid,) = {pid for pid, _ in killer.seen if pid != killer.killed["pid"]}
+    assert killer.first_epoch[(new_pid, 2)] >= killer.killed["epoch"] >= 2, (killer.killed, killer.first_epoch)
     (tdir,) = trial_dirs(exp)
     rows = result_rows(tdir)
     # Ray's result.json keeps all, some or none of the pre-crash rows depending on when the killed

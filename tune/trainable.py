@@ -9,8 +9,10 @@ Per phase, in this order (a scheduler may stop the trial *at* the report, DESIGN
 2. phase 0 only: the state is published to the shared base-phase cache when this trial trained it;
 3. ``tune.report(metrics, checkpoint=Checkpoint.from_directory(d))`` with ``d/state.pt``.
 
-A restarted trial (``FailureConfig.max_failures``, ``lucir resume``) continues from
-``tune.get_checkpoint()``: the phase in progress when it died is trained again, completed phases are not.
+Inside a phase the worker saves its state to ``trials/<trial_id>.state.pt`` every ``checkpoint_every``
+epochs (``lucir.run``'s ``on_checkpoint``), not to Tune: a report is one phase.  A restarted trial
+(``FailureConfig.max_failures``, ``lucir resume``) continues from the further of ``tune.get_checkpoint()``
+and that file: from the last epoch checkpoint of the phase in progress when it died.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lucir.checkpoint import atomic_write_json, atomic_write_text
+from lucir.run import progress_of
 
 log = logging.getLogger("lucir.tune")
 
@@ -109,7 +112,7 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
                                                      "phase": phase, "epoch": epoch, "loss": loss,
                                                      "time": time.time()}) + "\n")
 
-    def publish_phase(st: dict, metrics: dict) -> None:
+    def check_not_stopped() -> None:
         # A trial stopped by the scheduler (PRUNED) or finished (TERMINATED) has a final status set by the
         # driver; a training thread that outlived its stop (a reused actor) must not overwrite it.
         try:
@@ -118,6 +121,13 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
             final = False
         if final:
             raise _Stopped
+
+    def save_epoch_checkpoint(st: dict) -> None:
+        check_not_stopped()
+        lucir.save_state(st, state_path)
+
+    def publish_phase(st: dict, metrics: dict) -> None:
+        check_not_stopped()
         lucir.save_state(st, state_path)
         atomic_write_json(doc_path, trial_doc(trial_id, trial_name, sweep, cfg, st, "RUNNING", cache_status))
 
@@ -133,14 +143,14 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
     # older Tune checkpoint (or none); completed phases are still never trained twice (DESIGN §7).
     if state_path.exists():
         own = lucir.load_state(state_path)
-        if state is None or own["phase"] > state["phase"]:
+        if progress_of(own) > progress_of(state):
             state = own
     if state is not None:
         try:
             cache_status = json.loads(doc_path.read_text()).get("base_cache", "off")
         except (OSError, ValueError):
             pass
-        log.info("trial %s resumes after phase %d", trial_id, state["phase"])
+        log.info("trial %s resumes after phase %d (epoch %d of the next)", trial_id, *progress_of(state))
         if state["phase"] >= P:  # finished, but the driver did not record it: report the last phase again
             atomic_write_json(doc_path, trial_doc(trial_id, trial_name, sweep, cfg, state, "RUNNING", cache_status))
             _report(report_metrics(state["results"][-1], P), state)
@@ -148,12 +158,12 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
 
     claim = None
     try:
-        if state is None and base_cache:
+        if (state is None or state["phase"] < 0) and base_cache:  # no base phase yet (maybe one in progress)
             cache = BaseCache(exp / "base_cache", **(cache_options or {}))
             progress(0)
             look = cache.lookup(cfg.base_key(), who=trial_id)
             cache_status = look.status
-            if look.status == "hit":
+            if look.status == "hit":  # a finished base phase beats this trial's own one in progress
                 state = dict(look.state)
                 state["config"] = cfg.identity()
                 metrics = report_metrics(state["results"][0], P)
@@ -163,7 +173,8 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
                 claim = look.claim
         start = state["phase"] + 1 if state is not None else 0
         progress(start)
-        for result, st in lucir.run(cfg, state, on_epoch=lambda ph, ep, loss: progress(ph, ep, loss)):
+        for result, st in lucir.run(cfg, state, on_epoch=lambda ph, ep, loss: progress(ph, ep, loss),
+                                    on_checkpoint=save_epoch_checkpoint):
             metrics = report_metrics(result.metrics(), P)
             publish_phase(st, metrics)
             if result.phase == 0 and claim is not None:
