@@ -62,6 +62,16 @@ def _bullet_table_links(paths: list[Path], root: Path) -> str:
     return " · ".join(_md_link(p, root) for p in paths)
 
 
+def _flip_note(df) -> str:
+    """The ``class_mean_flip`` setting(s) of the trials: NME numbers are comparable only within one."""
+    if "class_mean_flip" not in df or df["class_mean_flip"].isna().all():
+        return "not recorded (trials older than the class_mean_flip field: mirror images, digits none)"
+    vals = sorted(str(v) for v in df["class_mean_flip"].dropna().unique())
+    what = {"channels": "colour-reversed copies (RGB->BGR, the reference's CIFAR code)",
+            "mirror": "mirror images", "none": "nothing"}
+    return "; ".join(f"`class_mean_flip={v}` ({what.get(v, v)})" for v in vals)
+
+
 def build_report(exp_path: str | os.PathLike, out: str | os.PathLike | None = None,
                  formats: Iterable[str] = FORMATS, *, top_k: int = 10, mlflow: bool = True,
                  echo: Callable[[str], None] = print) -> Report:
@@ -203,7 +213,8 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
         lines += ["Command: `" + " ".join(str(a) for a in meta["argv"]) + "`", ""]
     info = [f"kind: {meta.get('kind', '?')}", f"created: {meta.get('created', '?')}",
             f"objective: {objective} ({mode}) at the last phase",
-            f"source: {exp.source}" + (f" ({exp.path})" if exp.path else "")]
+            f"source: {exp.source}" + (f" ({exp.path})" if exp.path else ""),
+            "NME class means averaged with: " + _flip_note(df)]
     lines += ["- " + i for i in info] + [""]
     lines += [f"**Trials: {n}**: {n_fin} finished (counted in the tables), "
               + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("TERMINATED", "PRUNED", "RUNNING", "ERROR")

@@ -55,6 +55,7 @@ def test_report_end_to_end_logged_to_the_mlflow_parent_run(tmp_path, mlflow_temp
     assert "| late" in text and "RUNNING" in text and f"lucir resume {exp}" in text
     assert "| boom" in text and "CUDA out of memory" in text and "traceback" not in text
     assert "lucir train --dataset digits --preset lucir" in text             # best configuration
+    assert "`class_mean_flip=none`" in text                                  # how the NME means were made
 
     from mlflow import MlflowClient
 
