@@ -4,9 +4,17 @@ Equivalent to torchvision's ``RandomCrop(32, padding=4)`` (zero padding) +
 ``RandomHorizontalFlip(0.5)`` + ``ToTensor`` + ``Normalize(mean, std)`` applied to each sample,
 but done for a whole uint8 batch at once with one gather, so no PIL image or DataLoader worker
 is involved.
+
+The other training augmentations of ``Protocol.augment`` (``AUGMENTS`` in ``lucir.config``) work the
+same way: ``crop`` is the pad-crop without the flip (digits), ``none`` only normalises, and
+``imagenet`` is a batched ``RandomResizedCrop(scale=(0.08, 1), ratio=(3/4, 4/3))`` + flip, the
+reference's ImageNet train transform (``class_incremental_cosine_imagenet.py``), as one
+``torchvision.ops.roi_align`` call.  Pad-crops pad by ``crop_padding(image_size)`` pixels.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +41,92 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
-class ImageAugment:
-    """uint8 batch -> augmented, normalised float32 batch on the same device."""
+def crop_padding(image_size: int) -> int:
+    """Zero padding of the pad-crop: max(1, round(image_size / 8)), the reference's 4 pixels at 32
+    (``RandomCrop(32, padding=4)``) and 1 pixel for 8x8 digits."""
+    return max(1, round(image_size / 8))
 
-    def __init__(self, mean, std, pad: int, flip: bool, device: torch.device):
-        self.pad, self.flip = pad, flip
+
+def augment_settings(mode: str, image_size: int) -> dict:
+    """``ImageAugment`` keyword arguments (``pad``, ``flip``, ``resized_crop``) of one ``Protocol.augment``
+    mode: imagenet = RandomResizedCrop + flip, cifar = pad-crop + flip, crop = pad-crop, none = nothing."""
+    if mode == "imagenet":
+        return dict(pad=0, flip=True, resized_crop=True)
+    if mode == "cifar":
+        return dict(pad=crop_padding(image_size), flip=True, resized_crop=False)
+    if mode == "crop":
+        return dict(pad=crop_padding(image_size), flip=False, resized_crop=False)
+    if mode == "none":
+        return dict(pad=0, flip=False, resized_crop=False)
+    raise ValueError(f"augment={mode!r} is invalid: allowed one of ['imagenet', 'cifar', 'crop', 'none']")
+
+
+def resized_crop_boxes(b: int, height: int, width: int, gen: torch.Generator,
+                       scale: tuple[float, float] = (0.08, 1.0),
+                       ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0), tries: int = 10) -> torch.Tensor:
+    """``b`` crop windows drawn as ``torchvision.transforms.RandomResizedCrop.get_params`` does, for a batch.
+
+    Per sample: up to ``tries`` draws of an area fraction in ``scale`` and a log-uniform aspect ratio in
+    ``ratio``; the first window (rounded to whole pixels) that fits is taken at a uniform position; if
+    none fits, the central crop with the ratio clamped to ``ratio``.  All draws come from ``gen`` (CPU).
+    Returns (b, 4) float boxes ``x1, y1, x2, y2`` in pixel-edge coordinates (x2 - x1 = crop width).
+    """
+    area = float(height * width)
+    u = torch.rand(b, tries, generator=gen, dtype=torch.float64)
+    v = torch.rand(b, tries, generator=gen, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u)
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * v)
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.to(torch.int8).argmax(1)
+    rows = torch.arange(b)
+    w, h, found = w[rows, first], h[rows, first], ok.any(1)
+    # fallback: the central crop, aspect ratio clamped (torchvision's rule)
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = float(width), float(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = float(round(height * max(ratio))), float(height)
+    else:
+        fw, fh = float(width), float(height)
+    w = torch.where(found, w, torch.full_like(w, fw))
+    h = torch.where(found, h, torch.full_like(h, fh))
+    pos = torch.rand(b, 2, generator=gen, dtype=torch.float64)
+    y1 = torch.where(found, torch.floor(pos[:, 0] * (height - h + 1)), torch.floor((height - h) / 2))
+    x1 = torch.where(found, torch.floor(pos[:, 1] * (width - w + 1)), torch.floor((width - w) / 2))
+    return torch.stack([x1, y1, x1 + w, y1 + h], 1).float()
+
+
+def random_resized_crop(x: torch.Tensor, gen: torch.Generator, size: int | tuple[int, int] | None = None,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)) -> torch.Tensor:
+    """Batched ``RandomResizedCrop(size, scale, ratio)``: one window per sample (``resized_crop_boxes``),
+    resized bilinearly to ``size`` (default: the input's H x W) in one ``roi_align`` call; returns float32
+    in the input's value range.  Inside the window this is ``F.interpolate(bilinear, align_corners=False)``
+    of the crop; when shrinking, each output pixel averages ceil(crop/size)^2 bilinear samples (an
+    antialiasing filter, as torchvision's antialiased resize); at the window's border the neighbouring
+    pixels of the image are read instead of clamping to the crop."""
+    from torchvision.ops import roi_align
+
+    b, _, h, w = x.shape
+    out_hw = (h, w) if size is None else ((size, size) if isinstance(size, int) else tuple(size))
+    boxes = resized_crop_boxes(b, h, w, gen, scale, ratio)
+    boxes = torch.cat([torch.arange(b, dtype=torch.float32)[:, None], boxes], 1).to(x.device)
+    return roi_align(x.float(), boxes, out_hw, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+class ImageAugment:
+    """uint8 batch -> augmented, normalised float32 batch on the same device.
+
+    ``pad`` > 0: zero-pad ``pad`` pixels and take a random window (``random_crop``); ``flip``: mirror half
+    the samples (``random_flip``); ``resized_crop``: ``random_resized_crop`` instead of the pad-crop
+    (``augment_settings`` maps ``Protocol.augment`` to these).  The eval transform is ``normalize`` alone.
+    """
+
+    def __init__(self, mean, std, pad: int, flip: bool, device: torch.device, resized_crop: bool = False):
+        self.pad, self.flip, self.resized_crop = pad, flip, resized_crop
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
 
@@ -45,7 +134,7 @@ class ImageAugment:
         return (x.float() - self.mean) / self.std
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = random_crop(x, self.pad, gen)
+        x = random_resized_crop(x, gen) if self.resized_crop else random_crop(x, self.pad, gen)
         if self.flip:
             x = random_flip(x, gen)
         return self.normalize(x)

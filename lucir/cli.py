@@ -1,4 +1,4 @@
-"""The ``lucir`` command line: ``train`` and ``bench`` here; ``ablate``, ``search``, ``resume`` come
+"""The ``lucir`` command line: ``train``, ``bench`` and ``prepare-subset`` here; ``ablate``, ``search``, ``resume`` come
 from ``tune.cli`` and ``report`` from ``analysis.report`` (imported only when used, so the trainer
 never imports Ray or MLflow).
 """
@@ -156,7 +156,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = Config.from_flat(flat)
     if state is not None:
         lucir.run_module.check_state(cfg, state)
-        print(f"resuming {out} after phase {state['phase']}")
+        partial = state.get("partial")
+        where = (f"in phase {partial['phase']} after epoch {partial['epoch']}" if partial
+                 else f"after phase {state['phase']}")
+        print(f"resuming {out} {where}")
     check_dataset(cfg.protocol.dataset, cfg.protocol.data_root)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_flat())
@@ -165,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"seed={cfg.protocol.seed} -> {out}", flush=True)
     t0 = time.perf_counter()
     results = list(state["results"]) if state else []
-    for res, st in lucir.run(cfg, state, progress=not args.quiet):
+    for res, st in lucir.run(cfg, state, progress=not args.quiet, on_checkpoint=lambda st: save_state(st, ckpt)):
         save_state(st, ckpt)
         results.append(res.metrics())
         write_results(out, cfg, results, res.acc_matrix_cnn, res.acc_matrix_nme, time.perf_counter() - t0)
@@ -186,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="one run, no Ray: a table per phase, results as JSON and CSV")
     add_config_args(p)
     p.add_argument("--out", default="runs/train", help="output folder (results.json, results.csv, state.pt)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/state.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/state.pt (after the last finished phase, or inside a phase from its "
+                        "last epoch checkpoint: --set checkpoint_every=K, default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -195,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_args(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("prepare-subset", help="ImageNet-Subset as the reference builds it (seed-1993 choice of "
+                                              "100 classes), as hard links")
+    from lucir.prepare import add_prepare_args, cmd_prepare_subset
+
+    add_prepare_args(p)
+    p.set_defaults(func=cmd_prepare_subset)
 
     try:
         from tune.cli import add_tune_commands
@@ -215,11 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from lucir.checkpoint import CheckpointError
-    from lucir.data import DatasetMissingError
+    from lucir.data import DatasetError, DatasetMissingError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CheckpointError, DatasetMissingError) as exc:
+    except (ConfigError, CheckpointError, DatasetMissingError, DatasetError) as exc:
         print(f"lucir {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -102,6 +102,7 @@ class Protocol:
     augment: str = "crop"  # one of AUGMENTS; pad-crops pad by max(1, round(image_size / 8)) pixels
     mean: tuple[float, ...] = ()  # () = the dataset's (cifar100: the reference's; imagenet augment:
     std: tuple[float, ...] = ()  # ImageNet's; otherwise computed once from the training split)
+    val_fraction: float = 0.0  # share of each class's training images held out for validation (search)
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -142,6 +143,8 @@ class Protocol:
             bad = "image_size" if self.image_size != native[0] else "channels"
             raise _err(bad, getattr(self, bad), f"{native[0] if bad == 'image_size' else native[1]} "
                                                 f"for {self.dataset} (its images are {native[1]}x{native[0]}x{native[0]})")
+        if not _finite(self.val_fraction) or not 0 <= self.val_fraction <= 0.5:
+            raise _err("val_fraction", self.val_fraction, "a number in [0, 0.5] (0: no validation split)")
         rest = self.num_classes - self.base_classes
         if rest % self.phases:
             ok = [p for p in range(1, rest + 1) if rest % p == 0]
@@ -402,7 +405,7 @@ class Config:
         keys = ("dataset", "num_classes", "class_order_seed", "base_classes", "seed",
                 "exemplars_per_class", "memory_total", "cosine", "backbone",
                 "epochs", "lr", "milestones", "gamma", "momentum", "weight_decay", "batch_size",
-                "image_size", "channels", "augment", "mean", "std", "class_mean_flip")
+                "image_size", "channels", "augment", "mean", "std", "class_mean_flip", "val_fraction")
         ident = {k: f[k] for k in keys}
         ident["memory_total_per_class0"] = self.quota(0)
         if self.method.cosine:

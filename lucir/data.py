@@ -5,8 +5,15 @@
 * ``cifar100``: ``<root>/cifar-100-python/`` (the torchvision layout; downloaded through
   torchvision when absent and the network allows) or ``<root>/cifar-100-binary/`` (the
   official binary version).
-* ``imagefolder``: ``<root>/train/<class>/...`` and ``<root>/val/<class>/...`` (ImageNet-Subset),
-  read through a DataLoader with JPEG decoding and the standard ImageNet transforms.
+* ``imagefolder``: ``<root>/train/<class>/...`` and ``<root>/val/<class>/...`` (ImageNet-Subset, or
+  any folder of images).  ``load_dataset_for(cfg)`` honours ``image_size``, ``channels``, ``augment``,
+  ``mean``/``std``, ``in_memory`` and ``workers``: a folder whose images all have at most
+  ``image_size``^2 pixels (read from the file headers) is decoded once into uint8 tensors and then
+  takes the CIFAR-100 path (batched augmentation on the device, no DataLoader); any other folder is
+  read through a DataLoader that decodes the files (the reference's ImageNet pipeline,
+  ``class_incremental_cosine_imagenet.py``: RandomResizedCrop(224) + flip; Resize(256) + CenterCrop(224)).
+  Mean/std that are neither given nor ImageNet's are computed from the training split and cached
+  in ``<root>/lucir_stats.json``.  See docs/DATASETS.md.
 
 Labels are remapped to positions in the class order (DESIGN §3): class k in training is the
 original label ``order[k]``.
@@ -24,11 +31,15 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from lucir.augment import ImageAugment
+from lucir.augment import ImageAugment, augment_settings
 
 
 class DatasetMissingError(FileNotFoundError):
     """The dataset is not on disk and cannot be downloaded; the message says what to put where."""
+
+
+class DatasetError(ValueError):
+    """The dataset is there but unusable (a corrupt image, mismatched folders); the message names the file."""
 
 
 CIFAR100_MEAN = (0.5071, 0.4866, 0.4409)
@@ -62,6 +73,7 @@ class TensorDataset:
     std: tuple[float, ...]
     pad: int = 4
     flip: bool = True
+    resized_crop: bool = False  # train augmentation: RandomResizedCrop instead of the pad-crop (lucir.augment)
     kind: str = field(default="tensor", init=False)
 
     @property
@@ -74,7 +86,10 @@ class TensorDataset:
 
 @dataclass
 class FolderDataset:
-    """An ImageFolder dataset (ImageNet-Subset): file lists; decoding happens in DataLoader workers."""
+    """An ImageFolder dataset (ImageNet-Subset): file lists; decoding happens in DataLoader workers.
+
+    The transforms come from ``augment`` and ``image_size`` (``Source._folder_loader``); ``channels`` 1
+    loads the files as grayscale, 3 as RGB (grayscale files repeated to 3 channels)."""
 
     name: str
     train_samples: list[tuple[str, int]]
@@ -83,6 +98,9 @@ class FolderDataset:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    image_size: int = 224
+    channels: int = 3
+    augment: str = "imagenet"
     kind: str = field(default="folder", init=False)
 
     @property
@@ -98,7 +116,7 @@ class FolderDataset:
         return len(self.class_names)
 
     def image_shape(self) -> tuple[int, int, int]:
-        return (3, 224, 224)
+        return (self.channels, self.image_size, self.image_size)
 
 
 # ---------------------------------------------------------------------------- loaders
@@ -201,15 +219,222 @@ def count_imagefolder_classes(root: str | os.PathLike) -> int:
     return n
 
 
-def load_imagefolder(root: str | os.PathLike) -> FolderDataset:
+#: a computed mean/std averages at most this many training images (evenly spaced over the split)
+STATS_SAMPLE = 10_000
+#: where computed mean/std are cached, keyed by image size and channels (``<root>/lucir_stats.json``)
+STATS_FILE = "lucir_stats.json"
+#: ``in_memory="auto"`` decodes a folder only if its uint8 tensors take at most this share of the RAM
+IN_MEMORY_RAM_SHARE = 0.5
+
+
+def _check_image_args(image_size, channels, augment, in_memory, mean, std) -> None:
+    """The ``Protocol``/``Runtime`` checks again, for callers that bypass ``Config`` (fail before any I/O)."""
+    from lucir.config import AUGMENTS, IN_MEMORY, ConfigError
+
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 4:
+        raise ConfigError(f"image_size={image_size!r} is invalid: allowed an integer >= 4 (pixels)")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise ConfigError(f"channels={channels!r} is invalid: allowed 1 (grayscale) or 3 (RGB)")
+    if augment not in AUGMENTS:
+        raise ConfigError(f"augment={augment!r} is invalid: allowed one of {list(AUGMENTS)}")
+    if in_memory not in IN_MEMORY:
+        raise ConfigError(f"in_memory={in_memory!r} is invalid: allowed one of {list(IN_MEMORY)}")
+    for name, v in (("mean", mean), ("std", std)):
+        if v and len(v) != channels:
+            raise ConfigError(f"{name}={tuple(v)!r} is invalid: allowed empty (the dataset's) or {channels} "
+                              "numbers (one per channel)")
+    if bool(mean) != bool(std):
+        raise ConfigError("mean and std are invalid: allowed both empty or both given")
+
+
+def _n_workers(workers: int = 0) -> int:
+    """DataLoader workers / decoding threads: ``workers``, else the threads torch was given."""
+    return int(workers) if workers else max(1, torch.get_num_threads())
+
+
+def _imagefolder_samples(root) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str]]:
     from torchvision.datasets import ImageFolder
 
     count_imagefolder_classes(root)
-    tr = ImageFolder(str(Path(root) / "train"))
-    te = ImageFolder(str(Path(root) / "val"))
+    try:
+        tr = ImageFolder(str(Path(root) / "train"))
+    except FileNotFoundError as exc:  # a class folder without a single image file
+        raise DatasetError(f"{root}/train: {exc}") from None
+    te = ImageFolder(str(Path(root) / "val"), allow_empty=True)  # a class may have few (or no) test images
     if tr.classes != te.classes:
         raise DatasetMissingError(f"{root}/train and {root}/val hold different class folders")
-    return FolderDataset("imagefolder", list(tr.samples), list(te.samples), list(tr.classes))
+    return list(tr.samples), list(te.samples), list(tr.classes)
+
+
+def _read_size(path: str) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # reads the header only
+            return im.size
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; all mean "not an image"
+        raise DatasetError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def fits_in_memory(paths: list[str], image_size: int, channels: int, workers: int = 1) -> bool:
+    """``in_memory="auto"``: every image has at most ``image_size``^2 pixels (PIL reads only the headers;
+    the scan stops at the first larger one) and the uint8 tensors fit in ``IN_MEMORY_RAM_SHARE`` of the RAM.
+    An unreadable header raises ``DatasetError`` naming the file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    limit = image_size * image_size
+    ram = _physical_memory()
+    if ram and len(paths) * channels * limit > IN_MEMORY_RAM_SHARE * ram:
+        return False
+    chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
+
+    def small(chunk):
+        for p in chunk:
+            w, h = _read_size(p)
+            if w * h > limit:
+                return False
+        return True
+
+    ex = ThreadPoolExecutor(max(1, workers))
+    try:
+        return all(ex.map(small, chunks))  # ``all`` stops at the first chunk with a large image
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def decode_image(path: str, image_size: int, channels: int) -> np.ndarray:
+    """One file as a uint8 C x S x S array: grayscale (``channels`` 1) or RGB (3; grayscale repeated),
+    the shorter side resized to S and the centre S x S kept (no resize when it is S x S already)."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    try:
+        with Image.open(path) as im:
+            img = im.convert("L" if channels == 1 else "RGB")
+        if img.size != (image_size, image_size):
+            img = TF.center_crop(TF.resize(img, image_size), [image_size, image_size])
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt or unsupported file: name it
+        raise DatasetError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from exc
+    a = np.asarray(img, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def decode_images(paths: list[str], image_size: int, channels: int, workers: int = 1, progress: bool = False,
+                  desc: str = "decoding") -> torch.Tensor:
+    """All ``paths`` through ``decode_image`` (``workers`` threads; PIL releases the GIL while decoding),
+    as one uint8 N x C x S x S tensor, with a tqdm progress bar when ``progress``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    out = np.empty((len(paths), channels, image_size, image_size), np.uint8)
+    starts = range(0, len(paths), 64)
+
+    def fill(lo):
+        for i in range(lo, min(lo + 64, len(paths))):
+            out[i] = decode_image(paths[i], image_size, channels)
+        return min(lo + 64, len(paths)) - lo
+
+    ex = ThreadPoolExecutor(max(1, workers))
+    try:
+        with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for n in ex.map(fill, starts):
+                bar.update(n)
+    finally:  # a corrupt file stops the decoding at once, not after the remaining chunks
+        ex.shutdown(wait=True, cancel_futures=True)
+    return torch.from_numpy(out)
+
+
+def stats_sample(n: int, k: int = STATS_SAMPLE) -> np.ndarray:
+    """Indices of the training images a computed mean/std averages: all of them, or ``k`` evenly spaced."""
+    return np.arange(n) if n <= k else np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 N x C x H x W images, on the 0..1 scale (ToTensor's)."""
+    xd = x.double().div_(255.0).transpose(0, 1).reshape(x.shape[1], -1)
+    return tuple(float(v) for v in xd.mean(1)), tuple(float(v) for v in xd.std(1))
+
+
+def dataset_stats(root, image_size: int, channels: int, augment: str, mean=(), std=(), *, n_train: int,
+                  compute) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation of an image folder: ``mean``/``std`` when given; ImageNet's for the ``imagenet``
+    augmentation of RGB images (the reference's ImageNet driver); otherwise ``compute()`` over the
+    training split, cached in ``<root>/lucir_stats.json`` under ``"<S>x<S>x<C>"`` (reused while the split
+    has ``n_train`` images; written atomically; a read-only folder is simply not cached)."""
+    import json
+
+    from lucir.checkpoint import atomic_write_json
+
+    if mean:
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if augment == "imagenet" and channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    path = Path(root) / STATS_FILE
+    key = f"{image_size}x{image_size}x{channels}"
+    try:
+        cache = json.loads(path.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    hit = cache.get(key)
+    if (isinstance(hit, dict) and hit.get("train_images") == n_train and len(hit.get("mean", ())) == channels
+            and len(hit.get("std", ())) == channels):
+        return tuple(float(v) for v in hit["mean"]), tuple(float(v) for v in hit["std"])
+    m, s = compute()
+    cache[key] = {"mean": list(m), "std": list(s), "train_images": n_train,
+                  "sampled_images": int(len(stats_sample(n_train)))}
+    try:
+        atomic_write_json(path, cache)
+    except OSError:  # read-only data folder: compute again next time
+        pass
+    return m, s
+
+
+def load_imagefolder(root: str | os.PathLike, image_size: int = 224, channels: int = 3, augment: str = "imagenet",
+                     mean: tuple[float, ...] = (), std: tuple[float, ...] = (), in_memory: str = "false",
+                     workers: int = 0, progress: bool = False) -> "FolderDataset | TensorDataset":
+    """``<root>/{train,val}/<class>/<images>`` as a ``TensorDataset`` (decoded once) or a ``FolderDataset``.
+
+    ``in_memory``: "true" decodes the folder into uint8 N x C x S x S tensors (``decode_image``: resized
+    to S = ``image_size``, shorter side then centre crop), which then take the CIFAR-100 path; "false"
+    keeps file lists for a DataLoader; "auto" decodes when ``fits_in_memory``.  The defaults are the
+    reference's ImageNet pipeline (224 px RGB, RandomResizedCrop + flip, ImageNet statistics, DataLoader).
+    A corrupt file raises ``DatasetError`` naming it (header scan, decoding, or later in the DataLoader).
+    """
+    _check_image_args(image_size, channels, augment, in_memory, mean, std)
+    train, test, classes = _imagefolder_samples(root)
+    n_workers = _n_workers(workers)
+    tr_paths, te_paths = [s for s, _ in train], [s for s, _ in test]
+    tr_y = torch.tensor([y for _, y in train], dtype=torch.int64)
+    te_y = torch.tensor([y for _, y in test], dtype=torch.int64)
+    if in_memory == "true" or (in_memory == "auto" and fits_in_memory(tr_paths + te_paths, image_size, channels,
+                                                                      n_workers)):
+        x = decode_images(tr_paths + te_paths, image_size, channels, n_workers, progress,
+                          desc=f"decoding {root} ({image_size}x{image_size}x{channels})")
+        xtr, xte = x[:len(tr_paths)], x[len(tr_paths):]
+        mean, std = dataset_stats(root, image_size, channels, augment, mean, std, n_train=len(tr_paths),
+                                  compute=lambda: channel_stats(xtr[torch.from_numpy(stats_sample(len(xtr)))]))
+        return TensorDataset("imagefolder", xtr, tr_y, xte, te_y, classes, mean, std,
+                             **augment_settings(augment, image_size))
+
+    def compute():
+        idx = stats_sample(len(tr_paths))
+        return channel_stats(decode_images([tr_paths[i] for i in idx], image_size, channels, n_workers, progress,
+                                           desc=f"mean/std of {root}"))
+
+    mean, std = dataset_stats(root, image_size, channels, augment, mean, std, n_train=len(tr_paths),
+                              compute=compute)
+    return FolderDataset("imagefolder", train, test, classes, mean, std, num_workers=n_workers,
+                         image_size=image_size, channels=channels, augment=augment)
 
 
 def load_dataset(name: str, root: str | os.PathLike = "data", download: bool = True):
@@ -220,6 +445,27 @@ def load_dataset(name: str, root: str | os.PathLike = "data", download: bool = T
     if name == "imagefolder":
         return load_imagefolder(root)
     raise ValueError(f"dataset={name!r} is invalid: allowed one of ['cifar100', 'digits', 'imagefolder']")
+
+
+def load_dataset_for(cfg, progress: bool = False):
+    """The dataset of ``cfg`` (a ``lucir.config.Config``) with its protocol's image settings applied.
+
+    ``imagefolder``: ``load_imagefolder`` with ``image_size``, ``channels``, ``augment``, ``mean``/``std``,
+    ``in_memory`` and ``workers`` (0: ``threads``, then torch's thread count).  ``digits``/``cifar100``:
+    their fixed images, with the ``augment`` mode's crop/flip (the defaults, ``crop`` and ``cifar``, are
+    exactly the loaders' own pad 1 / pad 4 + flip) and ``mean``/``std`` when given.
+    """
+    p, rt = cfg.protocol, cfg.runtime
+    if p.dataset == "imagefolder":
+        return load_imagefolder(p.data_root, image_size=p.image_size, channels=p.channels, augment=p.augment,
+                                mean=p.mean, std=p.std, in_memory=rt.in_memory, workers=rt.workers or rt.threads,
+                                progress=progress)
+    data = load_dataset(p.dataset, p.data_root)
+    settings = augment_settings(p.augment, p.image_size)
+    data.pad, data.flip, data.resized_crop = settings["pad"], settings["flip"], settings["resized_crop"]
+    if p.mean:
+        data.mean, data.std = tuple(p.mean), tuple(p.std)
+    return data
 
 
 def check_dataset(name: str, root: str | os.PathLike = "data") -> None:
@@ -262,7 +508,8 @@ class Source:
         if data.kind == "tensor":
             self.train_x = data.train_x.to(device)
             self.test_x = data.test_x.to(device)
-            self.augment = ImageAugment(data.mean, data.std, data.pad, data.flip, device)
+            self.augment = ImageAugment(data.mean, data.std, data.pad, data.flip, device,
+                                        resized_crop=getattr(data, "resized_crop", False))
 
     def _fmt(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -298,17 +545,14 @@ class Source:
 
     def _folder_loader(self, indices, batch_size, train: bool, split: str, seed: int, flip: str = "none"):
         from torch.utils.data import DataLoader, Subset
-        from torchvision import transforms as T
 
         d = self.data
-        norm = T.Normalize(d.mean, d.std)
-        tf = (T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm]) if train
-              else T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                              T.Lambda(functools.partial(flip_images, mode=flip)), norm]))
+        tf = folder_transform(d.augment, d.image_size, d.mean, d.std, train, flip)
         samples = d.train_samples if split == "train" else d.test_samples
         ys = self.train_y if split == "train" else self.test_y
         g = torch.Generator().manual_seed(seed)
-        files = _ImageFiles([s for s, _ in samples], ys, tf)
+        files = _ImageFiles([s for s, _ in samples], ys, tf, "L" if d.channels == 1 else "RGB",
+                            seed=seed if train else None)
         loader = DataLoader(Subset(files, indices.tolist()), batch_size=batch_size, shuffle=False,
                             num_workers=d.num_workers, pin_memory=self.device.type == "cuda", generator=g,
                             persistent_workers=False)
@@ -316,16 +560,78 @@ class Source:
             yield self._fmt(x.to(self.device, non_blocking=True)), y.to(self.device)
 
 
-class _ImageFiles(torch.utils.data.Dataset):
-    """Decode one JPEG/PNG per item and apply the transform (module level: picklable for spawn)."""
+def folder_transform(augment: str, image_size: int, mean, std, train: bool, flip: str = "none"):
+    """torchvision transforms of the DataLoader path (one PIL image -> normalised float tensor).
 
-    def __init__(self, paths: list[str], labels: torch.Tensor, transform):
+    ``imagenet`` (the reference's ImageNet driver, ``class_incremental_cosine_imagenet.py``): train
+    RandomResizedCrop(S) + RandomHorizontalFlip; eval Resize(round(S * 256 / 224)) + CenterCrop(S), i.e.
+    Resize(256) + CenterCrop(224) at S = 224.  ``cifar``/``crop``/``none``: Resize(S) + CenterCrop(S), then
+    for training RandomCrop(S, padding=``crop_padding(S)``) (+ flip for ``cifar``), as the tensor path.
+    ``flip`` ("channels"/"mirror"/"none", ``flip_images``) acts on eval images before normalising.
+    """
+    from torchvision import transforms as T
+
+    from lucir.augment import crop_padding
+
+    s = image_size
+    norm = T.Normalize(mean, std)
+    if train:
+        if augment == "imagenet":
+            ops = [T.RandomResizedCrop(s), T.RandomHorizontalFlip()]
+        else:
+            ops = [T.Resize(s), T.CenterCrop(s)]
+            if augment in ("cifar", "crop"):
+                ops.append(T.RandomCrop(s, padding=crop_padding(s)))
+            if augment == "cifar":
+                ops.append(T.RandomHorizontalFlip())
+        return T.Compose(ops + [T.ToTensor(), norm])
+    resize = round(s * 256 / 224) if augment == "imagenet" else s
+    return T.Compose([T.Resize(resize), T.CenterCrop(s), T.ToTensor(),
+                      T.Lambda(functools.partial(flip_images, mode=flip)), norm])
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decode one JPEG/PNG per item (PIL mode ``mode``: "RGB" or "L") and apply the transform (module
+    level: picklable for spawn).  With ``seed``, item i's random transform draws from torch's RNG seeded
+    with (seed, i), so an epoch's augmentation does not depend on the number of workers."""
+
+    def __init__(self, paths: list[str], labels: torch.Tensor, transform, mode: str = "RGB",
+                 seed: int | None = None):
         self.paths, self.labels, self.transform = paths, labels, transform
+        self.mode, self.seed = mode, seed
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from torchvision.datasets.folder import default_loader
+        from PIL import Image
 
-        return self.transform(default_loader(self.paths[i])), self.labels[i]
+        try:
+            with Image.open(self.paths[i]) as im:
+                img = im.convert(self.mode)
+        except Exception as exc:  # noqa: BLE001 - truncated, corrupt or unsupported file: name it
+            raise DatasetError(f"cannot decode image {self.paths[i]}: {type(exc).__name__}: {exc}") from exc
+        if self.seed is None:
+            return self.transform(img), self.labels[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + i)
+            return self.transform(img), self.labels[i]
+
+
+def validation_split(train_y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Boolean mask over the training images: a fixed, seeded, class-stratified held-out share.
+
+    Per class, ``round(fraction * n_c)`` images (at least one when ``fraction > 0``, at most
+    ``n_c - 1``) chosen by a generator seeded with ``seed`` alone, so every trial of a search (any
+    training seed, any hyperparameters) holds out the same images; none of them is ever trained on,
+    imprinted from or herded (``lucir search`` selects on them, never on the test set).
+    """
+    mask = torch.zeros(len(train_y), dtype=torch.bool)
+    if fraction <= 0:
+        return mask
+    gen = torch.Generator().manual_seed(int(seed))
+    for c in torch.unique(train_y).tolist():
+        idx = torch.nonzero(train_y == c).flatten()
+        k = min(max(1, round(fraction * len(idx))), len(idx) - 1)
+        mask[idx[torch.randperm(len(idx), generator=gen)[:k]]] = True
+    return mask

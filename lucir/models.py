@@ -3,6 +3,9 @@
 * ResNet-32 for 32x32 images: 3 stages x 5 BasicBlocks, widths 16/32/64, 1x1-conv+BN shortcut
   where the shape changes, **no ReLU after the last block**, global average pool -> 64-d.
 * ResNet-18 for ImageNet-size images with the ReLU removed after the last block of layer4 -> 512-d.
+  For small images (``image_size`` <= 64) it takes the CIFAR-style stem (3x3 conv, stride 1, no
+  max-pool), as CIL code does for 32-64 px inputs (e.g. PyCIL's ``convs/resnet.py`` for CIFAR); the
+  ImageNet stem would shrink a 32 px image to 8 px before the first block.
 * A small conv net for 8x8 digits in the same spirit (last conv without ReLU) -> 64-d.
 
 Every backbone maps images to a feature vector that can be negative; heads live in ``heads.py``.
@@ -67,11 +70,16 @@ class ResNetCifar(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 (ImageNet stem) with no ReLU after the last block of layer4 (feature_dim 512)."""
+    """ResNet-18 with no ReLU after the last block of layer4 (feature_dim 512).
 
-    def __init__(self, in_channels: int = 3, last_relu: bool = False):
+    ``small_stem=False``: the ImageNet stem (7x7 conv stride 2 + 3x3 max-pool stride 2, reference
+    ``modified_resnet.py``); ``True``: a 3x3 conv stride 1 and no max-pool, for images of 64 px or less."""
+
+    def __init__(self, in_channels: int = 3, last_relu: bool = False, small_stem: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.small_stem = small_stem
+        self.conv1 = (nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False) if small_stem
+                      else nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False))
         self.bn1 = nn.BatchNorm2d(64)
         layers, cin = [], 64
         for stage, (cout, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2))):
@@ -84,7 +92,9 @@ class ResNet18(nn.Module):
         _init(self)
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        x = F.relu(self.bn1(self.conv1(x)))
+        if not self.small_stem:
+            x = F.max_pool2d(x, 3, 2, 1)
         x = self.blocks(x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
@@ -113,13 +123,21 @@ class ConvNet(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-def make_backbone(name: str, in_channels: int, last_relu: bool = False) -> nn.Module:
+#: resnet18 takes the CIFAR-style stem for images of at most this many pixels a side
+SMALL_STEM_MAX = 64
+
+
+def make_backbone(name: str, in_channels: int, last_relu: bool = False, image_size: int | None = None) -> nn.Module:
     """``last_relu=True`` gives the plain networks the reference uses for its FC baseline
-    (``resnet_cifar.py``: ReLU everywhere); the cosine rungs use the modified ones."""
+    (``resnet_cifar.py``: ReLU everywhere); the cosine rungs use the modified ones.
+
+    Every backbone takes any ``image_size`` (global average pooling); ``resnet18`` uses the small stem
+    when ``image_size`` <= ``SMALL_STEM_MAX`` (None: the ImageNet stem, as before)."""
     if name == "resnet32":
         return ResNetCifar(5, in_channels, last_relu)
     if name == "resnet18":
-        return ResNet18(in_channels, last_relu)
+        return ResNet18(in_channels, last_relu,
+                        small_stem=image_size is not None and image_size <= SMALL_STEM_MAX)
     if name == "convnet":
         return ConvNet(in_channels, last_relu=last_relu)
     raise ValueError(f"backbone={name!r} is invalid: allowed one of ['convnet', 'resnet18', 'resnet32']")

@@ -10,7 +10,14 @@ global RNG state and the same config gives the same accuracy matrix on the CPU.
 State keys: ``format``, ``phase`` (last completed), ``config`` (identity fields), ``base_key``,
 ``model`` (state dict), ``head`` (kind and row counts), ``memory`` (herding ranks per class),
 ``acc_cnn``/``acc_nme`` (accuracy matrices), ``results`` (the metrics of every phase so far),
-``rng`` (torch CPU RNG state at the end of the phase, for information).
+``rng`` (torch CPU RNG state at the end of the phase, for information), ``partial`` (``None``, or
+the training in progress of phase ``phase + 1``: ``phase``, ``epoch`` done, ``model``, ``head``,
+``optimizer``, ``scheduler``, ``gen`` (the phase generator's state), ``train_seconds``).
+
+With ``Runtime.checkpoint_every`` = k > 0, ``run(..., on_checkpoint=f)`` calls ``f(state)`` with such
+a mid-phase state every k epochs and after a phase's last epoch; ``run(config, that_state)`` goes on
+from that epoch and gives exactly the result of an uninterrupted run on the CPU (a crash loses at
+most k epochs, not the phase).  Before the base phase completes, ``phase`` is -1.
 
 A phase-0 state can seed any config with the same ``Config.base_key()`` (the runner's shared
 base-phase cache); a later state only the config it came from.
@@ -30,7 +37,7 @@ import torch
 from lucir import learner
 from lucir.checkpoint import CheckpointError
 from lucir.config import Config
-from lucir.data import Source, class_order, load_dataset
+from lucir.data import Source, class_order, load_dataset_for, validation_split
 from lucir.heads import CosineHead, LinearHead, imprint_rows
 from lucir.memory import Memory, class_means, herding, nme_predict
 from lucir.metrics import average_incremental_accuracy, forgetting, weighted_old_new
@@ -57,13 +64,24 @@ class PhaseResult:
     exemplars: int
     acc_matrix_cnn: list[list[float]] = field(default_factory=list)
     acc_matrix_nme: list[list[float]] = field(default_factory=list)
+    # on the held-out validation images of the seen classes (Protocol.val_fraction > 0; else NaN, not reported)
+    val_acc_cnn: float = math.nan
+    val_acc_nme: float = math.nan
+    val_avg_inc_acc_cnn: float = math.nan
+    val_avg_inc_acc_nme: float = math.nan
 
     def metrics(self) -> dict[str, float]:
         d = asdict(self)
         d.pop("acc_matrix_cnn")
         d.pop("acc_matrix_nme")
+        if math.isnan(self.val_acc_cnn):
+            for k in VAL_METRICS:
+                d.pop(k)
         d["lambda"] = d.pop("lambda_")
         return d
+
+
+VAL_METRICS = ("val_acc_cnn", "val_acc_nme", "val_avg_inc_acc_cnn", "val_avg_inc_acc_nme")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,7 +111,8 @@ def build_model(cfg: Config, in_channels: int, head_spec: dict[str, Any]) -> Inc
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.protocol.seed)
         gen = torch.Generator().manual_seed(cfg.protocol.seed)
-        backbone = make_backbone(cfg.resolved_backbone(), in_channels, last_relu=not cfg.method.cosine)
+        backbone = make_backbone(cfg.resolved_backbone(), in_channels, last_relu=not cfg.method.cosine,
+                                 image_size=cfg.protocol.image_size)
         if head_spec["kind"] == "cosine":
             head = CosineHead(backbone.feature_dim, head_spec["old"], head_spec["new"], cfg.method.eta_init, gen)
         else:
@@ -113,7 +132,10 @@ def check_state(cfg: Config, state: dict) -> None:
     for key in ("phase", "config", "base_key", "model", "head", "memory", "acc_cnn", "acc_nme", "results"):
         if key not in state:
             raise CheckpointError(f"state is missing {key!r}: not a lucir run state")
-    if state["phase"] == 0:
+    partial = state.get("partial")
+    if state["phase"] == -1 and not partial:
+        raise CheckpointError("state of phase -1 without training in progress: not a lucir run state")
+    if state["phase"] <= 0 and not (partial and partial["phase"] > 0):
         if state["base_key"] != cfg.base_key():
             raise CheckpointError(f"base-phase state has base key {state['base_key']} but this config's is "
                                   f"{cfg.base_key()}: it was trained with another dataset, order, base, "
@@ -128,9 +150,25 @@ def check_state(cfg: Config, state: dict) -> None:
         raise CheckpointError(f"checkpoint is already at the last phase ({state['phase']}); nothing to resume")
 
 
+def progress_of(state: dict | None) -> tuple[int, int]:
+    """(last completed phase, epochs done in the next one): states compare by how far they got."""
+    if state is None:
+        return (-1, 0)
+    partial = state.get("partial")
+    return (state["phase"], partial["epoch"] if partial else 0)
+
+
+def _empty_state(cfg: Config) -> dict:
+    """The phase-end fields before any phase completed (what a base-phase checkpoint extends)."""
+    return {"phase": -1, "config": cfg.identity(), "base_key": cfg.base_key(), "model": None, "head": None,
+            "memory": {}, "acc_cnn": [], "acc_nme": [], "results": [], "format": 1}
+
+
 def run(config: Config, state: dict | None = None, *, data=None, progress: bool = False,
-        on_epoch: Callable[[int, int, float], None] | None = None) -> Iterator[tuple[PhaseResult, dict]]:
-    """Yield ``(PhaseResult, state)`` for every phase from the one after ``state`` to the last."""
+        on_epoch: Callable[[int, int, float], None] | None = None,
+        on_checkpoint: Callable[[dict], None] | None = None) -> Iterator[tuple[PhaseResult, dict]]:
+    """Yield ``(PhaseResult, state)`` for every phase from the one after ``state`` to the last
+    (``state`` may hold a phase in progress: it goes on from its last epoch checkpoint)."""
     cfg = config
     p, m, rt = cfg.protocol, cfg.method, cfg.runtime
     if state is not None:
@@ -144,20 +182,25 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
     if device.type == "cuda" and rt.gpu_memory_fraction:
         torch.cuda.set_per_process_memory_fraction(rt.gpu_memory_fraction, device)
     if data is None:
-        data = load_dataset(p.dataset, p.data_root)
+        data = load_dataset_for(cfg, progress=progress)
     if data.num_classes != p.num_classes:
         raise ValueError(f"num_classes={p.num_classes} does not match the dataset ({data.num_classes} classes)")
     order = class_order(p.num_classes, p.class_order_seed)
     source = Source(data, order, device, rt.channels_last)
     train_y = source.train_y
     test_y = source.test_y
+    held_out = validation_split(train_y, p.val_fraction, p.class_order_seed)
+    pool = torch.nonzero(~held_out).flatten()  # the training images that may be trained on
+    val_pool = torch.nonzero(held_out).flatten()
     in_channels = data.image_shape()[0]
 
-    if state is None:
+    partial = state.get("partial") if state is not None else None
+    if state is None or state["phase"] < 0:
         spec = ({"kind": "cosine", "old": 0, "new": p.base_classes} if m.cosine
                 else {"kind": "linear", "classes": p.base_classes})
         model = build_model(cfg, in_channels, spec)
         memory, acc_cnn, acc_nme, results, start = Memory(), [], [], [], 0
+        last_state = _empty_state(cfg)
     else:
         model = build_model(cfg, in_channels, state["head"])
         model.load_state_dict(state["model"])
@@ -166,6 +209,7 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
         acc_nme = [list(r) for r in state["acc_nme"]]
         results = [dict(r) for r in state["results"]]
         start = state["phase"] + 1
+        last_state = {k: v for k, v in state.items() if k != "partial"}
     model.to(device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -180,13 +224,22 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
         n_old = p.seen_classes(phase - 1) if phase else 0
         n_seen = p.seen_classes(phase)
         ctx = learner.PhaseContext(phase, n_old, n_seen, cfg.lambda_at(phase) if phase else 0.0)
-        new_idx = torch.nonzero(torch.isin(train_y, torch.tensor(new_classes))).flatten()
+        new_idx = pool[torch.isin(train_y[pool], torch.tensor(new_classes))]
         ref_model = None
-        if phase > 0:
-            if learner.needs_reference(cfg, phase):
-                ref_model = copy.deepcopy(model).eval()
-                for q in ref_model.parameters():
-                    q.requires_grad_(False)
+        resume = None
+        if phase > 0 and learner.needs_reference(cfg, phase):
+            ref_model = copy.deepcopy(model).eval()
+            for q in ref_model.parameters():
+                q.requires_grad_(False)
+        if partial is not None and partial["phase"] == phase:  # the phase in progress: its last checkpoint
+            model = build_model(cfg, in_channels, partial["head"])
+            model.load_state_dict(partial["model"])
+            model.to(device)
+            if rt.channels_last:
+                model.to(memory_format=torch.channels_last)
+            gen.set_state(partial["gen"])
+            resume = learner.TrainState(partial["epoch"], partial["optimizer"], partial["scheduler"])
+        elif phase > 0:
             rows = None
             if m.imprint:
                 f, _, y = learner.extract(model, source, "train", new_idx, cfg, device)
@@ -196,14 +249,15 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
 
         # training data: new classes + exemplars (joint: all data of the seen classes)
         if m.joint:
-            idx = torch.nonzero(train_y < n_seen).flatten()
+            idx = pool[train_y[pool] < n_seen]
         else:
             idx = torch.cat([new_idx, memory.indices(cfg.quota(phase - 1))]) if phase else new_idx
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.schedule.epochs, desc=f"phase {phase}/{p.phases}", unit="ep", leave=False)
+            bar = tqdm(total=cfg.schedule.epochs, desc=f"phase {phase}/{p.phases}", unit="ep", leave=False,
+                       initial=resume.epoch if resume else 0)
 
         def _on_epoch(ep, loss, _phase=phase):
             if bar is not None:
@@ -212,7 +266,19 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
             if on_epoch is not None:
                 on_epoch(_phase, ep, loss)
 
-        train_s = learner.train_phase(model, ref_model, source, idx, cfg, ctx, gen, device, _on_epoch)
+        before_s = partial["train_seconds"] if resume is not None else 0.0
+        checkpoint = None
+        if on_checkpoint is not None:
+            def checkpoint(ts: learner.TrainState, _phase=phase, _t0=time.perf_counter(), _before=before_s):
+                on_checkpoint({**last_state, "partial": {
+                    "phase": _phase, "epoch": ts.epoch, "head": _head_spec(model),
+                    "model": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()},
+                    "optimizer": ts.optimizer, "scheduler": ts.scheduler, "gen": gen.get_state(),
+                    "train_seconds": _before + time.perf_counter() - _t0}})
+
+        train_s = before_s + learner.train_phase(model, ref_model, source, idx, cfg, ctx, gen, device, _on_epoch,
+                                                 resume=resume, on_checkpoint=checkpoint)
+        partial = None
         if bar is not None:
             bar.close()
 
@@ -259,6 +325,14 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
             acc_matrix_cnn=[list(r) for r in acc_cnn], acc_matrix_nme=[list(r) for r in acc_nme])
         res.avg_inc_acc_cnn = average_incremental_accuracy([r["acc_cnn"] for r in results] + [res.acc_cnn])
         res.avg_inc_acc_nme = average_incremental_accuracy([r["acc_nme"] for r in results] + [res.acc_nme])
+        if len(val_pool):
+            fv, zv, yv = learner.extract(model, source, "train", val_pool[train_y[val_pool] < n_seen], cfg, device)
+            res.val_acc_cnn = _pct(zv[:, :n_seen].argmax(1) == yv)
+            res.val_acc_nme = _pct(nme_predict(fv, means) == yv)
+            res.val_avg_inc_acc_cnn = average_incremental_accuracy([r["val_acc_cnn"] for r in results]
+                                                                   + [res.val_acc_cnn])
+            res.val_avg_inc_acc_nme = average_incremental_accuracy([r["val_acc_nme"] for r in results]
+                                                                   + [res.val_acc_nme])
         res.phase_seconds = time.perf_counter() - t_phase
         results.append(res.metrics())
         new_state = {
@@ -268,6 +342,7 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
             "acc_cnn": [list(r) for r in acc_cnn], "acc_nme": [list(r) for r in acc_nme],
             "results": [dict(r) for r in results], "rng": torch.get_rng_state(), "format": 1,
         }
+        last_state = new_state
         yield res, new_state
 
 

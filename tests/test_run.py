@@ -451,3 +451,52 @@ def test_cbf_trains_only_the_classifier_rows_with_backbone_bn_and_eta_frozen(ful
     assert torch.equal(before["head.eta"], after["head.eta"])
     assert not torch.equal(before["head.old"], after["head.old"])  # both classifier parts are finetuned
     assert not torch.equal(before["head.new"], after["head.new"])
+
+
+# ----------------------------------------------------------------------------- validation split (val_fraction)
+def test_validation_split_is_stratified_seeded_and_the_same_for_every_training_seed():
+    from lucir.data import validation_split
+
+    y = torch.arange(10).repeat_interleave(torch.tensor([5, 9, 20, 33, 40, 41, 50, 100, 2, 7]))
+    a = validation_split(y, 0.1, 1993)
+    for c in range(10):
+        n = int((y == c).sum())
+        assert int(a[y == c].sum()) == min(max(1, round(0.1 * n)), n - 1)  # >= 1 held out, >= 1 kept
+    assert torch.equal(a, validation_split(y, 0.1, 1993))
+    assert not torch.equal(a, validation_split(y, 0.1, 7))
+    assert not validation_split(y, 0.0, 1993).any()
+
+
+def test_held_out_images_are_never_trained_on_imprinted_or_herded(monkeypatch):
+    """val_fraction > 0: every index a phase trains, imprints from or keeps as an exemplar lies outside the
+    held-out split; the val metrics are reported and their running mean is val_avg_inc_acc."""
+    from lucir import learner
+    from lucir.data import Source, validation_split
+
+    cfg = tiny_config(val_fraction=0.2, epochs=1, seed=3)
+    src = Source(digits(), class_order(10, 1993), torch.device("cpu"))
+    held = validation_split(src.train_y, 0.2, cfg.protocol.class_order_seed)
+    touched = []
+    real_train, real_extract = learner.train_phase, learner.extract
+
+    def train(model, ref, source, indices, *a, **k):
+        touched.append(indices.clone())
+        return real_train(model, ref, source, indices, *a, **k)
+
+    def extract(model, source, split, indices, *a, **k):
+        if split == "train" and indices is not None and len(indices) and not held[indices].all():
+            touched.append(indices.clone())  # imprinting, herding, class means (not the validation pass)
+        return real_extract(model, source, split, indices, *a, **k)
+
+    monkeypatch.setattr(learner, "train_phase", train)
+    monkeypatch.setattr(learner, "extract", extract)
+    out = run_all(cfg)
+    assert touched and not any(held[t].any() for t in touched)
+    memory = out[-1][1]["memory"]
+    assert not any(held[i] for ranks in memory.values() for i in ranks)
+    vals = [r.val_acc_cnn for r, _ in out]
+    assert all(0 <= v <= 100 for v in vals)
+    assert out[-1][0].val_avg_inc_acc_cnn == pytest.approx(sum(vals) / len(vals))
+    assert "val_avg_inc_acc_nme" in out[-1][0].metrics()
+    assert "val_acc_cnn" not in run_all(tiny_config(epochs=1), stop_after=0)[0][0].metrics()  # no split, no keys
+    assert cfg.base_key() != cfg.replace(val_fraction=0.0).base_key()  # phase 0 trains on fewer images
