@@ -30,6 +30,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 from analysis import plots, tables
+from analysis.confirm import confirm_summary
 from analysis.results import Experiment, ExperimentError, read_experiment, trial_overview, utc
 
 FORMATS = ("csv", "md", "tex")
@@ -60,6 +61,46 @@ def _md_link(path: Path, root: Path) -> str:
 
 def _bullet_table_links(paths: list[Path], root: Path) -> str:
     return " · ".join(_md_link(p, root) for p in paths)
+
+
+def _confirm_lines(summary: dict) -> list[str]:
+    """The confirm stage: every candidate's test accuracy over seeds, the winner and the verdict."""
+    def ms(mean, std):
+        return "-" if mean is None else (f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}")
+
+    seeds = summary.get("seeds") or 1
+    frame = pd.DataFrame([{"candidate": r["label"],
+                           "parameters": ", ".join(f"{k}={_fmt_param(v)}" for k, v in r["params"].items()),
+                           f"search {summary.get('metric')}": "-" if r["search_value"] is None
+                           else f"{r['search_value']:.2f}",
+                           "n": f"{r['n']}/{r['runs']}",
+                           "test avg inc acc CNN": ms(r["cnn_mean"], r["cnn_std"]),
+                           "test avg inc acc NME": ms(r["nme_mean"], r["nme_std"])} for r in summary["rows"]])
+    out = ["## Confirmation on seeds (the winner)", "",
+           f"The paper defaults and the best configurations on the search's objective (`{summary.get('metric')}`, "
+           f"on the held-out validation images) re-run on the full training set with seeds 0..{seeds - 1}; "
+           "test average incremental accuracy at the last phase, mean ± std over seeds.", "",
+           tables.to_markdown(frame, index=False), ""]
+    w, v = summary["winner"], summary["verdict"]
+    if w is None:
+        return out + ["No candidate has finished a confirm run yet: no winner.", ""]
+    line = f"**Winner: {w['label']}** ({ms(w['cnn_mean'], w['cnn_std'])} CNN)."
+    if v is not None and not v["winner_is_defaults"]:
+        std = "n/a" if v["defaults_std"] is None else f"{v['defaults_std']:.2f}"
+        line += (f" It beats the paper defaults by {v['gap']:.2f} points, "
+                 + ("**more**" if v["beats_by_more_than_std"] else "**not more**")
+                 + f" than their seed std ({std}).")
+    elif v is not None:
+        line += " The paper defaults are the best confirmed configuration."
+    out += [line, ""]
+    if w.get("config"):
+        out += ["Reproduce it with:", "", "```",
+                tables.best_command_line({k: x for k, x in w["config"].items() if k != "seed"}), "```", ""]
+    return out
+
+
+def _fmt_param(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _flip_note(df) -> str:
@@ -193,8 +234,10 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
         rep.tables.append(p)
     if search_kind and top is not None and len(top):
         rep.main_table = top_display  # a search's headline is its best configurations, not one row per config
-    best = tables.best_trial(df, metric=objective, mode=mode)
+    # a best configuration exists only for a search (an ablation's best rung is `joint`, the upper bound)
+    best = tables.best_trial(df, metric=objective, mode=mode) if is_search else None
     best_cmd = tables.best_command_line(tables.config_of(best)) if best is not None else None
+    confirmed = confirm_summary(exp.path) if is_search and exp.path is not None else None
 
     # figures -----------------------------------------------------------------------------------------
     acc_figs = plots.accuracy_curves(df, fdir)
@@ -246,8 +289,10 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
                       "Files: " + _bullet_table_links(written["param_importances"], root), ""]
         else:
             lines += [f"Parameter importances: {imp_note}.", ""]
-    if best is not None:
-        lines += ["## Best configuration", "",
+    if confirmed is not None:
+        lines += _confirm_lines(confirmed)
+    elif best is not None:
+        lines += [f"## Best configuration on {objective} (not confirmed on seeds)", "",
                   f"Trial `{best['trial_id']}` ({best['preset']}, seed {best['seed']}): "
                   f"{objective} = {best[objective]:.2f} at the last phase. Reproduce it with:", "",
                   "```", best_cmd, "```", ""]

@@ -29,21 +29,13 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-EXPERIMENT_FILE = "lucir_experiment.json"
-TRIALS_DIR = "trials"
-JOURNAL_FILE = "optuna_journal.log"
+from lucir.record import (EXPERIMENT_FILE, EXTRA_METRICS, JOURNAL_FILE, METRICS, OBJECTIVE, STATUSES,  # noqa: F401
+                          TRIALS_DIR, VAL_METRICS, is_finished)
 
-STATUSES = ("TERMINATED", "RUNNING", "PRUNED", "ERROR")
 #: Protocol columns: trials with equal values ran the same class-incremental protocol.
 PROTOCOL = ("dataset", "base_classes", "phases", "exemplars_per_class", "memory_total")
 #: The LUCIR hyperparameters (DESIGN §3) and the search space of ``lucir search``.
 HYPERPARAMS = ("eta_init", "lambda_base", "margin", "K")
-#: DESIGN §4 metrics, in that order.
-METRICS = ("acc_cnn", "acc_nme", "acc_old_cnn", "acc_new_cnn", "avg_inc_acc_cnn", "avg_inc_acc_nme",
-           "forgetting_cnn", "train_seconds")
-#: Other per-phase values the trainer reports.
-EXTRA_METRICS = ("phase_seconds", "eta", "lambda", "exemplars")
-OBJECTIVE = "avg_inc_acc_cnn"
 
 _ID_COLS = ("trial_id", "trial_name", "sweep", "preset")
 _LEAD_CONFIG = PROTOCOL + ("seed",) + HYPERPARAMS
@@ -150,9 +142,9 @@ class TrialRecord:
 
     @property
     def finished(self) -> bool:
-        """Every phase reported (base included) and not failed: the only trials that count in tables."""
-        n = self.num_phases
-        return n is not None and len(self.phases) == n + 1 and self.status in ("TERMINATED", "RUNNING")
+        """Every phase reported (base included) and not failed (``lucir.record.is_finished``): the only
+        trials that count in tables."""
+        return is_finished({"phases": self.phases, "num_phases": self.num_phases, "status": self.status})
 
 
 @dataclass

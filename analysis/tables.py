@@ -310,8 +310,8 @@ def _py(v: Any) -> Any:
 
 def best_command_line(config: dict[str, Any], command: str = "lucir train") -> str:
     """A ``lucir train`` command line that reproduces ``config``: the trainer's own
-    ``lucir.cli.command_line``, the one implementation the runner's search summary uses too."""
-    from lucir.cli import command_line
+    ``lucir.commands.command_line``, the one implementation the runner's search summary uses too."""
+    from lucir.commands import command_line
 
     return command_line(config, command)
 

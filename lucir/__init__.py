@@ -13,11 +13,11 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from lucir.checkpoint import CheckpointError, load_state, save_state
 from lucir.config import LADDER, PRESETS, Config, ConfigError
-from lucir.data import DatasetMissingError
+from lucir.data import DatasetError, DatasetMissingError
 from lucir.learner import TrainingDivergedError
 from lucir import run as run_module  # noqa: F401  (the module, for check_state)
 from lucir.run import PhaseResult, run
 
-__all__ = ["Config", "ConfigError", "CheckpointError", "DatasetMissingError", "LADDER", "PRESETS",
+__all__ = ["Config", "ConfigError", "CheckpointError", "DatasetError", "DatasetMissingError", "LADDER", "PRESETS",
            "PhaseResult", "TrainingDivergedError", "load_state", "run", "save_state"]
 __version__ = "0.1.0"

@@ -41,6 +41,7 @@ from lucir.data import Source, class_order, load_dataset_for, validation_split
 from lucir.heads import CosineHead, LinearHead, imprint_rows
 from lucir.memory import Memory, class_means, herding, nme_predict
 from lucir.metrics import average_incremental_accuracy, forgetting, weighted_old_new
+from lucir.record import VAL_METRICS
 from lucir.models import IncrementalNet, make_backbone
 
 
@@ -79,9 +80,6 @@ class PhaseResult:
                 d.pop(k)
         d["lambda"] = d.pop("lambda_")
         return d
-
-
-VAL_METRICS = ("val_acc_cnn", "val_acc_nme", "val_avg_inc_acc_cnn", "val_avg_inc_acc_nme")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,5 +1,6 @@
 """``lucir search``: Optuna TPE with journal storage in the experiment folder, paper defaults first,
-early-stopped trials told to Optuna as PRUNED, the best config only among finished trials."""
+early-stopped trials told to Optuna as PRUNED, the objective on a held-out validation split, the best
+configs confirmed on seeds on the full training set (the winner is the best confirmed mean)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 import pytest
 
 from tune_fixtures import run_lucir, trial_docs
-from tune.experiment import PrunedAwareOptunaSearch, best_trial, make_searcher
+from tune.experiment import (PrunedAwareOptunaSearch, best_trial, confirm_candidates, confirm_points, make_searcher,
+                             n_startup_trials)
 
 
 def _searcher(tmp_path):
@@ -68,11 +70,71 @@ def test_best_trial_only_among_finished(tmp_path):
     assert best_trial(tmp_path)["trial_id"] == "full"
 
 
+def _write(folder, docs, meta=None):
+    (folder / "trials").mkdir(parents=True, exist_ok=True)
+    for d in docs:
+        (folder / "trials" / f"{d['trial_id']}.json").write_text(json.dumps(d))
+    if meta is not None:
+        (folder / "lucir_experiment.json").write_text(json.dumps(meta))
+
+
+def _doc(tid, params, last, n=3, status="TERMINATED", seed=0):
+    return {"trial_id": tid, "status": status, "num_phases": n,
+            "config": {"dataset": "digits", "preset": "lucir", "seed": seed, **params},
+            "phases": [dict(last, phase=i) for i in range(n + 1)]}
+
+
+DEFAULTS = {"eta_init": 1.0, "margin": 0.5, "K": 2, "lambda_base": 5.0}
+
+
+def test_confirm_candidates_are_ranked_on_validation_never_on_test(tmp_path):
+    """Trial b has the best *test* average but the worst validation one; a is the best on validation.
+    The candidates are the defaults, then the top configs on the search objective (val)."""
+    a = _doc("a", {**DEFAULTS, "margin": 0.1}, {"val_avg_inc_acc_cnn": 70.0, "avg_inc_acc_cnn": 60.0})
+    b = _doc("b", {**DEFAULTS, "margin": 0.9}, {"val_avg_inc_acc_cnn": 50.0, "avg_inc_acc_cnn": 90.0})
+    c = _doc("c", {**DEFAULTS, "margin": 0.3}, {"val_avg_inc_acc_cnn": 65.0, "avg_inc_acc_cnn": 61.0})
+    d = _doc("d", DEFAULTS, {"val_avg_inc_acc_cnn": 60.0, "avg_inc_acc_cnn": 62.0})
+    p = _doc("p", {**DEFAULTS, "margin": 0.7}, {"val_avg_inc_acc_cnn": 99.0}, status="PRUNED")
+    p["phases"] = p["phases"][:2]
+    _write(tmp_path, [a, b, c, d, p], {"metric": "val_avg_inc_acc_cnn"})
+    cands = confirm_candidates(tmp_path, DEFAULTS, top_k=2)
+    assert [c["label"] for c in cands] == ["paper defaults", "top-1", "top-2"]
+    assert [c["search_trial"] for c in cands] == ["d", "a", "c"]  # the pruned 99 and the test-best b are out
+    assert cands[1]["params"]["margin"] == 0.1 and cands[0]["search_value"] == 60.0
+    pts = confirm_points({"dataset": "digits", "epochs": 2, "val_fraction": 0.1, "seed": 5}, cands, seeds=3)
+    assert len(pts) == 9 and {p["seed"] for p in pts} == {0, 1, 2} and all(p["val_fraction"] == 0 for p in pts)
+    assert all(p["epochs"] == 2 for p in pts)
+
+
+def test_confirm_summary_picks_the_best_confirmed_mean_and_compares_with_the_defaults_std(tmp_path):
+    from analysis.confirm import confirm_summary
+
+    cands = [{"label": "paper defaults", "params": DEFAULTS, "search_trial": "d", "search_value": 60.0},
+             {"label": "top-1", "params": {**DEFAULTS, "margin": 0.1}, "search_trial": "a", "search_value": 70.0}]
+    docs = [_doc(f"d{s}", {**DEFAULTS, "val_fraction": 0.0}, {"avg_inc_acc_cnn": v, "avg_inc_acc_nme": v}, seed=s)
+            for s, v in enumerate([60.0, 62.0, 64.0])]
+    docs += [_doc(f"a{s}", {**DEFAULTS, "margin": 0.1}, {"avg_inc_acc_cnn": v, "avg_inc_acc_nme": v}, seed=s)
+             for s, v in enumerate([63.0, 63.5, 64.5])]
+    _write(tmp_path / "confirm", docs, {"candidates": cands, "seeds": 3, "search_metric": "val_avg_inc_acc_cnn"})
+    out = confirm_summary(tmp_path)
+    d, a = out["rows"]
+    assert (d["n"], d["cnn_mean"], d["cnn_std"]) == (3, 62.0, 2.0)
+    assert a["cnn_mean"] == pytest.approx(63.6666667)
+    assert out["winner"]["label"] == "top-1"
+    assert out["verdict"]["gap"] == pytest.approx(1.6666667)
+    assert out["verdict"]["beats_by_more_than_std"] is False  # 1.67 < the defaults' std 2.0
+    assert confirm_summary(tmp_path / "nothing") is None
+
+
+def test_startup_trials_scale_with_the_budget():
+    assert [n_startup_trials(t) for t in (1, 12, 16, 64)] == [4, 4, 4, 16]
+
+
 @pytest.mark.slow
 def test_search_digits_end_to_end_with_asha(tmp_path):
     exp = tmp_path / "exp"
     r = run_lucir(["search", "--trials", "3", "--epochs", "2", "--asha", "--out", "exp", "--num-cpus", "2",
-                   "--no-mlflow"], tmp_path, timeout=300)
+                   "--no-mlflow", "--confirm-top", "1", "--confirm-seeds", "2"], tmp_path, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     journal = exp / "optuna_journal.log"
     assert journal.exists()
@@ -91,11 +153,30 @@ def test_search_digits_end_to_end_with_asha(tmp_path):
         finished = len(d["phases"]) == d["num_phases"] + 1
         assert d["status"] == ("TERMINATED" if finished else "PRUNED")
         assert t.state.name == ("COMPLETE" if finished else "PRUNED")
-        if finished:
-            assert t.value == pytest.approx(d["phases"][-1]["avg_inc_acc_cnn"])
+        if finished:  # the objective is on the held-out validation images, not the test set
+            assert d["config"]["val_fraction"] == 0.1
+            assert t.value == pytest.approx(d["phases"][-1]["val_avg_inc_acc_cnn"])
     done = [d for d in docs if d["status"] == "TERMINATED"]
-    best = max(done, key=lambda d: d["phases"][-1]["avg_inc_acc_cnn"])
-    assert study.best_value == pytest.approx(best["phases"][-1]["avg_inc_acc_cnn"])
-    assert f"trial {best['trial_id']}" in r.stdout and "lucir train --dataset digits --preset lucir" in r.stdout
+    best = max(done, key=lambda d: d["phases"][-1]["val_avg_inc_acc_cnn"])
+    assert study.best_value == pytest.approx(best["phases"][-1]["val_avg_inc_acc_cnn"])
     doc = json.loads((exp / "lucir_experiment.json").read_text())
     assert doc["kind"] == "search" and doc["asha"] and doc["points_to_evaluate"][0]["margin"] == 0.5
+    assert doc["metric"] == "val_avg_inc_acc_cnn"
+    # confirm stage: the defaults and the best distinct config on validation, 2 seeds each, no split
+    conf = json.loads((exp / "confirm" / "lucir_experiment.json").read_text())
+    assert conf["candidates"][0]["params"] == DEFAULTS
+    others = [d for d in sorted(done, key=lambda d: -d["phases"][-1]["val_avg_inc_acc_cnn"])
+              if {k: d["config"][k] for k in DEFAULTS} != DEFAULTS]
+    if others:
+        assert conf["candidates"][1]["search_trial"] == others[0]["trial_id"]
+    cdocs = trial_docs(exp / "confirm")
+    assert len(cdocs) == 2 * len(conf["candidates"]) and all(d["status"] == "TERMINATED" for d in cdocs)
+    assert all(d["config"]["val_fraction"] == 0 and "val_acc_cnn" not in d["phases"][-1] for d in cdocs)
+    means = {}
+    for c in conf["candidates"]:
+        mine = [d for d in cdocs if all(d["config"][k] == v for k, v in c["params"].items())]
+        assert sorted(d["config"]["seed"] for d in mine) == [0, 1]
+        means[c["label"]] = sum(d["phases"][-1]["avg_inc_acc_cnn"] for d in mine) / 2
+    winner = max(means, key=means.get)
+    assert f"winner (best confirmed mean): {winner}" in r.stdout
+    assert "lucir train --dataset digits --preset lucir" in r.stdout

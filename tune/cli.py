@@ -62,7 +62,16 @@ def add_tune_commands(sub, add_config_args, config_overrides) -> None:
     p.add_argument("--concurrency", type=int, default=None, help="trials at once (default: what resources allow)")
     p.add_argument("--asha", action="store_true",
                    help="ASHA early stopping on phase; stopped trials are told to Optuna as pruned")
-    p.add_argument("--search-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    p.add_argument("--search-seed", type=int, default=0, help="seed of the sampler (default 0)")
+    p.add_argument("--sampler", default="tpe", help="Optuna sampler: tpe, gp or random (default tpe; "
+                                                  "start-up random draws: max(4, trials // 4))")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of each class's training images held out (seeded, stratified) and never trained "
+                        "on; the objective is val_avg_inc_acc_cnn on it (default 0.1; 0 selects on the test set)")
+    p.add_argument("--confirm-top", type=int, default=3,
+                   help="after the search, re-run the top-k configs and the paper defaults on the full training "
+                        "set with --confirm-seeds seeds and report test accuracy (default 3; 0: no confirm stage)")
+    p.add_argument("--confirm-seeds", type=int, default=3, help="seeds of the confirm stage (default 3)")
     _runner_args(p)
     p.set_defaults(func=lambda a: cmd_search(a, config_overrides))
 
@@ -194,12 +203,22 @@ def cmd_ablate(args, config_overrides) -> int:
 def cmd_search(args, config_overrides) -> int:
     from ray import tune
 
-    from tune.experiment import METRIC, MODE, make_searcher, runner_options, write_experiment_json
+    from tune.experiment import MODE, SAMPLERS, make_searcher, objective, runner_options, write_experiment_json
     from tune.spaces import absolute_data_root, search_corners, search_space, validate_points
 
     fixed = config_overrides(args)
     if args.trials < 1:
         raise ConfigError(f"--trials={args.trials} is invalid: allowed an integer >= 1")
+    if args.sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler={args.sampler!r} is invalid: allowed one of {list(SAMPLERS)}")
+    if args.confirm_top < 0:
+        raise ConfigError(f"--confirm-top={args.confirm_top} is invalid: allowed an integer >= 0")
+    if args.confirm_seeds < 1:
+        raise ConfigError(f"--confirm-seeds={args.confirm_seeds} is invalid: allowed an integer >= 1")
+    fixed.setdefault("val_fraction", args.val_fraction)
+    metric = objective(float(fixed["val_fraction"]))
+    if metric != "val_avg_inc_acc_cnn":
+        print("warning: --val-fraction 0: the search selects on the test set", file=sys.stderr)
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError(f"--concurrency={args.concurrency} is invalid: allowed an integer >= 1")
     base = Config.from_flat(fixed)
@@ -214,24 +233,82 @@ def cmd_search(args, config_overrides) -> int:
     exp = _prepare_folder(args, "search", base.protocol.dataset)
     runner = runner_options(args)
     runner["max_concurrent"] = args.concurrency
-    print(f"lucir search: {args.trials} trials, TPE seed {args.search_seed}, "
+    print(f"lucir search: {args.trials} trials, {args.sampler} seed {args.search_seed}, objective {metric}, "
           f"{'ASHA on phase, ' if args.asha else ''}space {text} -> {exp}", flush=True)
     callbacks, uri, mlexp = _callbacks(args, exp, {"kind": "search"})
     write_experiment_json(exp, kind="search", argv=["lucir", *sys.argv[1:]], param_space_text=text,
                           runner=runner, mlflow_uri=uri, mlflow_experiment=mlexp,
                           extra={"num_trials": args.trials, "points_to_evaluate": points, "asha": args.asha,
-                                 "search_seed": args.search_seed, "optuna_study": exp.name})
-    searcher = make_searcher(exp, exp.name, args.search_seed, points)
+                                 "search_seed": args.search_seed, "optuna_study": exp.name, "metric": metric,
+                                 "sampler": args.sampler, "fixed": fixed,
+                                 "confirm": {"top": args.confirm_top, "seeds": args.confirm_seeds}})
+    searcher = make_searcher(exp, exp.name, args.search_seed, points, metric=metric, sampler=args.sampler,
+                             trials=args.trials)
     scheduler = None
     if args.asha:
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(time_attr="phase", metric=METRIC, mode=MODE, max_t=base.protocol.phases,
+        scheduler = ASHAScheduler(time_attr="phase", metric=metric, mode=MODE, max_t=base.protocol.phases,
                                   grace_period=1, reduction_factor=2)
     tc = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.trials,
                          max_concurrent_trials=args.concurrency, reuse_actors=True)
     _tuner_fit(exp, runner, space, callbacks, tc)
+    _confirm(exp)
     return _finish("search", exp)
+
+
+def _confirm(exp: Path) -> None:
+    """The confirm stage of a search (its own Tune experiment in ``<exp>/confirm``): the top-k configs and
+    the paper defaults on the full training set, each over the confirm seeds.  The candidates are fixed
+    when the stage first starts (written to its lucir_experiment.json); ``lucir resume`` restores it."""
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    from tune.experiment import (CONFIRM_DIR, EXPERIMENT_FILE, build_trainable, confirm_candidates, confirm_points,
+                                 init_ray, make_callbacks, read_experiment, run_config, write_experiment_json)
+
+    doc = read_experiment(exp)
+    opts = doc.get("confirm") or {}
+    if not opts.get("top") and opts.get("top") is not None:
+        return
+    folder = exp / CONFIRM_DIR
+    runner = dict(doc["runner"])
+    if not (folder / EXPERIMENT_FILE).is_file():
+        defaults = dict(doc["points_to_evaluate"][0])
+        candidates = confirm_candidates(exp, defaults, int(opts.get("top", 3)))
+        seeds = int(opts.get("seeds", 3))
+        points = confirm_points(doc["fixed"], candidates, seeds)
+        print(f"lucir search: confirm stage, {len(candidates)} configs x {seeds} seeds on the full training set "
+              f"-> {folder}", flush=True)
+        write_experiment_json(folder, kind="confirm", argv=doc.get("argv", []), param_space_text={},
+                              runner=runner, mlflow_uri=doc.get("mlflow_uri"),
+                              mlflow_experiment=doc.get("mlflow_experiment"),
+                              extra={"candidates": candidates, "seeds": seeds, "points": points,
+                                     "search_metric": doc.get("metric"), "search": str(exp)})
+    cdoc = read_experiment(folder)
+    callbacks = make_callbacks(folder, cdoc.get("mlflow_uri"), cdoc.get("mlflow_experiment"),
+                               {"kind": "confirm", "search": exp.name}, sweep=f"{exp.name}-confirm")
+    import ray
+
+    started = init_ray(runner["address"], runner["num_cpus"])
+    try:
+        if tune.Tuner.can_restore(str(folder)):
+            tuner = tune.Tuner.restore(str(folder), build_trainable(folder, runner), resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            points = cdoc["points"]
+            space = {k: points[0][k] for k in points[0]}
+            tuner = tune.Tuner(build_trainable(folder, runner), param_space=space,
+                               tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=points),
+                                                           num_samples=len(points),
+                                                           max_concurrent_trials=runner.get("max_concurrent"),
+                                                           reuse_actors=True),
+                               run_config=run_config(folder, runner, callbacks))
+        tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
 
 
 def cmd_resume(args) -> int:
@@ -255,6 +332,8 @@ def cmd_resume(args) -> int:
         tuner = tune.Tuner.restore(str(exp), build_trainable(exp, runner), resume_unfinished=True,
                                    resume_errored=True)
         tuner.fit()
+        if doc["kind"] == "search":
+            _confirm(exp)
     finally:
         if started:
             ray.shutdown()

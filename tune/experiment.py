@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from lucir.checkpoint import atomic_write_json
-from lucir.cli import command_line as train_command
+from lucir.commands import command_line as train_command
 from lucir.config import Config, ConfigError
+from lucir.record import CONFIRM_DIR, EXPERIMENT_FILE, JOURNAL_FILE, MODE, TRIALS_DIR, is_finished, objective  # noqa: F401
+from lucir.record import OBJECTIVE as METRIC
+from lucir.record import VAL_OBJECTIVE as VAL_METRIC  # noqa: F401
 
 log = logging.getLogger("lucir.tune")
 
-EXPERIMENT_FILE = "lucir_experiment.json"
-METRIC, MODE = "avg_inc_acc_cnn", "max"
+SAMPLERS = ("tpe", "gp", "random")
 
 try:  # the driver-side callbacks subclass tune.Callback; tune/ may be imported without Ray work
     from ray.tune import Callback as _Callback
@@ -54,16 +56,12 @@ def read_experiment(exp: str | os.PathLike) -> dict:
 
 def read_trials(exp: str | os.PathLike) -> list[dict]:
     out = []
-    for p in sorted((Path(exp) / "trials").glob("*.json")):
+    for p in sorted((Path(exp) / TRIALS_DIR).glob("*.json")):
         try:
             out.append(json.loads(p.read_text()))
         except ValueError:  # cannot happen with atomic writes
             log.warning("unreadable trial file %s", p)
     return out
-
-
-def is_finished(doc: dict) -> bool:
-    return len(doc.get("phases", [])) == doc.get("num_phases", -1) + 1
 
 
 # ---------------------------------------------------------------------------------------- callbacks
@@ -207,14 +205,33 @@ class PrunedAwareOptunaSearch(_OptunaSearch):
         return super().suggest(trial_id)
 
 
-def make_searcher(exp: Path, name: str, seed: int, points: list[dict]):
-    from optuna.samplers import TPESampler
+def n_startup_trials(trials: int) -> int:
+    """Random start-up draws before the model-based sampler: a quarter of the budget, at least 4 (Optuna's
+    default of 10 would leave a 12-trial search with one or two model-based draws)."""
+    return max(4, trials // 4)
+
+
+def make_sampler(kind: str, seed: int, trials: int):
+    """``tpe`` (TPESampler), ``gp`` (GPSampler) or ``random``, seeded, start-up draws scaled to the budget."""
+    import optuna
+
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials(trials))
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials(trials))
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ConfigError(f"--sampler {kind!r} is invalid: allowed one of {list(SAMPLERS)}")
+
+
+def make_searcher(exp: Path, name: str, seed: int, points: list[dict], metric: str = METRIC,
+                  sampler: str = "tpe", trials: int = 12):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    storage = JournalStorage(JournalFileBackend(str(exp / "optuna_journal.log")))
-    return PrunedAwareOptunaSearch(metric=METRIC, mode=MODE, sampler=TPESampler(seed=seed), study_name=name,
-                                   storage=storage, points_to_evaluate=points)
+    storage = JournalStorage(JournalFileBackend(str(exp / JOURNAL_FILE)))
+    return PrunedAwareOptunaSearch(metric=metric, mode=MODE, sampler=make_sampler(sampler, seed, trials),
+                                   study_name=name, storage=storage, points_to_evaluate=points)
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -262,11 +279,12 @@ def write_experiment_json(exp: Path, *, kind: str, argv: list[str], param_space_
     atomic_write_json(exp / EXPERIMENT_FILE, doc)
 
 
-def make_callbacks(exp: Path, mlflow_uri: str | None, mlflow_experiment: str | None, tags: dict) -> list:
+def make_callbacks(exp: Path, mlflow_uri: str | None, mlflow_experiment: str | None, tags: dict,
+                   sweep: str | None = None) -> list:
     cbs: list = [TrialStatusCallback(str(exp))]
     ml = None
     if mlflow_uri:
-        ml = mlflow_callback(mlflow_uri, mlflow_experiment or exp.name, exp.name, exp, tags)
+        ml = mlflow_callback(mlflow_uri, mlflow_experiment or exp.name, sweep or exp.name, exp, tags)
         if ml is not None:
             cbs.append(ml)
     cbs.append(ExperimentInfoCallback(str(exp), ml))
@@ -327,13 +345,17 @@ def print_ablation_summary(exp: str | os.PathLike, file=None) -> None:
     print(tabulate(rows, headers=head, tablefmt="github"), file=file)
 
 
-def best_trial(exp: str | os.PathLike) -> dict | None:
-    """The best trial among those that finished every phase (never a pruned or partial one)."""
+def ranked_trials(exp: str | os.PathLike, metric: str = METRIC) -> list[dict]:
+    """Trials that finished every phase (never a pruned or partial one), best ``metric`` first."""
     docs = [d for d in read_trials(exp) if is_finished(d) and d.get("status") != "ERROR"]
-    docs = [d for d in docs if _number(d["phases"][-1].get(METRIC)) is not None]
-    if not docs:
-        return None
-    return max(docs, key=lambda d: d["phases"][-1][METRIC])
+    docs = [d for d in docs if _number(d["phases"][-1].get(metric)) is not None]
+    return sorted(docs, key=lambda d: -d["phases"][-1][metric])
+
+
+def best_trial(exp: str | os.PathLike, metric: str = METRIC) -> dict | None:
+    """The best trial among those that finished every phase (never a pruned or partial one)."""
+    docs = ranked_trials(exp, metric)
+    return docs[0] if docs else None
 
 
 def _number(v) -> float | None:
@@ -348,20 +370,97 @@ def print_search_summary(exp: str | os.PathLike, file=None) -> dict | None:
 
     from tune.spaces import SEARCHED, fmt_value
 
+    metric = read_experiment(exp).get("metric", METRIC)  # the search's objective
     docs = read_trials(exp)
     rows = []
     for d in sorted(docs, key=lambda d: d["trial_id"]):
         last = d["phases"][-1] if d["phases"] else {}
         rows.append([d["trial_id"], d.get("status"), f"{len(d['phases']) - 1}/{d['num_phases']}",
-                     *[fmt_value(d["config"].get(k)) for k in SEARCHED], fmt_value(last.get(METRIC))])
-    print(f"\nsearch trials ({Path(exp)}; {METRIC} at the last phase reached):", file=file)
-    print(tabulate(rows, headers=["trial", "status", "phases", *SEARCHED, METRIC], tablefmt="github"), file=file)
-    best = best_trial(exp)
+                     *[fmt_value(d["config"].get(k)) for k in SEARCHED], fmt_value(last.get(metric))])
+    print(f"\nsearch trials ({Path(exp)}; {metric} at the last phase reached):", file=file)
+    print(tabulate(rows, headers=["trial", "status", "phases", *SEARCHED, metric], tablefmt="github"), file=file)
+    best = best_trial(exp, metric)
     if best is None:
         print("\nno trial finished every phase: no best config", file=file)
         return None
-    print(f"\nbest config (among {sum(is_finished(d) for d in docs)} trials that finished every phase): "
-          f"trial {best['trial_id']}, {METRIC} = {best['phases'][-1][METRIC]:.2f}", file=file)
+    confirmed = confirm_summary(exp)
+    if confirmed is not None:
+        return print_confirm_summary(confirmed, file=file)
+    print(f"\nbest config on {metric} (among {sum(is_finished(d) for d in docs)} trials that finished every "
+          f"phase; not confirmed on seeds): trial {best['trial_id']}, {metric} = {best['phases'][-1][metric]:.2f}",
+          file=file)
     print("  " + ", ".join(f"{k}={fmt_value(best['config'][k])}" for k in SEARCHED), file=file)
     print("  " + train_command(best["config"]), file=file)
     return best
+
+
+# ---------------------------------------------------------------------------------------- confirm stage
+def confirm_candidates(exp: str | os.PathLike, defaults: dict, top_k: int) -> list[dict]:
+    """The configurations the confirm stage re-runs: the paper defaults and the ``top_k`` best distinct
+    searched configurations on the search's objective (finished trials only)."""
+    from tune.spaces import SEARCHED
+
+    metric = read_experiment(exp).get("metric", METRIC)
+    out = [{"label": "paper defaults", "params": dict(defaults), "search_trial": None, "search_value": None}]
+    for d in read_trials(exp):  # the defaults' own search trial, when it finished
+        if {k: d["config"].get(k) for k in defaults} == defaults and is_finished(d):
+            out[0].update(search_trial=d["trial_id"], search_value=d["phases"][-1].get(metric))
+    seen = [out[0]["params"]]
+    for d in ranked_trials(exp, metric):
+        params = {k: d["config"][k] for k in SEARCHED if k in defaults}
+        if params in seen:
+            continue
+        if len(out) > top_k:
+            break
+        seen.append(params)
+        out.append({"label": f"top-{len(out)}", "params": params, "search_trial": d["trial_id"],
+                    "search_value": d["phases"][-1][metric]})
+    return out
+
+
+def confirm_points(fixed: dict, candidates: list[dict], seeds: int) -> list[dict]:
+    """Every (candidate, seed) as a flat trial config on the full training set (no validation split)."""
+    base = {k: v for k, v in fixed.items() if k not in ("val_fraction", "seed")}
+    return [{**base, **c["params"], "val_fraction": 0.0, "seed": s} for c in candidates for s in range(seeds)]
+
+
+def confirm_summary(exp: str | os.PathLike) -> dict | None:
+    from analysis.confirm import confirm_summary as summary
+
+    return summary(exp)
+
+
+def print_confirm_summary(summary: dict, file=None) -> dict | None:
+    from tabulate import tabulate
+
+    from tune.spaces import fmt_value
+
+    rows = summary["rows"]
+    print(f"\nconfirmed on the test set (full training set, seeds 0..{(summary['seeds'] or 1) - 1}; "
+          f"avg_inc_acc at the last phase, mean ± std over seeds):", file=file)
+    table = [[r["label"], ", ".join(f"{k}={fmt_value(v)}" for k, v in r["params"].items()),
+              fmt_value(r["search_value"]), f"{r['n']}/{r['runs']}",
+              _mean_std_of(r["cnn_mean"], r["cnn_std"]), _mean_std_of(r["nme_mean"], r["nme_std"])] for r in rows]
+    print(tabulate(table, headers=["candidate", "params", f"search {summary['metric']}", "finished",
+                                   "test avg_inc_acc_cnn", "test avg_inc_acc_nme"], tablefmt="github"), file=file)
+    w, v = summary["winner"], summary["verdict"]
+    if w is None:
+        print("\nno candidate finished a confirm run yet: no winner", file=file)
+        return None
+    print(f"\nwinner (best confirmed mean): {w['label']}, test avg_inc_acc_cnn {_mean_std_of(w['cnn_mean'], w['cnn_std'])}",
+          file=file)
+    if v is not None and not v["winner_is_defaults"]:
+        std = "n/a" if v["defaults_std"] is None else f"{v['defaults_std']:.2f}"
+        print(f"  it beats the paper defaults by {v['gap']:.2f} points, "
+              + ("more" if v["beats_by_more_than_std"] else "not more") + f" than their seed std ({std})", file=file)
+    elif v is not None:
+        print("  the paper defaults are the best confirmed configuration", file=file)
+    if w.get("config"):
+        print("  " + train_command({k: v for k, v in w["config"].items() if k != "seed"}), file=file)
+    return w
+
+
+def _mean_std_of(mean, std) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"

@@ -43,11 +43,12 @@ from typing import Any, Iterable
 
 from ray.tune import Callback
 
+from lucir import record
+
 logger = logging.getLogger(__name__)
 
 #: Metrics logged per phase: DESIGN §4 plus eta, lambda, exemplars, phase_seconds.
-METRICS = ("phase", "classes_seen", "acc_cnn", "acc_nme", "acc_old_cnn", "acc_new_cnn", "avg_inc_acc_cnn",
-           "avg_inc_acc_nme", "forgetting_cnn", "train_seconds", "phase_seconds", "eta", "lambda", "exemplars")
+METRICS = ("phase", "classes_seen") + record.METRICS + record.EXTRA_METRICS + record.VAL_METRICS
 
 TAG_ROLE = "lucir.role"            # "sweep" (parent run) or "trial" (child run)
 TAG_SWEEP = "lucir.sweep"
@@ -58,7 +59,7 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 TRIAL_TAG_FIELDS = ("preset", "dataset", "base_classes", "phases", "seed")
 
-EXPERIMENT_FILE = "lucir_experiment.json"
+EXPERIMENT_FILE = record.EXPERIMENT_FILE
 HTTP_TIMEOUT_S = 5.0
 
 
