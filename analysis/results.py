@@ -31,6 +31,7 @@ import pandas as pd
 
 from lucir.record import (EXPERIMENT_FILE, EXTRA_METRICS, JOURNAL_FILE, METRICS, OBJECTIVE, STATUSES,  # noqa: F401
                           TRIALS_DIR, VAL_METRICS, is_finished)
+from lucir import record
 
 #: Protocol columns: trials with equal values ran the same class-incremental protocol.
 PROTOCOL = ("dataset", "base_classes", "phases", "exemplars_per_class", "memory_total")
@@ -250,14 +251,19 @@ def read_json(path: Path) -> Any:
 
 
 def _trial_from_json(path: Path) -> TrialRecord:
-    trial_id = path.stem
+    """A trial from its record (the worker's) merged with the driver's status file (``lucir.record``)."""
+    trial_id = path.name[:-len(record.STATUS_SUFFIX)] if path.name.endswith(record.STATUS_SUFFIX) else path.stem
+    rec_path = path.with_name(trial_id + record.RECORD_SUFFIX)
+    status = record.read_status(path.parent.parent, trial_id)
     try:
-        d = read_json(path)
-        if not isinstance(d, dict):
+        d = read_json(rec_path) if rec_path.exists() or status is None else None
+        if d is not None and not isinstance(d, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         return TrialRecord(trial_id=trial_id, status="ERROR",
-                           error=f"unreadable {TRIALS_DIR}/{path.name}: {exc}", updated=_mtime(path))
+                           error=f"unreadable {TRIALS_DIR}/{rec_path.name}: {exc}", updated=_mtime(rec_path))
+    d = record.merge(d, status)
+    path = rec_path if rec_path.exists() else path
     status = str(d.get("status") or "RUNNING").upper()
     phases = [p for p in (d.get("phases") or []) if isinstance(p, dict)]
     return TrialRecord(trial_id=str(d.get("trial_id") or trial_id), trial_name=str(d.get("trial_name") or ""),
@@ -347,7 +353,7 @@ def read_experiment(path: str | os.PathLike, *, source: str = "auto") -> Experim
     meta = read_meta(path)
     notes: list[str] = []
     tdir = path / TRIALS_DIR
-    files = sorted(tdir.glob("*.json")) if tdir.is_dir() else []
+    files = [tdir / f"{i}{record.RECORD_SUFFIX}" for i in record.trial_ids(path)]
     if not meta and not files and not any(path.glob("*/params.json")):
         raise ExperimentError(f"{path} is not an experiment folder: no {EXPERIMENT_FILE} and no {TRIALS_DIR}/*.json "
                               "(give the folder `lucir ablate` or `lucir search` printed)")

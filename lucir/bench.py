@@ -21,8 +21,12 @@ variant reported, ratios taken per round between neighbours in time and then the
 * ``eval``: an evaluation pass over the test images (``lucir.learner.extract`` at the eval batch, and
   fp32 at batch 100) vs a DataLoader with the PIL eval transform (batch 100, the reference's test batch).
 
-The PIL training variant builds a fresh DataLoader per measurement (the reference builds one per
-epoch), so each measurement pays one worker start-up; use enough ``--steps`` to make it small.
+The PIL training variants draw from one DataLoader epoch over the phase's training set kept running
+across measurements (``PILEpochs``): worker start-up once per epoch, as the reference pays it.
+The training sections also give the compute limit (FLOPs of one step by ``FlopCounterMode`` over the
+fp32 peak, measured by ``measure_peak_gflops`` or ``--peak-gflops``) and, with ``--profile N``, the
+top operators of each tensor variant; ``before: ...`` is fp32 NCHW with the backbone forwards of before
+issue 8 (out-of-place ReLU/add), the baseline of the issue's target.
 * peak RSS of this process and of its reaped children (DataLoader workers).
 
 Timings use ``time.perf_counter`` with ``torch.cuda.synchronize`` around each measurement on CUDA.
@@ -90,6 +94,12 @@ def add_bench_args(p) -> None:
                    help="comma-separated subset of data,train_base,train_inc,herding,eval")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (1 step of batch 16, 1 round, few images): checks that everything runs")
+    p.add_argument("--peak-gflops", dest="peak_gflops", type=float, default=0.0,
+                   help="the device's fp32 peak in GFLOP/s for the compute limit (default 0: measured, the best "
+                        "of a few large fp32 matrix products at --threads)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after the rounds, profile one more measurement of every training variant and print its "
+                        "top N operators by self time (default 0: off)")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON")
 
 
@@ -105,6 +115,13 @@ def _timed(device: torch.device, fn: Callable[[], int]) -> tuple[int, float]:
     n = fn()
     _sync(device)
     return n, time.perf_counter() - t0
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def _rss_mb() -> dict[str, float]:
@@ -137,6 +154,7 @@ class Variant:
     name: str
     run: Callable[[], tuple[int, float]]  # one measurement: (images, seconds)
     group: str = ""  # "tensor" or "pil"
+    close: Callable[[], None] | None = None  # called once the section is done (DataLoader workers)
 
 
 @dataclass
@@ -148,6 +166,9 @@ class Section:
     images: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     note: str = ""
+    gflop_per_image: float = 0.0  # training sections: FLOPs of one step / batch (FlopCounterMode)
+    limit: float = 0.0  # compute limit, images/s: peak GFLOP/s / GFLOP per image
+    profiles: dict[str, list] = field(default_factory=dict)  # --profile: variant -> top ops
 
     def median(self, name: str) -> float:
         return statistics.median(self.samples[name])
@@ -178,7 +199,54 @@ def run_section(sec: Section, rounds: int, warmup: bool, max_seconds: float, log
             log(f"  {sec.name}: round {r + 1}/{rounds} {v.name}: {n / max(dt, 1e-9):.1f} images/s ({dt:.1f} s)"
                 + (" [slow: measured once]" if dt > max_seconds and r == 0 and rounds > 1 else ""))
     sec.seconds = time.perf_counter() - t0
+    for v in sec.variants:
+        if v.close is not None:
+            v.close()
     return sec
+
+
+def measure_peak_gflops(device: torch.device, seconds: float = 1.0) -> float:
+    """Best fp32 GFLOP/s of large matrix products (n = 1024 on the CPU, 8192 on CUDA) within ``seconds``:
+    what this device reaches on its best-tuned kernel at the current thread count (a lower bound of
+    the hardware peak, and under load a lower bound of that)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        _sync(device)
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def step_gflop_per_image(run_one_step: Callable[[], int]) -> float:
+    """FLOPs (``torch.utils.flop_counter.FlopCounterMode``: convolutions, their backward, matrix
+    products) of one training step, per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        images = run_one_step()
+    return fc.get_total_flops() / max(images, 1) / 1e9
+
+
+def profile_variant(v: Variant, device: torch.device, top: int, batch: int) -> list[dict]:
+    """Top ``top`` operators by self time of one measurement of ``v`` (``torch.profiler``), per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        n, _ = v.run()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ev = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in ev) or 1.0
+    steps = max(math.ceil(n / batch), 1)
+    return [{"op": e.key, "self_ms_per_step": getattr(e, key) / 1e3 / steps, "share": getattr(e, key) / total,
+             "calls_per_step": e.count / steps} for e in ev[:top]]
 
 
 # ----------------------------------------------------------------------------- synthetic data
@@ -219,9 +287,12 @@ class _PILImages(torch.utils.data.Dataset):
 
 
 class PILSource:
-    """A ``Source`` look-alike whose ``train_batches`` comes from a DataLoader of PIL transforms.
-
-    A fresh DataLoader (and its workers) per call, as the reference code builds one per epoch.
+    """The reference's data pipeline (``class_incremental_cosine_cifar100.py``): a uint8 HWC array,
+    ``Image.fromarray`` per sample, train transform ``RandomCrop(32, padding=4)``,
+    ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize(mean, std)`` (eval: ``ToTensor``,
+    ``Normalize``), ``DataLoader(batch_size, shuffle, num_workers)`` without pinned memory.
+    ``loader`` builds one such DataLoader; ``PILEpochs`` keeps one epoch of it running across
+    measurements, as the reference iterates one loader per epoch.
     """
 
     def __init__(self, data, device: torch.device, workers: int, channels_last: bool = False):
@@ -246,19 +317,50 @@ class PILSource:
         from torch.utils.data import DataLoader, Subset
 
         return DataLoader(Subset(ds, [int(i) for i in indices]), batch_size=batch_size, shuffle=shuffle,
-                          num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                          generator=torch.Generator().manual_seed(seed))
+                          num_workers=self.workers, generator=torch.Generator().manual_seed(seed))
 
     def _put(self, x, y):
-        x = x.to(self.device, non_blocking=True)
+        x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
+        return x, y.to(self.device)
+
+
+class PILEpochs:
+    """A ``Source`` look-alike for ``train_phase`` whose batches come from one running epoch of the
+    reference DataLoader over ``pool`` (a whole phase's training set), kept alive across measurements:
+    its workers start once per epoch (every ``len(pool) / batch`` batches, 196 for the CIFAR-100 base
+    phase), not once per measurement, and between two batches they work concurrently with the
+    training step, as in the reference.  ``train_batches`` yields ``ceil(len(indices) / batch_size)``
+    batches (the ``indices`` themselves are not used; the epoch's shuffle decides) and counts images.
+    """
+
+    def __init__(self, pil: PILSource, pool: torch.Tensor, batch_size: int, seed: int = 0):
+        self.pil, self.pool, self.batch_size, self.seed = pil, pool, batch_size, seed
+        self.epochs = 0
+        self.images = 0
+        self._it = None
+
+    def next_batch(self):
+        while True:
+            if self._it is None:
+                self._it = iter(self.pil.loader(self.pil.train, self.pool, self.batch_size, True,
+                                                self.seed + self.epochs))
+                self.epochs += 1
+            try:
+                x, y = next(self._it)
+            except StopIteration:
+                self._it = None
+                continue
+            self.images += len(y)
+            return self.pil._put(x, y)
 
     def train_batches(self, indices: torch.Tensor, batch_size: int, gen: torch.Generator, augment: bool = True):
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        for x, y in self.loader(self.train if augment else self.train_eval, indices, batch_size, True, seed):
-            yield self._put(x, y)
+        for _ in range(math.ceil(len(indices) / batch_size)):
+            yield self.next_batch()
+
+    def close(self) -> None:
+        self._it = None  # shuts the workers down
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -317,6 +419,50 @@ def _draw(pool: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.cat([pool[torch.randperm(len(pool), generator=gen)] for _ in range(reps)])[:n]
 
 
+def _legacy_forward(model) -> None:
+    """Bind the backbone forwards of before issue 8 to ``model``'s modules: out-of-place ReLU and
+    residual add (``F.relu(x)``, ``out = out + shortcut``), the "before" variant of the training
+    sections.  Same values as today's in-place forwards, only new activation buffers per op."""
+    import types
+
+    from lucir.models import BasicBlock, ConvNet, ResNetCifar
+
+    def block(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = out + (x if self.shortcut is None else self.shortcut(x))
+        return out if self.last else F.relu(out)
+
+    def resnet(self, x):
+        x = self.blocks(F.relu(self.bn1(self.conv1(x))))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def convnet(self, x):
+        x = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+        x = self.bn3(self.conv3(x))
+        if self.last_relu:
+            x = F.relu(x)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    for m in model.modules():
+        for cls, fn in ((BasicBlock, block), (ResNetCifar, resnet), (ConvNet, convnet)):
+            if type(m) is cls:
+                m.forward = types.MethodType(fn, m)
+
+
+BEFORE = "before: tensor fp32 NCHW, out-of-place ReLU/add"
+
+
+def default_variant(setup: Setup) -> str:
+    """The training variant that today's ``Runtime`` defaults run."""
+    from lucir.config import Config
+
+    rt = Config.from_flat(dataset=setup.dataset).runtime
+    name = {(False, False): "tensor fp32", (True, False): "tensor bf16", (False, True): "tensor channels_last",
+            (True, True): "tensor bf16+channels_last"}[(rt.bf16, rt.channels_last)]
+    return name if not rt.compile else name.replace("channels_last", "cl") + "+compile"
+
+
 def train_section(setup: Setup, phase: int, sources: dict) -> Section:
     from lucir import learner
 
@@ -326,35 +472,55 @@ def train_section(setup: Setup, phase: int, sources: dict) -> Section:
                                _config(setup).lambda_at(1) if phase else 0.0)
     pool = _pool(setup, phase)
     n = setup.steps * setup.batch_size
-    specs = [("tensor fp32", False, False, False, "tensor"), ("tensor bf16", True, False, False, "tensor"),
+    specs = [(BEFORE, False, False, False, "tensor"),
+             ("tensor fp32", False, False, False, "tensor"), ("tensor bf16", True, False, False, "tensor"),
              ("tensor channels_last", False, True, False, "tensor"),
              ("tensor bf16+channels_last", True, True, False, "tensor")]
     if a.compile:
         specs += [("tensor fp32+compile", False, False, True, "tensor"),
-                  ("tensor bf16+compile", True, False, True, "tensor")]
+                  ("tensor fp32+cl+compile", False, True, True, "tensor"),
+                  ("tensor bf16+cl+compile", True, True, True, "tensor")]
     specs.append((f"PIL DataLoader fp32 ({a.workers} workers)", False, False, False, "pil"))
     variants = []
     for name, bf16, cl, comp, group in specs:
         cfg = _config(setup, bf16, cl, comp)
         model, ref = _models(setup, cfg, phase)
-        src = sources[(group, cl)]
+        if name == BEFORE:
+            for m in (model, ref):
+                if m is not None:
+                    _legacy_forward(m)
+        if group == "pil":
+            src = PILEpochs(sources[("pil", False)], pool, setup.batch_size)
+        else:
+            src = sources[(group, cl)]
 
         def run(model=model, ref=ref, src=src, cfg=cfg):
             idx = _draw(pool, n, setup.gen)
-            return _timed(setup.device, lambda: (learner.train_phase(model, ref, src, idx, cfg, ctx, setup.gen,
-                                                                     setup.device), n)[1])
+            before = getattr(src, "images", 0)
 
-        variants.append(Variant(name, run, group))
+            def go():
+                learner.train_phase(model, ref, src, idx, cfg, ctx, setup.gen, setup.device)
+                return getattr(src, "images", before + n) - before
+            return _timed(setup.device, go)
+
+        variants.append(Variant(name, run, group, close=getattr(src, "close", None)))
+        if name == "tensor fp32":
+            one = _draw(pool, setup.batch_size, setup.gen)
+            gflop = step_gflop_per_image(lambda: (learner.train_phase(
+                model, ref, src, one, cfg, ctx, setup.gen, setup.device), len(one))[1])
     title = ("base-phase training step (cosine head, %d classes, CE)" % setup.base if phase == 0 else
              "incremental training step (%d frozen old + %d new rows, frozen ref model, CE + LF + MR)"
              % (setup.base, setup.per_phase))
-    return Section("train_base" if phase == 0 else "train_inc", title, variants,
-                   note=f"{setup.steps} steps of batch {setup.batch_size} per measurement, data pipeline included")
+    return Section("train_base" if phase == 0 else "train_inc", title, variants, gflop_per_image=gflop,
+                   note=f"{setup.steps} steps of batch {setup.batch_size} per measurement, data pipeline included; "
+                        f"PIL: one DataLoader epoch over the phase's {len(pool)} images kept running across "
+                        "measurements (workers start once per epoch, as in the reference)")
 
 
 def data_section(setup: Setup, sources: dict, batches: int) -> Section:
     pool = _pool(setup, 0)
     n = batches * setup.batch_size
+    epochs = PILEpochs(sources[("pil", False)], pool, setup.batch_size)
 
     def tensor():
         idx = _draw(pool, n, setup.gen)
@@ -363,16 +529,23 @@ def data_section(setup: Setup, sources: dict, batches: int) -> Section:
                                                                                          setup.gen)))
 
     def pil():
-        idx = _draw(pool, n, setup.gen)
-        return _timed(setup.device, lambda: sum(len(y) for _, y in
-                                                sources[("pil", False)].train_batches(idx, setup.batch_size,
-                                                                                      setup.gen)))
+        # the batches its workers prefetched while the other variant ran are taken untimed, so the
+        # timed ones are produced while we wait: the workers' own rate, start-up once per epoch
+        for _ in range(2 * max(setup.args.workers, 1)):
+            epochs.next_batch()
+        k0 = epochs.images
+
+        def go():
+            for _ in range(batches):
+                epochs.next_batch()
+            return epochs.images - k0
+        return _timed(setup.device, go)
 
     return Section("data", "augmented batches only (no model)",
                    [Variant("tensor ImageAugment", tensor, "tensor"),
-                    Variant(f"PIL DataLoader ({setup.args.workers} workers)", pil, "pil")],
-                   note=f"{batches} batches of {setup.batch_size} per measurement; the PIL path includes "
-                        "its worker start-up, once per epoch in the reference code")
+                    Variant(f"PIL DataLoader ({setup.args.workers} workers)", pil, "pil", close=epochs.close)],
+                   note=f"{batches} batches of {setup.batch_size} per measurement; PIL: one DataLoader epoch "
+                        f"over {len(pool)} images kept running, its prefetched batches taken untimed")
 
 
 def herding_section(setup: Setup, sources: dict, classes: list[int], per_class: int) -> Section:
@@ -444,6 +617,11 @@ def eval_section(setup: Setup, sources: dict, n_images: int) -> Section:
     model100, _ = _models(setup, cfg100, 0)
     variants.append(Variant("tensor fp32 (eval batch 100)", lambda: _timed(setup.device, lambda: len(
         learner.extract(model100, sources[("tensor", False)], "test", idx, cfg100, setup.device)[2])), "tensor"))
+    # the default eval batch before issue 8
+    cfg512 = _config(setup).replace(eval_batch_size=512)
+    model512, _ = _models(setup, cfg512, 0)
+    variants.append(Variant("tensor fp32 (eval batch 512)", lambda: _timed(setup.device, lambda: len(
+        learner.extract(model512, sources[("tensor", False)], "test", idx, cfg512, setup.device)[2])), "tensor"))
     cfg = _config(setup)
     model_ref, _ = _models(setup, cfg, 0)
     pil = sources[("pil", False)]
@@ -461,11 +639,12 @@ def eval_section(setup: Setup, sources: dict, n_images: int) -> Section:
 
     variants.append(Variant(f"PIL DataLoader fp32 ({setup.args.workers} workers, batch 100)", run_ref, "pil"))
     return Section("eval", f"evaluation pass over {n_images} test images", variants,
-                   note="tensor path: lucir.learner.extract with the eval batch (512 unless stated)")
+                   note=f"tensor path: lucir.learner.extract with the eval batch "
+                        f"({_config(setup).runtime.eval_batch_size} unless stated)")
 
 
 # ----------------------------------------------------------------------------- report
-def _ratios(secs: dict[str, Section], workers: int) -> list[dict]:
+def _ratios(secs: dict[str, Section], workers: int, default: str = "tensor channels_last") -> list[dict]:
     out = []
 
     def add(sec, a, b, label, target=None):
@@ -479,6 +658,9 @@ def _ratios(secs: dict[str, Section], workers: int) -> list[dict]:
     pil_train = f"PIL DataLoader fp32 ({workers} workers)"
     add("data", "tensor ImageAugment", f"PIL DataLoader ({workers} workers)", "data only: tensor vs PIL DataLoader")
     for sec, what in (("train_inc", "incremental step"), ("train_base", "base step")):
+        add(sec, default, BEFORE, f"{what}: default ({default[7:]}) vs before issue 8 (fp32 NCHW, out-of-place) "
+                                  "(issue 8 target)", 2.0)
+        add(sec, "tensor fp32", BEFORE, f"{what}: fp32 NCHW today (in-place ReLU/add) vs before issue 8")
         if sec == "train_inc":
             add(sec, "tensor bf16", pil_train, f"{what}: tensor bf16 vs fp32 PIL/DataLoader (issue target)", 2.0)
         add(sec, "tensor fp32", pil_train, f"{what}: tensor fp32 vs fp32 PIL/DataLoader")
@@ -489,15 +671,21 @@ def _ratios(secs: dict[str, Section], workers: int) -> list[dict]:
                 add(sec, best, pil_train,
                     f"{what}: best tensor variant ({best}) vs fp32 PIL/DataLoader")
         for v in ("tensor bf16", "tensor channels_last", "tensor bf16+channels_last", "tensor fp32+compile",
-                  "tensor bf16+compile"):
+                  "tensor fp32+cl+compile", "tensor bf16+cl+compile"):
             add(sec, v, "tensor fp32", f"{what}: {v[7:]} vs fp32 (tensor path)")
+        if sec in secs and secs[sec].limit > 0:
+            for v in dict.fromkeys(x for x in (default, best) if x in secs[sec].samples):
+                out.append({"section": sec, "label": f"{what}: {v} / compute limit ({secs[sec].limit:.0f} images/s)",
+                            "a": v, "b": "compute limit", "ratio": secs[sec].median(v) / secs[sec].limit})
     herd_ref = f"per-class DataLoader fp32 ({workers} workers, batch 128)"
     add("herding", "tensor fp32: one batched pass", herd_ref, "herding: one batched pass fp32 vs per-class loaders")
     add("herding", "tensor bf16: one batched pass", "tensor fp32: one batched pass", "herding: bf16 vs fp32")
     ev_ref = f"PIL DataLoader fp32 ({workers} workers, batch 100)"
     add("eval", "tensor fp32", ev_ref, "evaluation: tensor fp32 vs PIL DataLoader")
     add("eval", "tensor fp32 (eval batch 100)", ev_ref, "evaluation: tensor fp32 at batch 100 vs PIL DataLoader (batch 100)")
-    add("eval", "tensor fp32", "tensor fp32 (eval batch 100)", "evaluation: eval batch 512 vs 100 (tensor fp32)")
+    for other in (100, 512):
+        add("eval", "tensor fp32", f"tensor fp32 (eval batch {other})",
+            f"evaluation: default eval batch vs {other} (tensor fp32)")
     for v in ("tensor bf16", "tensor channels_last", "tensor bf16+channels_last"):
         add("eval", v, "tensor fp32", f"evaluation: {v[7:]} vs fp32")
     if "train_base" in secs and "train_inc" in secs:
@@ -518,7 +706,12 @@ def format_report(meta: dict, secs: dict[str, Section], ratios: list[dict], rss:
              f"CPU: {meta['cpu']['model']} ({meta['cpu']['cores']} logical cores; flags: "
              f"{' '.join(meta['cpu']['flags']) or 'none of avx2/avx512/amx'}; bf16 hardware: "
              f"{'yes' if meta['cpu']['bf16_hw'] else 'no'}; oneDNN bf16: {meta['cpu']['onednn_bf16']}); "
-             f"OMP_WAIT_POLICY={meta['omp_wait_policy']}"]
+             f"OMP_WAIT_POLICY={meta['omp_wait_policy']}; load average {meta['loadavg_start']} at the start, "
+             f"{meta['loadavg_end']} at the end",
+             f"Compute limit: fp32 peak {meta['peak_gflops']:.0f} GFLOP/s ({meta['peak_source']}); "
+             + "; ".join(f"{k}: {v['gflop_per_image']:.3f} GFLOP/image -> {v['limit']:.0f} images/s"
+                         for k, v in meta["compute_limit"].items())
+             + f"; the default variant is {meta['default_variant']!r}"]
     for s in secs.values():
         lines.append("")
         lines.append(section_table(s))
@@ -545,10 +738,19 @@ def section_table(s: Section) -> str:
         if not xs:
             continue
         rows.append([v.name, f"{statistics.median(xs):.1f}", f"{min(xs):.1f}", f"{max(xs):.1f}", len(xs),
-                     s.images[v.name]])
+                     s.images[v.name]] + ([f"{100 * statistics.median(xs) / s.limit:.0f}%"] if s.limit else []))
     head = f"[{s.name}] {s.title}  ({s.note}; {s.seconds:.0f} s)"
-    return head + "\n" + tabulate(rows, headers=["variant", "images/s (median)", "min", "max", "rounds", "images/meas."],
-                                  tablefmt="github")
+    if s.limit:
+        head += (f"\ncompute limit {s.limit:.0f} images/s ({s.gflop_per_image:.3f} GFLOP per image and step, "
+                 "FlopCounterMode)")
+    headers = ["variant", "images/s (median)", "min", "max", "rounds", "images/meas."] + (
+        ["of limit"] if s.limit else [])
+    out = head + "\n" + tabulate(rows, headers=headers, tablefmt="github")
+    for name, ops in s.profiles.items():
+        out += f"\n\nprofile of {name} (self time per step, top {len(ops)}):\n" + tabulate(
+            [[o["op"], f"{o['self_ms_per_step']:.1f}", f"{100 * o['share']:.1f}%", f"{o['calls_per_step']:.0f}"]
+             for o in ops], headers=["op", "self ms/step", "share", "calls/step"], tablefmt="github")
+    return out
 
 
 def cmd_bench(args) -> int:
@@ -575,6 +777,9 @@ def cmd_bench(args) -> int:
     log = (lambda m: print(m, file=sys.stderr, flush=True))
     log(f"lucir bench: building synthetic {ds} data ({shp['classes']} classes x {train_pc} train / {test_pc} test)")
     data = synthetic_dataset(ds, train_pc, test_pc)
+    load_start = _loadavg()
+    peak = args.peak_gflops or measure_peak_gflops(device, 0.2 if args.quick else 1.0)
+    log(f"lucir bench: fp32 peak {peak:.0f} GFLOP/s ({'stated' if args.peak_gflops else 'measured'})")
     cfg0 = Config.from_flat(dataset=ds)
     p = cfg0.protocol
     setup = Setup(args, device, ds, data, batch, steps, p.base_classes, p.classes_per_phase,
@@ -604,16 +809,31 @@ def cmd_bench(args) -> int:
             continue
         log(f"lucir bench: section {name}")
         sec = builders[name]()
+        if sec.gflop_per_image:
+            sec.limit = peak / sec.gflop_per_image
         if only:
             sec.variants = [v for v in sec.variants if any(o in v.name for o in only)]
         warm = (args.warmup == "on" or (args.warmup == "auto" and (device.type == "cuda" or args.compile)))
         secs[name] = run_section(sec, rounds, warm and name.startswith("train"), args.max_seconds, log)
+        if args.profile > 0 and name.startswith("train"):
+            for v in sec.variants:
+                if v.group == "tensor":
+                    log(f"  {name}: profile {v.name}")
+                    sec.profiles[v.name] = profile_variant(v, device, args.profile, batch)
         print(section_table(secs[name]), flush=True)
         print(flush=True)
+    if not args.peak_gflops:  # under load a single measurement is low: keep the better of start and end
+        peak_end = measure_peak_gflops(device, 0.2 if args.quick else 1.0)
+        if peak_end > peak:
+            peak = peak_end
+            for s in secs.values():
+                if s.gflop_per_image:
+                    s.limit = peak / s.gflop_per_image
     rss = _rss_mb()
     if device.type == "cuda":
         rss["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    ratios = _ratios(secs, args.workers)
+    default = default_variant(setup)
+    ratios = _ratios(secs, args.workers, default)
     meta = {
         "command": "lucir " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("lucir") else None,
         "argv": {k: v for k, v in vars(args).items() if k != "func"},
@@ -626,12 +846,20 @@ def cmd_bench(args) -> int:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "quick": bool(args.quick), "wall_seconds": time.perf_counter() - t_start,
+        "loadavg_start": load_start, "loadavg_end": _loadavg(),
+        "peak_gflops": peak, "peak_source": "stated (--peak-gflops)" if args.peak_gflops else
+        "measured: best fp32 matrix product at these threads, the better of the start and the end",
+        "compute_limit": {k: {"gflop_per_image": s.gflop_per_image, "limit": s.limit}
+                          for k, s in secs.items() if s.limit},
+        "default_variant": default,
     }
     print("Summary")
     print(format_report(meta, {}, ratios, rss))
     if args.json_path:
         out = {"meta": meta, "rss": rss, "ratios": ratios,
                "sections": {k: {"title": s.title, "note": s.note, "seconds": s.seconds,
+                                "gflop_per_image": s.gflop_per_image, "limit_images_per_s": s.limit,
+                                "profiles": s.profiles,
                                 "variants": [{"name": v.name, "group": v.group,
                                               "images_per_s": s.median(v.name),
                                               "samples": s.samples[v.name], "images": s.images[v.name]}

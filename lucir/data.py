@@ -139,7 +139,7 @@ CIFAR_HELP = (
     "CIFAR-100 not found under {root}. Put either the python version (torchvision layout) at "
     "{root}/cifar-100-python/{{train,test,meta}} or the binary version at "
     "{root}/cifar-100-binary/{{train.bin,test.bin,fine_label_names.txt}}, or pass --data-root "
-    "pointing to the folder that holds one of them (the download failed: {why})."
+    "pointing to the folder that holds one of them ({why})."
 )
 
 
@@ -193,7 +193,8 @@ def load_cifar100(root: str | os.PathLike, download: bool = True) -> TensorDatas
             torchvision.datasets.CIFAR100(str(root), train=True, download=True)
             found = cifar100_paths(root)
         except Exception as exc:  # no network, no permission, ...
-            raise DatasetMissingError(CIFAR_HELP.format(root=root, why=f"{type(exc).__name__}: {exc}")) from None
+            raise DatasetMissingError(CIFAR_HELP.format(root=root, why=f"the download failed: {type(exc).__name__}: "
+                                                                      f"{exc}")) from None
         finally:
             socket.setdefaulttimeout(old_timeout)
     if found is None:
@@ -460,7 +461,7 @@ def load_dataset_for(cfg, progress: bool = False):
         return load_imagefolder(p.data_root, image_size=p.image_size, channels=p.channels, augment=p.augment,
                                 mean=p.mean, std=p.std, in_memory=rt.in_memory, workers=rt.workers or rt.threads,
                                 progress=progress)
-    data = load_dataset(p.dataset, p.data_root)
+    data = load_dataset(p.dataset, p.data_root, download=rt.download)
     settings = augment_settings(p.augment, p.image_size)
     data.pad, data.flip, data.resized_crop = settings["pad"], settings["flip"], settings["resized_crop"]
     if p.mean:
@@ -468,10 +469,10 @@ def load_dataset_for(cfg, progress: bool = False):
     return data
 
 
-def check_dataset(name: str, root: str | os.PathLike = "data") -> None:
+def check_dataset(name: str, root: str | os.PathLike = "data", download: bool = True) -> None:
     """Fail early (before any training or Ray work) when a dataset cannot be had."""
     if name == "cifar100" and cifar100_paths(root) is None:
-        load_cifar100(root, download=True)  # downloads or raises DatasetMissingError
+        load_cifar100(root, download=download)  # downloads (if allowed) or raises DatasetMissingError
     elif name == "imagefolder":
         count_imagefolder_classes(root)
 

@@ -49,3 +49,83 @@ def is_finished(record: dict[str, Any]) -> bool:
     if not isinstance(n, (int, float)) or isinstance(n, bool):
         return False
     return phases_done(record) == int(n) + 1 and record.get("status") != "ERROR"
+
+
+# ------------------------------------------------------------------------------ trial records and status
+#: ``trials/<trial_id>.json`` is the trial's record (config, phases, accuracy matrices, base-cache use),
+#: written only by the trial's worker; ``trials/<trial_id>.status.json`` is the driver's final word on it
+#: (TERMINATED, PRUNED, ERROR with the error text), written only by the driver.  Readers merge the two.
+RECORD_SUFFIX = ".json"
+STATUS_SUFFIX = ".status.json"
+
+
+def record_path(folder, trial_id: str):
+    from pathlib import Path
+
+    return Path(folder) / TRIALS_DIR / f"{trial_id}{RECORD_SUFFIX}"
+
+
+def status_path(folder, trial_id: str):
+    from pathlib import Path
+
+    return Path(folder) / TRIALS_DIR / f"{trial_id}{STATUS_SUFFIX}"
+
+
+def _read_json(path) -> dict | None:
+    import json
+
+    try:
+        with open(path) as fh:
+            obj = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def read_status(folder, trial_id: str) -> dict | None:
+    """The driver's status file of a trial (None while the driver has not ended it)."""
+    return _read_json(status_path(folder, trial_id))
+
+
+def merge(record: dict | None, status: dict | None) -> dict:
+    """A trial as readers see it: the worker's record, with the driver's status and error on top; a trial
+    that failed before its worker wrote anything is its status file alone (no phases)."""
+    out = dict(record or {})
+    if record is None and status is not None:
+        out.update({k: status[k] for k in ("trial_id", "trial_name", "sweep", "config", "num_phases")
+                    if k in status})
+        out.setdefault("phases", [])
+    if status is not None:
+        out["status"] = status.get("status", out.get("status"))
+        if status.get("error"):
+            out["error"] = status["error"]
+        else:
+            out.pop("error", None)
+    out.setdefault("status", "RUNNING")
+    return out
+
+
+def trial_ids(folder) -> list[str]:
+    """Every trial of an experiment folder with a record or a status file, sorted."""
+    from pathlib import Path
+
+    d = Path(folder) / TRIALS_DIR
+    if not d.is_dir():
+        return []
+    ids = set()
+    for p in d.glob("*.json"):
+        name = p.name
+        ids.add(name[:-len(STATUS_SUFFIX)] if name.endswith(STATUS_SUFFIX) else name[:-len(RECORD_SUFFIX)])
+    return sorted(ids)
+
+
+def read_trial(folder, trial_id: str) -> dict | None:
+    rec, st = _read_json(record_path(folder, trial_id)), read_status(folder, trial_id)
+    if rec is None and st is None:
+        return None
+    return merge(rec, st)
+
+
+def read_trials(folder) -> list[dict]:
+    """Every trial of an experiment folder (record + driver status merged), by trial id."""
+    return [t for t in (read_trial(folder, i) for i in trial_ids(folder)) if t is not None]

@@ -143,3 +143,14 @@ def test_crop_works_for_other_shapes_and_pads(shape):
     assert out.shape == x.shape
     for b in range(shape[0]):
         assert _match(out[b], _torchvision_candidates(x[b], 1, flip=False)) is not None
+
+
+def test_random_crop_output_has_standard_strides_whatever_the_input_strides():
+    """A 1-channel batch from numpy (``x[:, None]``) can have stride 1 on its channel dim; the crop must
+    still return standard (NCHW-contiguous) strides, or convolutions switch to channels_last kernels and
+    the run's floating-point sums (and results) change with the memory layout of the input."""
+    import numpy as np
+
+    x = torch.from_numpy(np.random.RandomState(0).randint(0, 255, (16, 8, 8)).astype(np.uint8)[:, None])
+    y = random_crop(x, 1, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.stride() == torch.empty(y.shape).stride()

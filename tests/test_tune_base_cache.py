@@ -13,7 +13,8 @@ import pytest
 
 import lucir
 from tune_fixtures import TINY, ray_local, trial_docs  # noqa: F401
-from tune.base_cache import BaseCache
+from lucir.checkpoint import atomic_write_text
+from tune.base_cache import BaseCache, beat_file
 from tune.experiment import TrialStatusCallback
 from tune.trainable import make_trainable
 
@@ -73,15 +74,75 @@ def test_stale_lock_of_dead_owner_is_taken_over(tmp_path):
 
 
 def test_lock_without_heartbeat_is_taken_over(tmp_path):
+    """A claim of another node whose counter stops: stale after stale_after s of the waiter's own clock,
+    although its files' mtimes are brand new (they never decide: NFS mtimes come from the server)."""
     root = tmp_path / "cache"
     (root / "k").mkdir(parents=True)
     lock = root / "k" / "lock"
     lock.write_text(json.dumps({"token": "t", "pid": 1, "host": "another-node"}))
-    old = time.time() - 120
-    os.utime(lock, (old, old))
-    look = BaseCache(root, poll=0.05, stale_after=60).lookup("k", who="me")
+    beat_file(lock, "t").write_text("7\n")
+    t0 = time.monotonic()
+    look = BaseCache(root, poll=0.05, stale_after=0.5).lookup("k", who="me")
+    assert look.status == "miss"
+    assert time.monotonic() - t0 >= 0.5  # counted from when the waiter first saw the claim
+    assert not beat_file(lock, "t").exists()  # the dead claim's counter went with it
+    look.claim.release()
+    assert sorted(p.name for p in (root / "k").iterdir()) == []
+    assert BaseCache(root).counts()["takeover"] == 1
+
+
+def _fake_remote_owner(lock, stop, every: float = 0.05) -> None:
+    """Another node's live claim seen through a skewed NFS server clock: the counter advances, but every
+    mtime is an hour old."""
+    lock.write_text(json.dumps({"token": "remote", "pid": 1, "host": "another-node"}))
+    old = time.time() - 3600
+    n = 0
+    while not stop.is_set():
+        atomic_write_text(beat_file(lock, "remote"), f"{n}\n")
+        for p in (lock, beat_file(lock, "remote")):
+            os.utime(p, (old, old))
+        n += 1
+        stop.wait(every)
+
+
+def test_advancing_counter_with_old_mtime_is_live_and_taken_over_once_it_stops(tmp_path):
+    import threading
+
+    root = tmp_path / "cache"
+    (root / "k").mkdir(parents=True)
+    lock = root / "k" / "lock"
+    stop = threading.Event()
+    owner = threading.Thread(target=_fake_remote_owner, args=(lock, stop))
+    owner.start()
+    try:
+        while not beat_file(lock, "remote").exists():
+            time.sleep(0.01)
+        with pytest.raises(TimeoutError):  # 1.5 s of waiting = 3 x stale_after: the claim stays live
+            BaseCache(root, poll=0.05, stale_after=0.5, timeout=1.5).lookup("k", who="waiter")
+        assert json.loads(lock.read_text())["token"] == "remote"
+    finally:
+        stop.set()
+        owner.join()
+    look = BaseCache(root, poll=0.05, stale_after=0.5).lookup("k", who="waiter")  # the owner died
     assert look.status == "miss"
     look.claim.release()
+
+
+def test_claim_heartbeat_counter_advances_and_stops_when_taken_over(tmp_path):
+    root = tmp_path / "cache"
+    owner = BaseCache(root, heartbeat=0.05).lookup("k", who="owner").claim
+    lock = root / "k" / "lock"
+    first = int(owner.beat_file.read_text())
+    time.sleep(0.4)
+    assert int(owner.beat_file.read_text()) > first  # rewritten whole (temp + rename), not touched
+    # a waiter takes the claim over (e.g. this process was stopped longer than stale_after)
+    os.rename(lock, root / "k" / "aside")
+    (root / "k" / "aside").unlink()
+    lock.write_text(json.dumps({"token": "newowner", "pid": 1, "host": "another-node"}))
+    owner._thread.join(5)
+    assert not owner._thread.is_alive() and not owner.beat_file.exists()  # it noticed and stopped
+    owner.release()
+    assert json.loads(lock.read_text())["token"] == "newowner"  # the new claimant's lock is left alone
 
 
 def test_live_claim_keeps_waiters_waiting(tmp_path):

@@ -93,6 +93,63 @@ def test_resolve_storage_path(tmp_path, monkeypatch):
         resolve_storage_path(" ")
 
 
+# ------------------------------------------------------------------------------ cluster-safe command lines
+def test_cluster_address_follows_init_ray(monkeypatch):
+    from tune.cluster import cluster_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cluster_address(None) is None and cluster_address("local") is None and cluster_address("") is None
+    assert cluster_address("auto") == "auto" and cluster_address("10.0.0.1:6379") == "10.0.0.1:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.2:6379")  # `ray job submit` sets it
+    assert cluster_address(None) == "10.0.0.2:6379" and cluster_address("local") is None
+
+
+def _lucir(capsys, *argv) -> tuple[int, str]:
+    from lucir.cli import main
+
+    rc = main(list(argv))
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cmd", ["ablate", "search"])
+def test_cluster_address_refuses_a_relative_or_default_out(cmd, tmp_path, monkeypatch, capsys):
+    """Refused before any Ray work (the address is a closed port: nothing may connect to it)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    closed = f"127.0.0.1:{_free_port()}"
+    for argv, env in (([], None), (["--out", "experiments/x"], None), ([], closed)):
+        if env:
+            monkeypatch.setenv("RAY_ADDRESS", env)
+        rc, err = _lucir(capsys, cmd, *(["--address", closed] if not env else []), *argv, "--no-mlflow")
+        assert rc == 2, err
+        assert "--out" in err and "absolute path on storage shared by every node" in err and closed in err
+    assert not (tmp_path / "experiments").exists()
+
+
+@pytest.mark.timeout(120)
+def test_gpus_per_trial_above_one_is_refused(tmp_path, capsys):
+    rc, err = _lucir(capsys, "ablate", "--gpus-per-trial", "2", "--out", str(tmp_path / "x"), "--no-mlflow")
+    assert rc == 2 and "--gpus-per-trial=2.0" in err and "allowed 0 (CPU), a fraction in (0, 1]" in err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.timeout(120)
+def test_cluster_address_never_downloads_on_the_driver(tmp_path, monkeypatch, capsys):
+    import torchvision
+
+    def no_download(*a, **k):
+        raise AssertionError("the driver tried to download CIFAR-100")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", no_download)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    missing = tmp_path / "cifar"
+    rc, err = _lucir(capsys, "ablate", "--address", f"127.0.0.1:{_free_port()}", "--out", str(tmp_path / "x"),
+                     "--dataset", "cifar100", "--data-root", str(missing), "--no-mlflow")
+    assert rc == 2 and str(missing) in err and "cifar-100-binary" in err and "nothing is downloaded" in err
+    assert not (tmp_path / "x").exists()
+
+
 # ------------------------------------------------------------------------------ two-node cluster
 def _free_port() -> int:
     with socket.socket() as s:
@@ -110,11 +167,28 @@ def _node_env() -> dict:
     return env
 
 
-def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
+def _ray_start(args: list[str], log: Path, prefix: list[str] = ()) -> subprocess.Popen:
     ray_bin = Path(sys.executable).with_name("ray")
     with open(log, "w") as out:
-        return subprocess.Popen([str(ray_bin), "start", *args, "--disable-usage-stats", "--block"],
+        return subprocess.Popen([*prefix, str(ray_bin), "start", *args, "--disable-usage-stats", "--block"],
                                 stdout=out, stderr=subprocess.STDOUT, env=_node_env(), start_new_session=True)
+
+
+def _node_local_prefix(folder: Path) -> list[str] | None:
+    """A command prefix that runs a node in its own mount namespace with an empty tmpfs over ``folder``:
+    that node sees a different folder at the same path (a node's local disk, not the shared mount), the
+    other processes see the real one.  ``unshare`` execs in place, so the pid stays the node's.  None when
+    this machine allows no mount namespace (the test then uses a folder that only the driver sees)."""
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    prefix = ["unshare", *user, "--mount", "--propagation", "private", "sh", "-c",
+              'mount -t tmpfs -o size=1m lucir-node-local "$0" && exec "$@"', str(folder)]
+    if shutil.which("unshare") is None:
+        return None
+    try:
+        ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return prefix if ok else None
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -137,7 +211,12 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture
 def two_node_cluster(tmp_path):
-    """Head (1 CPU, resource head_node) + a second node (1 CPU, resource worker_node); yields the address."""
+    """Head (1 CPU, resource head_node) + a second node (1 CPU, resource worker_node); yields
+    ``(address, node_local)``: ``node_local`` is a folder that the second node sees as an empty folder of
+    its own (see ``_node_local_prefix``), or None where this machine allows no mount namespace."""
+    node_local = tmp_path / "node_local"
+    node_local.mkdir()
+    prefix = _node_local_prefix(node_local)
     port = _free_port()
     # a short private temp dir (Unix socket paths are limited to 107 bytes): `ray_current_cluster`
     # is written there, so nobody else's ray.init() on this machine connects to these nodes
@@ -158,8 +237,8 @@ def two_node_cluster(tmp_path):
                 time.sleep(0.3)
         # the second node joins with its own resources; it shares the head's temp dir (ray's default)
         procs.append(_ray_start([f"--address=127.0.0.1:{port}", "--num-cpus=1", "--num-gpus=0",
-                                 "--resources", '{"worker_node": 1}'], tmp_path / "worker.log"))
-        yield f"127.0.0.1:{port}"
+                                 "--resources", '{"worker_node": 1}'], tmp_path / "worker.log", prefix or []))
+        yield f"127.0.0.1:{port}", (node_local if prefix else None)
     finally:
         for p in reversed(procs):
             _stop(p)
@@ -170,12 +249,12 @@ def two_node_cluster(tmp_path):
 # The driver runs in its own process (as `lucir ablate --address ...` would): Ray reads its
 # authentication mode once per process, and this pytest process may already hold a local Ray's.
 DRIVER = r"""
-import json, os, sys, time
+import contextlib, io, json, os, sys, time
 import ray
 from ray import tune
 from tune.cluster import verify_shared_storage
 
-address, storage = sys.argv[1], sys.argv[2]
+address, storage, local = sys.argv[1], sys.argv[2], sys.argv[3]
 ray.init(address=address, logging_level="WARNING", log_to_driver=False)
 deadline = time.monotonic() + 90
 while len([n for n in ray.nodes() if n["Alive"]]) < 2:
@@ -211,6 +290,39 @@ tuner = tune.Tuner(
 grid = tuner.fit()
 out = {"nodes": nodes, "checked": checked, "errors": [str(e) for e in grid.errors],
        "results": [{"node_id": r.metrics.get("node_id"), "path": r.path} for r in grid]}
+
+# A folder that is not shared: `local` (the second node sees its own empty folder there), else a path
+# that exists only in this process (/proc/self/fd/N of an open directory).
+if not local:
+    d = os.path.join(storage, "driver_only")
+    os.makedirs(d)
+    local = f"/proc/self/fd/{os.open(d, os.O_RDONLY)}"
+from lucir.cli import main as lucir_main
+
+
+def lucir(*argv):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = lucir_main(list(argv))
+    return {"rc": rc, "stderr": err.getvalue()}
+
+
+try:
+    verify_shared_storage(os.path.join(local, "exp"))
+    out["local_error"] = None
+except ValueError as exc:
+    out["local_error"] = str(exc)
+# lucir ablate/search with this cluster's address: refused after Ray is up, before Tuner.fit
+out["ablate"] = lucir("ablate", "--address", address, "--out", os.path.join(local, "ablate"), "--no-mlflow",
+                      "--epochs", "1")
+out["ablate_left"] = sorted(os.listdir(os.path.join(local, "ablate")))
+cifar = os.path.join(local, "data", "cifar-100-binary")
+os.makedirs(cifar)
+for n in ("train.bin", "test.bin", "fine_label_names.txt"):  # the driver's check looks for the files only
+    open(os.path.join(cifar, n), "w").close()
+out["search"] = lucir("search", "--address", address, "--out", os.path.join(storage, "search"), "--no-mlflow",
+                      "--dataset", "cifar100", "--data-root", os.path.join(local, "data"), "--trials", "1")
+out["data"] = os.path.join(local, "data")
 ray.shutdown()
 print("RESULT " + json.dumps(out))
 """
@@ -221,11 +333,12 @@ print("RESULT " + json.dumps(out))
 def test_two_node_cluster_places_trials_on_both_nodes_with_one_storage_path(two_node_cluster, tmp_path):
     import json
 
+    address, node_local = two_node_cluster
     storage = tmp_path / "shared"
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    proc = subprocess.run([sys.executable, str(script), two_node_cluster, str(storage)], capture_output=True,
-                          text=True, timeout=200, env=_node_env(), cwd=ROOT)
+    proc = subprocess.run([sys.executable, str(script), address, str(storage), str(node_local or "")],
+                          capture_output=True, text=True, timeout=200, env=_node_env(), cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT "):])
@@ -245,5 +358,24 @@ def test_two_node_cluster_places_trials_on_both_nodes_with_one_storage_path(two_
     for r in out["results"]:
         assert Path(r["path"]).resolve().parent == exp_dir.resolve()
         assert (Path(r["path"]) / "result.json").exists()
-    files = [json.loads(p.read_text()) for p in (exp_dir / "trials").glob("*.json")]
+    from lucir.record import read_trials
+
+    files = read_trials(exp_dir)
     assert {f["node_id"] for f in files} == set(nodes)
+
+    # a folder that is not shared (the second node has its own folder at that path) is refused, naming the
+    # node; `lucir ablate` and `lucir search` refuse it after Ray is up, before Tuner.fit
+    worker = next(n for n, res in nodes.items() if "worker_node" in res)
+    head = next(n for n in nodes if n != worker)
+    for text in (out["local_error"], out["ablate"]["stderr"], out["search"]["stderr"]):
+        assert text and worker in text, out
+        if node_local is not None:  # only the second node has a view of its own
+            assert head not in text, text
+    assert "not shared by every node" in out["local_error"]
+    ablate = out["ablate"]
+    assert ablate["rc"] == 2 and "--out" in ablate["stderr"] and "shared by every node" in ablate["stderr"]
+    assert "lucir_experiment.json" not in out["ablate_left"]  # the same --out works once the mount is fixed
+    search = out["search"]
+    assert search["rc"] == 2 and "--data-root" in search["stderr"] and "not visible on every node" in search["stderr"]
+    assert "train.bin" in search["stderr"] and "never download" in search["stderr"]
+    assert not list((storage / "search").glob("lucir_trainable*")), "no trial started"

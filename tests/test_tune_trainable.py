@@ -43,10 +43,15 @@ def test_trainable_reports_every_phase_with_checkpoint_and_trial_file(ray_local,
         st = lucir.load_state(Path(d) / STATE_FILE)
     assert st["phase"] == P
 
-    # trials/<id>.json: the layout contract
-    docs = list((exp / "trials").glob("*.json"))
-    assert len(docs) == 1
-    doc = json.loads(docs[0].read_text())
+    # trials/<id>.json (the worker's record) + trials/<id>.status.json (the driver's): the layout contract
+    from lucir.record import read_status, read_trials
+
+    assert sorted(p.name for p in (exp / "trials").glob("*.json")) == [f"{res.metrics['trial_id']}.json",
+                                                                       f"{res.metrics['trial_id']}.status.json"]
+    record = json.loads((exp / "trials" / f"{res.metrics['trial_id']}.json").read_text())
+    assert record["status"] == "RUNNING"  # the worker never writes a final status
+    assert read_status(exp, res.metrics["trial_id"])["status"] == "TERMINATED"  # the driver does, in its own file
+    (doc,) = read_trials(exp)
     assert doc["trial_id"] == res.metrics["trial_id"]
     assert doc["sweep"] == "exp" and doc["status"] == "TERMINATED" and doc["base_cache"] == "off"
     assert doc["config"] == lucir.Config.from_flat(runtime_overrides(flat, 1, 0)).to_flat()
@@ -62,13 +67,54 @@ def test_trainable_reports_every_phase_with_checkpoint_and_trial_file(ray_local,
 
 
 def test_runtime_overrides_follow_resources():
-    assert runtime_overrides({}, 2, 0) == {"threads": 2, "device": "cpu"}
+    assert runtime_overrides({}, 2, 0) == {"threads": 2, "device": "cpu", "download": False}
     assert runtime_overrides({"threads": 3}, 2, 0)["threads"] == 3
     o = runtime_overrides({}, 1, 0.25)
-    assert o["gpu_memory_fraction"] == 0.25 and "device" not in o
+    # 10% headroom: the CUDA context and the allocator's fragmentation are outside the cap
+    assert o["gpu_memory_fraction"] == pytest.approx(0.9 * 0.25) and "device" not in o
     assert "gpu_memory_fraction" not in runtime_overrides({}, 1, 1)
+    assert runtime_overrides({"gpu_memory_fraction": 0.3}, 1, 0.5)["gpu_memory_fraction"] == 0.3  # explicit wins
     cfg = lucir.Config.from_flat(runtime_overrides({}, 1, 0.5))
-    assert cfg.runtime.gpu_memory_fraction == 0.5
+    assert cfg.runtime.gpu_memory_fraction == pytest.approx(0.45)
+    assert runtime_overrides({"download": True}, 1, 0)["download"] is False  # a trial never downloads
+
+
+def test_trial_with_missing_cifar_fails_naming_the_path_without_downloading(tmp_path, monkeypatch):
+    """A trial's config (runtime_overrides) never downloads: the trainer fails at once with the loader's
+    error naming the missing path, and torchvision's downloader is never called."""
+    import torchvision
+
+    from lucir.data import DatasetMissingError
+
+    def no_download(*a, **k):
+        raise AssertionError("a trial tried to download CIFAR-100")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", no_download)
+    root = tmp_path / "no-cifar-here"
+    cfg = lucir.Config.from_flat(runtime_overrides({"dataset": "cifar100", "data_root": str(root), "epochs": 1}, 1, 0))
+    assert cfg.runtime.download is False
+    with pytest.raises(DatasetMissingError) as info:
+        next(iter(lucir.run(cfg)))
+    msg = str(info.value)
+    assert str(root) in msg and "download disabled" in msg and "cifar-100-python" in msg
+    with pytest.raises(ConfigError, match="download"):
+        lucir.Config.from_flat({"download": "maybe"})
+
+
+def test_live_table_shows_avg_inc_acc_cnn_first():
+    """Ray 2.60's live table (the default output engine; RunConfig(progress_reporter=...) is ignored by it)
+    shows the first 4 keys of a trial's last result: report_metrics puts avg_inc_acc_cnn first."""
+    from types import SimpleNamespace
+
+    from ray.tune.experimental.output import _infer_user_metrics
+
+    from tune.trainable import report_metrics
+
+    r = _direct({**TINY, "phases": 1, "val_fraction": 0.2})[-1]
+    m = report_metrics(r.metrics(), 1)
+    assert list(m)[:4] == ["avg_inc_acc_cnn", "val_avg_inc_acc_cnn", "phase", "avg_inc_acc_nme"]
+    assert m == {**r.metrics(), "num_phases": 1}  # the same metrics, only in another order
+    assert _infer_user_metrics([SimpleNamespace(last_result=m)])[0] == "avg_inc_acc_cnn"
 
 
 def test_ablation_space_and_validation():

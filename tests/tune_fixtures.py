@@ -40,7 +40,10 @@ def popen_lucir(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
 
 
 def trial_docs(exp: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((exp / "trials").glob("*.json"))]
+    """Every trial of the experiment: the worker's record with the driver's status (lucir.record)."""
+    from lucir.record import read_trials
+
+    return read_trials(exp)
 
 
 def result_rows(trial_dir: Path) -> list[dict]:

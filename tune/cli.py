@@ -83,20 +83,72 @@ def add_tune_commands(sub, add_config_args, config_overrides) -> None:
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _check_datasets(cfgs: list[Config]) -> None:
-    from lucir.data import check_dataset
+def _check_datasets(cfgs: list[Config], address: str | None = None) -> None:
+    """Every dataset of the sweep is readable on the driver.  A local run may download CIFAR-100 here,
+    once (unless ``download=false``); with a cluster address nothing is downloaded (the driver's disk is
+    not the nodes'), and trials never download (tune/trainable.py ``runtime_overrides``)."""
+    from lucir.data import DatasetMissingError, check_dataset
+    from tune.cluster import cluster_address
 
+    remote = cluster_address(address)
     seen = set()
     for c in cfgs:
         k = (c.protocol.dataset, c.protocol.data_root)
         if k not in seen:
             seen.add(k)
-            check_dataset(*k)
+            try:
+                check_dataset(*k, download=remote is None and c.runtime.download)
+            except DatasetMissingError as exc:
+                if remote is None:
+                    raise
+                raise DatasetMissingError(f"{exc} With a cluster address ({remote}) nothing is downloaded, "
+                                          "neither by the driver nor by the trials: put the dataset at "
+                                          f"{Path(k[1]).absolute()} on storage every node sees") from None
+
+
+def _sweep_data(space: dict) -> list[tuple[str, str]]:
+    """The distinct (dataset, absolute data_root) pairs of a param space that need files (not digits)."""
+    from tune.spaces import is_grid
+
+    def values(v, default):
+        return list(v["grid_search"]) if is_grid(v) else [default if v is None else v]
+
+    datasets = [d for d in dict.fromkeys(values(space.get("dataset"), "digits")) if d != "digits"]
+    roots = list(dict.fromkeys(str(Path(r).absolute()) for r in values(space.get("data_root"), "data")))
+    return [(d, r) for d in datasets for r in roots]
+
+
+def _verify_cluster_storage(exp: Path, space: dict, address: str | None) -> None:
+    """With a cluster address, after Ray is up: every node sees the experiment folder (the same folder,
+    not just the same path) and every data_root of the sweep; else refuse before ``Tuner.fit``."""
+    from tune.cluster import cluster_address, verify_dataset_on_nodes, verify_shared_storage
+    from tune.experiment import EXPERIMENT_FILE
+
+    if cluster_address(address) is None:
+        return
+    what = "--out"
+    try:
+        verify_shared_storage(str(exp))
+        for dataset, root in _sweep_data(space):
+            what = f"--data-root ({dataset})"
+            verify_dataset_on_nodes(dataset, root)
+    except ValueError as exc:
+        # nothing ran: free --out for the next try (else it "already holds an experiment")
+        (exp / EXPERIMENT_FILE).unlink(missing_ok=True)
+        raise ConfigError(f"{what} is refused: {exc}") from None
 
 
 def _prepare_folder(args, kind: str, dataset: str) -> Path:
+    from tune.cluster import cluster_address
     from tune.experiment import EXPERIMENT_FILE, default_name, experiment_dir
 
+    address = cluster_address(args.address)
+    if address is not None and not (args.out and Path(args.out).expanduser().is_absolute()):
+        raise ConfigError(
+            (f"--out {args.out!r} is a relative path" if args.out else
+             "--out is missing (the default experiments/<name> is relative to the driver's working directory)")
+            + f": with a cluster address ({address}) give --out an absolute path on storage shared by every "
+              "node, mounted at the same path everywhere (e.g. --out /mnt/lucir/experiments/<name>)")
     name = args.name or (Path(args.out).name if args.out else default_name(kind, dataset))
     exp = experiment_dir(args.out, name)
     if (exp / EXPERIMENT_FILE).exists():
@@ -106,9 +158,10 @@ def _prepare_folder(args, kind: str, dataset: str) -> Path:
         raise ConfigError(f"--max-failures={args.max_failures} is invalid: allowed an integer >= 0")
     if args.cpus_per_trial <= 0:
         raise ConfigError(f"--cpus-per-trial={args.cpus_per_trial} is invalid: allowed a number > 0")
-    if args.gpus_per_trial < 0 or (args.gpus_per_trial > 1 and not float(args.gpus_per_trial).is_integer()):
-        raise ConfigError(f"--gpus-per-trial={args.gpus_per_trial} is invalid: allowed 0, a fraction in (0, 1) "
-                          "or a whole number")
+    if not 0 <= args.gpus_per_trial <= 1:  # NaN too
+        raise ConfigError(f"--gpus-per-trial={args.gpus_per_trial} is invalid: allowed 0 (CPU), a fraction in "
+                          "(0, 1] (e.g. 0.25 packs 4 trials on a GPU); a trial trains on one device, so more "
+                          "than 1 GPU per trial would only leave GPUs idle")
     return exp
 
 
@@ -160,6 +213,7 @@ def _tuner_fit(exp: Path, runner: dict, space: dict, callbacks: list, tune_confi
 
     started = init_ray(runner["address"], runner["num_cpus"])
     try:
+        _verify_cluster_storage(exp, space, runner["address"])
         tuner = tune.Tuner(build_trainable(exp, runner), param_space=space, tune_config=tune_config,
                            run_config=run_config(exp, runner, callbacks))
         tuner.fit()
@@ -185,7 +239,7 @@ def cmd_ablate(args, config_overrides) -> int:
         space = absolute_data_root(space)
     points = grid_points(space)
     cfgs = validate_points(points, [k for k, v in space.items() if is_grid(v)])
-    _check_datasets(cfgs)
+    _check_datasets(cfgs, args.address)
     exp = _prepare_folder(args, "ablate", str(datasets[0]))
     runner = runner_options(args)
     print(f"lucir ablate: {len(points)} trials (grid {args.grid}: "
@@ -229,7 +283,7 @@ def cmd_search(args, config_overrides) -> int:
     fixed.setdefault("dataset", base.protocol.dataset)
     space, text, points = search_space(base, fixed)
     validate_points(search_corners(fixed, base))
-    _check_datasets([base])
+    _check_datasets([base], args.address)
     exp = _prepare_folder(args, "search", base.protocol.dataset)
     runner = runner_options(args)
     runner["max_concurrent"] = args.concurrency

@@ -10,7 +10,9 @@ a head type that exists, worker limits that fit ``max_workers``).  Command line:
     python -m tune.cluster ray_cluster.yaml
 
 ``resolve_storage_path`` and ``verify_shared_storage`` make sure a sweep's ``storage_path`` is one that
-every node sees: a URI (``s3://``, ``gs://``...) or an absolute path on a shared file system.
+every node sees: a URI (``s3://``, ``gs://``...) or an absolute path on a shared file system;
+``verify_dataset_on_nodes`` that every node sees a sweep's data; ``cluster_address`` tells a sweep that
+joins a cluster (then ``lucir ablate``/``search`` run both checks before ``Tuner.fit``) from a local one.
 """
 
 from __future__ import annotations
@@ -136,47 +138,111 @@ def resolve_storage_path(storage_path: str | os.PathLike) -> str:
     return str(Path(os.path.expanduser(s)).absolute())
 
 
-def verify_shared_storage(storage_path: str, timeout_s: float = 60.0) -> list[str]:
-    """Check that every alive Ray node sees ``storage_path`` (a local path; URIs are not checked).
+def cluster_address(address: str | None) -> str | None:
+    """The Ray address a sweep joins, as ``tune.experiment.init_ray`` resolves it (``--address``, else
+    ``$RAY_ADDRESS``), or None when the sweep starts its own local Ray (no address, or ``"local"``).
+    With an address the trials may run on other machines: paths must be absolute and shared."""
+    if address in (None, "") and os.environ.get("RAY_ADDRESS"):  # `ray submit` / Ray jobs set it
+        address = os.environ["RAY_ADDRESS"]
+    return None if address in (None, "", "local") else str(address)
 
-    The driver writes a marker file; a zero-CPU task pinned to each node (node affinity) reads it.
-    Returns the node ids checked; raises ``ValueError`` naming the nodes that do not see the marker.
-    Call after ``ray.init``; on a single node it is trivially true.
+
+def _nodes_see(paths: list[str], timeout_s: float, what: str) -> list[tuple[str, str, list[bool]]]:
+    """Ask every alive Ray node which of ``paths`` exist there: (node id, node IP, one bool per path).
+
+    A zero-CPU task pinned to each node (hard node affinity) runs ``os.path.exists`` there, so a node
+    whose CPUs are all taken still answers, and a head with ``CPU: 0`` too.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    @ray.remote(num_cpus=0, max_retries=0)
+    def _exist(ps: list[str]) -> list[bool]:
+        return [os.path.exists(p) for p in ps]
+
+    nodes = [(n["NodeID"], n.get("NodeManagerAddress", "?")) for n in ray.nodes() if n.get("Alive")]
+    refs = [_exist.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n, soft=False))
+            .remote(list(paths)) for n, _ in nodes]
+    t0 = time.monotonic()
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    if pending:
+        late = [f"{nodes[refs.index(r)][0][:12]} ({nodes[refs.index(r)][1]})" for r in pending]
+        raise ValueError(f"{what}: node(s) {late} did not answer the shared-storage check within "
+                         f"{timeout_s:.0f} s")
+    results = ray.get(refs, timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
+    return [(n, ip, r) for (n, ip), r in zip(nodes, results)]
+
+
+def _names(nodes: list[tuple[str, str, list[bool]]]) -> str:
+    return ", ".join(f"{n} ({ip})" for n, ip, _ in nodes)
+
+
+def verify_shared_storage(storage_path: str, timeout_s: float = 60.0) -> list[str]:
+    """Check that every alive Ray node sees the *same* folder at ``storage_path`` (URIs are not checked).
+
+    The driver writes a marker file with a fresh random name into the folder; a zero-CPU task pinned to
+    each node checks that it exists there.  A node with its own local folder at that path (not the
+    shared mount) does not see the marker.  Returns the node ids checked; raises ``ValueError`` naming
+    the nodes that do not see it.  Call after ``ray.init``.  Nodes that join later (autoscaling) are not
+    checked: they come from the same node config.
+    """
     s = resolve_storage_path(storage_path)
     if s.startswith(URI_SCHEMES):
         return []
     Path(s).mkdir(parents=True, exist_ok=True)
     marker = Path(s) / f".lucir-shared-{uuid.uuid4().hex}"
     marker.write_text("lucir")
-
-    @ray.remote(num_cpus=0)
-    def _sees(p: str) -> tuple[str, bool]:
-        return ray.get_runtime_context().get_node_id(), os.path.exists(p)
-
     try:
-        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
-        refs = [_sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n, soft=False))
-                .remote(str(marker)) for n in nodes]
-        t0 = time.monotonic()
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-        if pending:
-            raise ValueError(f"storage_path {s!r}: {len(pending)} node(s) did not answer the shared-storage "
-                             f"check within {timeout_s:.0f} s")
-        results = ray.get(ready, timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
+        results = _nodes_see([str(marker)], timeout_s, f"storage {s!r}")
     finally:
         try:
             marker.unlink()
         except OSError:
             pass
-    blind = [n for n, ok in results if not ok]
+    blind = [r for r in results if not r[2][0]]
     if blind:
-        raise ValueError(f"storage_path {s!r} is not shared: node(s) {blind} do not see it. Mount the same "
-                         "NFS/EFS folder at this path on every node, or use an s3:// storage path")
-    return [n for n, _ in results]
+        raise ValueError(f"{s} is not shared by every node: node(s) {_names(blind)} of {len(results)} do not "
+                         "see the folder the driver writes (a marker file written there is missing on them). Use "
+                         "an absolute path on storage shared by every node, mounted at the same path on each "
+                         "(NFS/EFS, e.g. /mnt/lucir/experiments/<name>)")
+    return [n for n, _, _ in results]
+
+
+def dataset_files(dataset: str, root: str | os.PathLike) -> list[str]:
+    """The files or folders of ``dataset`` under ``root`` as the driver sees them (what a node must see
+    too); ``[]`` for digits (built in).  Raises ``DatasetMissingError`` when the driver lacks them."""
+    from lucir.data import CIFAR_HELP, DatasetMissingError, cifar100_paths, count_imagefolder_classes
+
+    root = Path(root).absolute()
+    if dataset == "cifar100":
+        found = cifar100_paths(root)
+        if found is None:
+            raise DatasetMissingError(CIFAR_HELP.format(root=root, why="not on the driver either"))
+        d, kind = found
+        names = ("train", "test", "meta") if kind == "python" else ("train.bin", "test.bin", "fine_label_names.txt")
+        return [str(d / n) for n in names]
+    if dataset == "imagefolder":
+        count_imagefolder_classes(root)
+        return [str(root / "train"), str(root / "val")]
+    return []
+
+
+def verify_dataset_on_nodes(dataset: str, root: str | os.PathLike, timeout_s: float = 60.0) -> list[str]:
+    """Check that every alive Ray node sees the dataset's files under ``root`` (the paths the driver found:
+    trials read them, and never download).  Read-only: a dataset may sit on a read-only mount, and a node
+    may hold its own copy at the same path.  Returns the node ids checked; raises ``ValueError`` naming the
+    nodes and the missing path.  Call after ``ray.init``."""
+    files = dataset_files(dataset, root)
+    if not files:
+        return []
+    results = _nodes_see(files, timeout_s, f"data_root {root!r}")
+    blind = [r for r in results if not all(r[2])]
+    if blind:
+        missing = next(f for f, ok in zip(files, blind[0][2]) if not ok)
+        raise ValueError(f"{Path(root).absolute()} is not visible on every node: node(s) {_names(blind)} of "
+                         f"{len(results)} do not see {missing}. Trials never download: put the {dataset} data at "
+                         "this path on storage shared by every node (or a copy at the same path on each)")
+    return [n for n, _, _ in results]
 
 
 def main(argv: list[str] | None = None) -> int:

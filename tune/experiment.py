@@ -24,6 +24,7 @@ from lucir.commands import command_line as train_command
 from lucir.config import Config, ConfigError
 from lucir.record import CONFIRM_DIR, EXPERIMENT_FILE, JOURNAL_FILE, MODE, TRIALS_DIR, is_finished, objective  # noqa: F401
 from lucir.record import OBJECTIVE as METRIC
+from lucir import record
 from lucir.record import VAL_OBJECTIVE as VAL_METRIC  # noqa: F401
 
 log = logging.getLogger("lucir.tune")
@@ -55,48 +56,34 @@ def read_experiment(exp: str | os.PathLike) -> dict:
 
 
 def read_trials(exp: str | os.PathLike) -> list[dict]:
-    out = []
-    for p in sorted((Path(exp) / TRIALS_DIR).glob("*.json")):
-        try:
-            out.append(json.loads(p.read_text()))
-        except ValueError:  # cannot happen with atomic writes
-            log.warning("unreadable trial file %s", p)
-    return out
+    """Every trial: the worker's record with the driver's status on top (``lucir.record.read_trials``)."""
+    return record.read_trials(exp)
 
 
 # ---------------------------------------------------------------------------------------- callbacks
 class TrialStatusCallback(_Callback):
-    """Sets the final status in ``trials/<id>.json``: TERMINATED (every phase done), PRUNED (stopped
-    early by a scheduler), ERROR (failed for good, with the error text).  Runs before the MLflow
-    callback in the list, so that callback reads the final status."""
+    """Writes the driver's final word on a trial to ``trials/<id>.status.json`` (its only file there;
+    the record ``trials/<id>.json`` belongs to the worker): TERMINATED (every phase done), PRUNED
+    (stopped early by a scheduler), ERROR (failed for good, with the error text).  Runs before the
+    MLflow callback in the list, so that callback reads the final status."""
 
     def __init__(self, exp_dir: str):
         self.exp_dir = str(exp_dir)
 
     def _update(self, trial, status: str, error: str | None = None) -> None:
-        path = Path(self.exp_dir) / "trials" / f"{trial.trial_id}.json"
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            from tune.trainable import trial_doc
-
-            try:
-                cfg = Config.from_flat({k: v for k, v in trial.config.items()})
-            except Exception:  # an invalid config is itself the error; keep what we have
-                cfg = None
-            doc = (trial_doc(trial.trial_id, trial.trial_name if hasattr(trial, "trial_name") else str(trial),
-                             Path(self.exp_dir).name, cfg, None, status, "off") if cfg is not None else
-                   {"trial_id": trial.trial_id, "trial_name": str(trial), "sweep": Path(self.exp_dir).name,
-                    "config": dict(trial.config), "phases": [], "num_phases": trial.config.get("phases", 0),
-                    "acc_matrix_cnn": [], "acc_matrix_nme": [], "base_cache": "off"})
+        rec = record.read_trial(self.exp_dir, trial.trial_id) or {}
         if status in ("TERMINATED", "PRUNED"):
-            status = "TERMINATED" if is_finished(doc) else "PRUNED"
-        doc["status"] = status
+            status = "TERMINATED" if is_finished({**rec, "status": status}) else "PRUNED"
+        try:
+            num_phases = Config.from_flat(dict(trial.config)).protocol.phases
+        except Exception:  # noqa: BLE001 - an invalid config is itself the error
+            num_phases = trial.config.get("phases", 0)
+        doc = {"trial_id": trial.trial_id, "trial_name": str(trial), "sweep": Path(self.exp_dir).name,
+               "config": dict(trial.config), "num_phases": num_phases, "status": status,
+               "updated": _dt.datetime.now().isoformat(timespec="seconds")}
         if error is not None:
             doc["error"] = error
-        else:
-            doc.pop("error", None)
-        atomic_write_json(path, doc)
+        atomic_write_json(record.status_path(self.exp_dir, trial.trial_id), doc)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._update(trial, "TERMINATED")

@@ -22,8 +22,15 @@ Ray's iteration as the step, the latter leaves runs ``RUNNING``.  Here:
   logged a second time.  An interrupted driver leaves the parent and the unfinished trials' runs
   ``RUNNING``; the resumed sweep ends them.
 
-MLflow failures while logging (a tracking server restarting, say) are logged as warnings and do not
-kill the sweep; the trial-file back-fill at completion repairs missed phases.
+Nothing blocks Tune's event loop: every MLflow call after ``setup`` goes through one background writer
+thread with a bounded queue, in the order the hooks ran.  A call that fails (a tracking server
+restarting, say) is retried with back-off until it succeeds, so a sweep keeps going through an outage
+and loses no metric; MLflow's own HTTP retries are lowered (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` 1,
+timeout 10 s, unless set) so that each attempt fails in seconds, not minutes.  ``on_experiment_end``
+waits for the queue to drain (at most ``FLUSH_TIMEOUT_S``).  A pruned trial's run ends ``KILLED``
+(tag ``lucir.status=PRUNED``); ``trial.json`` is logged with ``log_dict`` and the per-phase table with
+``log_table`` beside the CSVs.  The trial-file back-fill at completion covers what only a resume
+needs: phases reported while no driver was running.
 """
 
 from __future__ import annotations
@@ -32,8 +39,10 @@ import csv
 import json
 import logging
 import os
+import queue
 import sqlite3
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -61,6 +70,9 @@ TRIAL_TAG_FIELDS = ("preset", "dataset", "base_classes", "phases", "seed")
 
 EXPERIMENT_FILE = record.EXPERIMENT_FILE
 HTTP_TIMEOUT_S = 5.0
+FLUSH_TIMEOUT_S = 120.0   # on_experiment_end waits this long at most for the writer to drain
+QUEUE_SIZE = 10_000       # pending MLflow calls; a full queue blocks the hook (back-pressure), never drops
+RETRY_MAX_S = 30.0        # longest pause between two attempts of a failing call
 
 
 # ----------------------------------------------------------------------------------------- URIs
@@ -251,6 +263,21 @@ def _quote(value: str) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _transient(exc: Exception) -> bool:
+    """Worth retrying: no answer, a server error, throttling, a locked database; not a refused request."""
+    try:
+        from mlflow.exceptions import MlflowException
+    except ImportError:  # pragma: no cover
+        return True
+    if isinstance(exc, MlflowException):
+        try:
+            code = int(exc.get_http_status_code())
+        except Exception:  # noqa: BLE001
+            return True
+        return code >= 500 or code == 429
+    return True
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -291,13 +318,64 @@ class MLflowCallback(Callback):
         self._ended: set[str] = set()                     # trial ids whose run this driver ended
         self._started: set[str] = set()                   # trial ids this driver started (or resumed)
         self._done: set[str] = set()                      # trial ids Ray completed or failed in this driver
+        self._queue: queue.Queue | None = None            # the background writer's calls, in hook order
+        self._writer: threading.Thread | None = None
 
     # pickling: Tuner pickles the RunConfig (callbacks included) into tuner.pkl and restores it from there
     def __getstate__(self):
         state = self.__dict__.copy()
-        for k in ("_client_obj", "_runs", "_steps", "_ended", "_started", "_done"):
+        for k in ("_client_obj", "_runs", "_steps", "_ended", "_started", "_done", "_queue", "_writer"):
             state.pop(k, None)
         return state
+
+    # ------------------------------------------------------------------ background writer
+    def _submit(self, what: str, fn, *args) -> None:
+        """Run ``fn(*args)`` on the writer thread (in submission order), retried until it succeeds."""
+        if self._writer is None or not self._writer.is_alive():
+            self._queue = queue.Queue(maxsize=QUEUE_SIZE)
+            self._writer = threading.Thread(target=self._write_loop, name="lucir-mlflow-writer", daemon=True)
+            self._writer.start()
+        self._queue.put((what, fn, args))
+
+    def _write_loop(self) -> None:
+        q = self._queue
+        while True:
+            what, fn, args = q.get()
+            pause, failing_since = 1.0, None
+            while True:
+                try:
+                    fn(*args)
+                    break
+                except Exception as exc:  # noqa: BLE001 - retried: a logging failure must not lose a metric
+                    if not _transient(exc):
+                        logger.warning("MLflow refused a call (%s) at %s: %s: %s; not retried", what,
+                                       self.tracking_uri, type(exc).__name__, exc)
+                        break
+                    if failing_since is None:
+                        failing_since = time.monotonic()
+                        logger.warning("MLflow logging failed (%s) at %s: %s: %s; retrying until it succeeds",
+                                       what, self.tracking_uri, type(exc).__name__, exc)
+                    time.sleep(pause)
+                    pause = min(RETRY_MAX_S, pause * 2)
+            if failing_since is not None:
+                logger.warning("MLflow logging (%s) succeeded after %.0f s of retries", what,
+                               time.monotonic() - failing_since)
+            q.task_done()
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> bool:
+        """Wait until every submitted call is done (True) or ``timeout`` seconds passed (False)."""
+        q = self._queue
+        if q is None:
+            return True
+        deadline = time.monotonic() + timeout
+        while q.unfinished_tasks:
+            if time.monotonic() > deadline:
+                logger.warning("MLflow: %d call(s) still pending after %.0f s; the trial records keep every "
+                               "phase (a later `lucir resume` or `lucir report` has them)", q.unfinished_tasks,
+                               timeout)
+                return False
+            time.sleep(0.05)
+        return True
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -313,6 +391,9 @@ class MLflowCallback(Callback):
 
     # ------------------------------------------------------------------ parent run
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        # each attempt fails in seconds; the writer thread retries (MLflow's default: 7 retries, minutes)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.experiment_id = self._get_or_create_experiment()
         run = self._find_parent()
         if run is None:
@@ -465,7 +546,13 @@ class MLflowCallback(Callback):
                     self._log_phase(rid, p, int(p["phase"]), none_is_nan=True)
             with tempfile.TemporaryDirectory(prefix="lucir-mlflow-") as tmp:
                 write_trial_artifacts(tf, Path(tmp))
+                (Path(tmp) / "trial.json").unlink()  # logged as a dict below
                 c.log_artifacts(rid, tmp)
+            c.log_dict(rid, tf, "trial.json")
+            phases = [p for p in tf.get("phases") or [] if isinstance(p, dict)]
+            if phases:
+                c.log_table(rid, data={k: [p.get(k) for p in phases] for k in dict.fromkeys(
+                    k for p in phases for k in p)}, artifact_file="phases_table.json")
         else:
             logger.warning("MLflow: %s has no trial file under %s/trials; no artifacts logged", trial,
                            self.experiment_dir)
@@ -481,15 +568,14 @@ class MLflowCallback(Callback):
                 phases = tf.get("num_phases", phases)
             complete = _is_number(phases) and done >= int(phases) + 1
             c.set_tag(rid, TAG_STATUS, "TERMINATED" if complete else "PRUNED")
+            if not complete:
+                status = "KILLED"  # stopped early by a scheduler: not a finished run
         c.set_terminated(rid, status=status)
         self._ended.add(trial.trial_id)
 
     def _safely(self, what: str, fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception as exc:  # noqa: BLE001 - a logging failure must not kill the sweep
-            logger.warning("MLflow logging failed (%s) at %s: %s: %s", what, self.tracking_uri,
-                           type(exc).__name__, exc)
+        """Hand a call to the writer thread: Tune's event loop never waits for MLflow."""
+        self._submit(what, fn, *args)
 
     # ------------------------------------------------------------------ Tune hooks
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -538,6 +624,7 @@ class MLflowCallback(Callback):
         unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")
                       or (t.trial_id in self._started and t.trial_id not in self._done)]
         if unfinished:
+            self.flush()
             logger.info("MLflow: sweep %s interrupted with %d unfinished trial(s); parent run %s stays "
                         "RUNNING until `lucir resume`", self.sweep_name, len(unfinished), self.parent_run_id)
             return
@@ -556,6 +643,7 @@ class MLflowCallback(Callback):
                 c.set_terminated(self.parent_run_id, status="FINISHED")
 
         self._safely(f"end of sweep {self.sweep_name}", end)
+        self.flush()
 
     def _existing_run(self, trial):
         rid = self._runs.get(trial.trial_id)

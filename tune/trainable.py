@@ -28,11 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from lucir.checkpoint import atomic_write_json, atomic_write_text
+from lucir import record
 from lucir.run import progress_of
 
 log = logging.getLogger("lucir.tune")
 
 STATE_FILE = "state.pt"
+#: share of its GPU fraction a trial caps its allocator to (see runtime_overrides)
+GPU_MEMORY_HEADROOM = 0.9
+#: the metrics Tune's live table shows first (Ray 2.60's table takes the first 4 keys of a trial's last
+#: result, in the order reported; RunConfig(progress_reporter=...) is ignored by its default output engine)
+LEADING_METRICS = ("avg_inc_acc_cnn", "val_avg_inc_acc_cnn", "phase", "avg_inc_acc_nme")
 
 
 class _Stopped(Exception):
@@ -42,14 +48,20 @@ class _Stopped(Exception):
 def runtime_overrides(config: dict, cpus: float, gpus: float) -> dict:
     """Fill the runtime fields from the trial's resources unless the user set them explicitly.
 
-    threads = CPUs per trial (at least 1); with a fractional GPU the trial caps its GPU memory to its
-    share (Ray does not, DESIGN §6); with no GPU the trial runs on the CPU.
+    threads = CPUs per trial (at least 1); with a fractional GPU share ``g`` the trial caps its GPU memory
+    (Ray does not, DESIGN §6) to ``0.9 * g``: the cap covers only the caching allocator's blocks, while each
+    process's CUDA context (some hundreds of MiB) and the allocator's fragmentation come on top of it, so
+    four trials capped at exactly 0.25 would together ask for more than the whole GPU; with no GPU the
+    trial runs on the CPU.  ``download`` is always off: a trial never downloads a dataset (concurrent
+    trials would race to write the same folder, and a node without internet would hang); the driver
+    checked the data before the sweep started, and a trial that cannot see it fails naming the path.
     """
     flat = dict(config)
     if not flat.get("threads"):
         flat["threads"] = max(1, int(cpus))
     if gpus and 0 < gpus < 1 and not flat.get("gpu_memory_fraction"):
-        flat["gpu_memory_fraction"] = float(gpus)
+        flat["gpu_memory_fraction"] = GPU_MEMORY_HEADROOM * float(gpus)
+    flat["download"] = False
     if not gpus and flat.get("device", "auto") == "auto":
         flat["device"] = "cpu"
     return flat
@@ -69,7 +81,9 @@ def trial_doc(trial_id: str, trial_name: str, sweep: str, cfg, state: dict, stat
 
 
 def report_metrics(result_metrics: dict, num_phases: int) -> dict:
-    m = dict(result_metrics)
+    """The metrics of one report, ``LEADING_METRICS`` first (the columns of Tune's live table)."""
+    m = {k: result_metrics[k] for k in LEADING_METRICS if k in result_metrics}
+    m.update(result_metrics)
     m["num_phases"] = num_phases
     return m
 
@@ -114,12 +128,8 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
 
     def check_not_stopped() -> None:
         # A trial stopped by the scheduler (PRUNED) or finished (TERMINATED) has a final status set by the
-        # driver; a training thread that outlived its stop (a reused actor) must not overwrite it.
-        try:
-            final = json.loads(doc_path.read_text()).get("status") in ("PRUNED", "TERMINATED")
-        except (OSError, ValueError):
-            final = False
-        if final:
+        # driver; a training thread that outlived its stop (a reused actor) must not write on.
+        if (record.read_status(exp, trial_id) or {}).get("status") in ("PRUNED", "TERMINATED"):
             raise _Stopped
 
     def save_epoch_checkpoint(st: dict) -> None:
