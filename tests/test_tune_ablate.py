@@ -12,7 +12,7 @@ from tune_fixtures import mlflow_child_runs, run_lucir, trial_docs
 @pytest.mark.slow
 def test_ablate_digits_end_to_end(tmp_path):
     exp = tmp_path / "exp"
-    r = run_lucir(["ablate", "--presets", "finetune,lucir", "--seeds", "1", "--epochs", "2", "--out", "exp",
+    r = run_lucir(["ablate", "--presets", "finetune,cn_lf,lucir", "--seeds", "1", "--epochs", "2", "--out", "exp",
                    "--num-cpus", "2"], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     # summary table: one row per preset x protocol
@@ -20,16 +20,29 @@ def test_ablate_digits_end_to_end(tmp_path):
     assert "| finetune" in out and "| lucir" in out and "avg_inc_acc_cnn" in out
     doc = json.loads((exp / "lucir_experiment.json").read_text())
     assert doc["kind"] == "ablate" and doc["name"] == "exp" and doc["metric"] == "avg_inc_acc_cnn"
-    assert doc["param_space"]["preset"] == {"grid_search": ["finetune", "lucir"]}
+    assert doc["param_space"]["preset"] == {"grid_search": ["finetune", "cn_lf", "lucir"]}
     assert doc["argv"][:2] == ["lucir", "ablate"]
     docs = trial_docs(exp)
-    assert len(docs) == 2 and all(d["status"] == "TERMINATED" for d in docs)
-    assert sorted(d["config"]["preset"] for d in docs) == ["finetune", "lucir"]
+    assert len(docs) == 3 and all(d["status"] == "TERMINATED" for d in docs)
+    assert sorted(d["config"]["preset"] for d in docs) == ["cn_lf", "finetune", "lucir"]
     assert all(len(d["phases"]) == d["num_phases"] + 1 for d in docs)
+    # cn_lf and lucir share their base phase: it was trained once, before the trials, and both found it;
+    # finetune's (a linear head: another base key) was trained by its own trial
+    import lucir
+    from tune.base_cache import BaseCache
+
+    events = BaseCache(exp / "base_cache").events()
+    shared = lucir.Config.from_flat(next(d for d in docs if d["config"]["preset"] == "lucir")["config"]).base_key()
+    who = [(e["event"], e.get("who") or e.get("trial_id")) for e in events if e["key"] == shared]
+    assert who[:2] == [("miss", "pretrain"), ("publish", "pretrain")]
+    assert sorted(ev for ev, w in who[2:]) == ["hit", "hit"]
+    assert {d["config"]["preset"]: d["base_cache"] for d in docs} == {"cn_lf": "hit", "lucir": "hit",
+                                                                      "finetune": "miss"}
+    assert "pre-training 1 shared base phase" in r.stdout
     runs = mlflow_child_runs(exp)
     if runs is not None:  # the MLflow callback (tune/mlflow_logger.py) is there: one run per trial
         assert doc["mlflow_uri"] == f"sqlite:///{exp / 'mlflow.db'}"
-        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+        assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
 
 
 @pytest.mark.parametrize("args, message", [

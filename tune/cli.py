@@ -205,15 +205,21 @@ def _finish(kind: str, exp: Path) -> int:
     return 1 if errors or running else 0
 
 
-def _tuner_fit(exp: Path, runner: dict, space: dict, callbacks: list, tune_config) -> None:
+def _tuner_fit(exp: Path, runner: dict, space: dict, callbacks: list, tune_config,
+               pretrain: list[Config] | None = None, min_share: int = 2) -> None:
+    """Start Ray, check the storage, pre-train the shared base phases of ``pretrain`` (tune/pretrain.py),
+    then run the sweep."""
     import ray
     from ray import tune
 
     from tune.experiment import build_trainable, init_ray, run_config
+    from tune.pretrain import pretrain_base_phases
 
     started = init_ray(runner["address"], runner["num_cpus"])
     try:
         _verify_cluster_storage(exp, space, runner["address"])
+        if pretrain:
+            pretrain_base_phases(exp, pretrain, runner, min_share=min_share)
         tuner = tune.Tuner(build_trainable(exp, runner), param_space=space, tune_config=tune_config,
                            run_config=run_config(exp, runner, callbacks))
         tuner.fit()
@@ -250,7 +256,8 @@ def cmd_ablate(args, config_overrides) -> int:
                           runner=runner, mlflow_uri=uri, mlflow_experiment=mlexp,
                           extra={"grid": args.grid, "num_trials": len(points)})
     _tuner_fit(exp, runner, space, callbacks,
-               tune.TuneConfig(num_samples=1, max_concurrent_trials=args.max_concurrent, reuse_actors=True))
+               tune.TuneConfig(num_samples=1, max_concurrent_trials=args.max_concurrent, reuse_actors=True),
+               pretrain=cfgs)
     return _finish("ablate", exp)
 
 
@@ -306,7 +313,14 @@ def cmd_search(args, config_overrides) -> int:
                                   grace_period=1, reduction_factor=2)
     tc = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.trials,
                          max_concurrent_trials=args.concurrency, reuse_actors=True)
-    _tuner_fit(exp, runner, space, callbacks, tc)
+    # the base phases the search can use: one per eta_init choice (the paper defaults' one when eta_init is
+    # fixed or the budget is too small to reach most choices)
+    from tune.spaces import ETA_CHOICES
+
+    etas = ETA_CHOICES if "eta_init" not in fixed and args.trials >= 2 * len(ETA_CHOICES) else \
+        [fixed.get("eta_init", points[0].get("eta_init", base.method.eta_init))]
+    pre = [Config.from_flat({**fixed, **points[0], "eta_init": e}) for e in etas]
+    _tuner_fit(exp, runner, space, callbacks, tc, pretrain=pre, min_share=1)
     _confirm(exp)
     return _finish("search", exp)
 
@@ -344,8 +358,11 @@ def _confirm(exp: Path) -> None:
                                {"kind": "confirm", "search": exp.name}, sweep=f"{exp.name}-confirm")
     import ray
 
+    from tune.pretrain import pretrain_base_phases
+
     started = init_ray(runner["address"], runner["num_cpus"])
     try:
+        pretrain_base_phases(folder, [Config.from_flat(pt) for pt in cdoc["points"]], runner)
         if tune.Tuner.can_restore(str(folder)):
             tuner = tune.Tuner.restore(str(folder), build_trainable(folder, runner), resume_unfinished=True,
                                        resume_errored=True)
