@@ -9,20 +9,14 @@ candidates, ``trials/*.json``); used by the reports and by the runner's end-of-s
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 from pathlib import Path
 
-from lucir.record import CONFIRM_DIR, EXPERIMENT_FILE, OBJECTIVE, TRIALS_DIR, is_finished
+from lucir.record import CONFIRM_DIR, EXPERIMENT_FILE, OBJECTIVE, TRIALS_DIR, is_finished, number
 
 METRIC = OBJECTIVE
-
-
-def _num(v) -> float | None:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return float(v)
+_num = number
 
 
 def confirm_summary(exp: str | os.PathLike) -> dict | None:

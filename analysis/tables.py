@@ -241,9 +241,14 @@ _NOT_SEARCHED = set(PROTOCOL) | set(RUNTIME_FIELDS) | {"seed", "preset", "num_cl
 def searched_params(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> list[str]:
     """Hyperparameters a search (or a grid) varied, protocol, preset and seed aside.
 
-    From ``param_space`` of ``lucir_experiment.json``: search domains written as text ("uniform(0.0, 1.0)",
+    From ``searched`` of ``lucir_experiment.json`` (the domains as data, written by ``lucir search``); for
+    older experiments, from ``param_space``: search domains written as text ("uniform(0.0, 1.0)",
     "choice[0.5, 1.0]") and grids of more than one value; else the config fields that vary across trials.
     """
+    searched = (meta or {}).get("searched")
+    if isinstance(searched, dict) and searched:
+        out = [k for k in searched if k in df.columns]
+        return [c for c in HYPERPARAMS if c in out] + [c for c in out if c not in HYPERPARAMS]
     space = (meta or {}).get("param_space") or {}
     out = [k for k, v in space.items() if k in df.columns and k not in _NOT_SEARCHED and not _is_constant_space(v)]
     if not out:

@@ -38,6 +38,13 @@ def objective(val_fraction: float | None) -> str:
     return VAL_OBJECTIVE if val_fraction and float(val_fraction) > 0 else OBJECTIVE
 
 
+def number(v: Any) -> float | None:
+    """A metric read back from strict JSON: null (undefined) and NaN are None."""
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    return float(v)
+
+
 def phases_done(record: dict[str, Any]) -> int:
     return len(record.get("phases") or [])
 

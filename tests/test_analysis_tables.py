@@ -198,3 +198,15 @@ def test_param_importances_from_an_optuna_journal(tmp_path):
     assert list(imp["parameter"]) == ["margin", "K"]
     assert imp["importance"].iloc[0] > 0.9 and imp["importance"].sum() == pytest.approx(1.0)
     assert "12 complete trials" in note
+
+
+def test_searched_params_come_from_the_domains_the_runner_wrote_as_data():
+    import pandas as pd
+
+    from analysis import tables
+
+    df = pd.DataFrame({"margin": [0.1, 0.2], "K": [1, 2], "lambda_base": [1.0, 2.0], "eta_init": [1.0, 1.0]})
+    meta = {"searched": {"margin": {"kind": "uniform", "low": 0.0, "high": 1.0, "log": False},
+                         "lambda_base": {"kind": "loguniform", "low": 0.5, "high": 50.0, "log": True}},
+            "param_space": {"K": "randint(1, 2) inclusive"}}  # the text form is not parsed when data exist
+    assert tables.searched_params(df, meta) == ["lambda_base", "margin"]

@@ -216,3 +216,12 @@ def test_missing_cifar100_exits_2_saying_where_to_put_it(tmp_path, capsys, no_tr
     assert rc == 2
     err = capsys.readouterr().err
     assert "cifar-100-binary" in err and "train.bin" in err and str(tmp_path / "nothing") in err
+
+
+def test_channels_last_is_on_by_default_and_can_be_turned_off():
+    from lucir.cli import build_parser, config_overrides
+    from lucir.config import Config
+
+    parse = build_parser().parse_args
+    assert Config.from_flat(config_overrides(parse(["train"]))).runtime.channels_last is True
+    assert Config.from_flat(config_overrides(parse(["train", "--no-channels-last"]))).runtime.channels_last is False

@@ -162,6 +162,7 @@ def test_search_digits_end_to_end_with_asha(tmp_path):
     doc = json.loads((exp / "lucir_experiment.json").read_text())
     assert doc["kind"] == "search" and doc["asha"] and doc["points_to_evaluate"][0]["margin"] == 0.5
     assert doc["metric"] == "val_avg_inc_acc_cnn"
+    assert set(doc["searched"]) == set(DEFAULTS) and doc["searched"]["lambda_base"]["kind"] == "loguniform"
     # confirm stage: the defaults and the best distinct config on validation, 2 seeds each, no split
     conf = json.loads((exp / "confirm" / "lucir_experiment.json").read_text())
     assert conf["candidates"][0]["params"] == DEFAULTS

@@ -265,7 +265,7 @@ def cmd_search(args, config_overrides) -> int:
     from ray import tune
 
     from tune.experiment import MODE, SAMPLERS, make_searcher, objective, runner_options, write_experiment_json
-    from tune.spaces import absolute_data_root, search_corners, search_space, validate_points
+    from tune.spaces import absolute_data_root, search_corners, search_domains, search_space, validate_points
 
     fixed = config_overrides(args)
     if args.trials < 1:
@@ -289,6 +289,7 @@ def cmd_search(args, config_overrides) -> int:
         fixed["preset"] = base.method.preset
     fixed.setdefault("dataset", base.protocol.dataset)
     space, text, points = search_space(base, fixed)
+    searched = search_domains(base, fixed)
     validate_points(search_corners(fixed, base))
     _check_datasets([base], args.address)
     exp = _prepare_folder(args, "search", base.protocol.dataset)
@@ -301,7 +302,7 @@ def cmd_search(args, config_overrides) -> int:
                           runner=runner, mlflow_uri=uri, mlflow_experiment=mlexp,
                           extra={"num_trials": args.trials, "points_to_evaluate": points, "asha": args.asha,
                                  "search_seed": args.search_seed, "optuna_study": exp.name, "metric": metric,
-                                 "sampler": args.sampler, "fixed": fixed,
+                                 "sampler": args.sampler, "fixed": fixed, "searched": searched,
                                  "confirm": {"top": args.confirm_top, "seeds": args.confirm_seeds}})
     searcher = make_searcher(exp, exp.name, args.search_seed, points, metric=metric, sampler=args.sampler,
                              trials=args.trials)

@@ -22,10 +22,9 @@ from typing import Any
 from lucir.checkpoint import atomic_write_json
 from lucir.commands import command_line as train_command
 from lucir.config import Config, ConfigError
-from lucir.record import CONFIRM_DIR, EXPERIMENT_FILE, JOURNAL_FILE, MODE, TRIALS_DIR, is_finished, objective  # noqa: F401
+from lucir.record import CONFIRM_DIR, EXPERIMENT_FILE, JOURNAL_FILE, MODE, is_finished, objective  # noqa: F401 (re-exported)
 from lucir.record import OBJECTIVE as METRIC
 from lucir import record
-from lucir.record import VAL_OBJECTIVE as VAL_METRIC  # noqa: F401
 
 log = logging.getLogger("lucir.tune")
 
@@ -345,11 +344,7 @@ def best_trial(exp: str | os.PathLike, metric: str = METRIC) -> dict | None:
     return docs[0] if docs else None
 
 
-def _number(v) -> float | None:
-    """A metric read back from strict JSON: null (undefined) and NaN are None."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return float(v)
+_number = record.number
 
 
 def print_search_summary(exp: str | os.PathLike, file=None) -> dict | None:

@@ -185,6 +185,18 @@ def search_space(base: Config, fixed: dict) -> tuple[dict, dict, list[dict]]:
     return space, text, [first]
 
 
+def search_domains(base: Config, fixed: dict) -> dict[str, dict]:
+    """What ``search_space`` searches, as data for ``lucir_experiment.json`` (the reports read it; no
+    parsing of text): {name: {"kind": "choice", "values": [...]} | {"kind": "uniform" | "loguniform" |
+    "randint", "low": ..., "high": ... (inclusive), "log": bool}}."""
+    cpp = base.protocol.classes_per_phase
+    doms = {"eta_init": {"kind": "choice", "values": list(ETA_CHOICES), "log": True},
+            "margin": {"kind": "uniform", "low": 0.0, "high": 1.0, "log": False},
+            "K": {"kind": "randint", "low": 1, "high": cpp, "log": False},
+            "lambda_base": {"kind": "loguniform", "low": 0.5, "high": 50.0, "log": True}}
+    return {k: v for k, v in doms.items() if k not in fixed}
+
+
 def search_corners(base_flat: dict, base: Config) -> list[dict]:
     """Configs at the corners of the search ranges, for validating before any trial starts."""
     cpp = base.protocol.classes_per_phase
