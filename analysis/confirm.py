@@ -13,7 +13,7 @@ import os
 import statistics
 from pathlib import Path
 
-from lucir.record import CONFIRM_DIR, EXPERIMENT_FILE, OBJECTIVE, TRIALS_DIR, is_finished, number
+from lucir.record import CONFIRM_DIR, EXPERIMENT_FILE, OBJECTIVE, is_finished, number, read_trials
 
 METRIC = OBJECTIVE
 _num = number
@@ -27,12 +27,7 @@ def confirm_summary(exp: str | os.PathLike) -> dict | None:
     if not (folder / EXPERIMENT_FILE).is_file():
         return None
     meta = json.loads((folder / EXPERIMENT_FILE).read_text())
-    docs = []
-    for p in sorted((folder / TRIALS_DIR).glob("*.json")):
-        try:
-            docs.append(json.loads(p.read_text()))
-        except (OSError, ValueError):  # cannot happen with atomic writes
-            continue
+    docs = read_trials(folder)  # the worker's records with the driver's status on top
     rows = []
     for c in meta.get("candidates", []):
         mine = [d for d in docs if all(d["config"].get(k) == v for k, v in c["params"].items())]

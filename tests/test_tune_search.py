@@ -116,9 +116,12 @@ def test_confirm_summary_picks_the_best_confirmed_mean_and_compares_with_the_def
     docs += [_doc(f"a{s}", {**DEFAULTS, "margin": 0.1}, {"avg_inc_acc_cnn": v, "avg_inc_acc_nme": v}, seed=s)
              for s, v in enumerate([63.0, 63.5, 64.5])]
     _write(tmp_path / "confirm", docs, {"candidates": cands, "seeds": 3, "search_metric": "val_avg_inc_acc_cnn"})
+    for doc in docs:  # the driver's status files beside the records are not trials of their own
+        (tmp_path / "confirm" / "trials" / f"{doc['trial_id']}.status.json").write_text(json.dumps(
+            {"trial_id": doc["trial_id"], "status": "TERMINATED", "config": doc["config"]}))
     out = confirm_summary(tmp_path)
     d, a = out["rows"]
-    assert (d["n"], d["cnn_mean"], d["cnn_std"]) == (3, 62.0, 2.0)
+    assert (d["n"], d["runs"], d["cnn_mean"], d["cnn_std"]) == (3, 3, 62.0, 2.0)
     assert a["cnn_mean"] == pytest.approx(63.6666667)
     assert out["winner"]["label"] == "top-1"
     assert out["verdict"]["gap"] == pytest.approx(1.6666667)
