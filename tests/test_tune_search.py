@@ -184,3 +184,81 @@ def test_search_digits_end_to_end_with_asha(tmp_path):
     winner = max(means, key=means.get)
     assert f"winner (best confirmed mean): {winner}" in r.stdout
     assert "lucir train --dataset digits --preset lucir" in r.stdout
+
+
+def test_asha_rungs_rebuilt_from_trial_records_equal_the_live_rungs(tmp_path):
+    """A resumed search's ASHA starts with the rungs an uninterrupted one would hold: feeding trials' phase
+    results live and rebuilding from their records (trials/<id>.json) give the same rungs, hence the same
+    cutoffs and the same pruning decisions for the trials after the interruption."""
+    import pickle
+
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tune.asha import RecordedASHA
+
+    class T:
+        def __init__(self, tid):
+            self.trial_id = tid
+
+    # 6 trials of max_t = 4 phases, some stopped early (their records end at the phase they were stopped)
+    curves = {"a": [90, 80, 75, 70, 60], "b": [91, 70, 60], "c": [92, 85, 80, 78, 77], "d": [89, 60],
+              "e": [93, 88, 84, 80, 79], "f": [95, 65]}
+    kw = dict(time_attr="phase", metric="val_avg_inc_acc_cnn", mode="max", max_t=4, grace_period=1,
+              reduction_factor=2)
+    live = ASHAScheduler(**kw)
+    for tid, curve in curves.items():
+        live.on_trial_add(None, T(tid))
+        for phase, v in enumerate(curve):
+            live.on_trial_result(None, T(tid), {"phase": phase, "val_avg_inc_acc_cnn": v})
+    _write(tmp_path, [{"trial_id": tid, "num_phases": 4, "status": "TERMINATED", "config": {},
+                       "phases": [{"phase": i, "val_avg_inc_acc_cnn": v} for i, v in enumerate(curve)]}
+                      for tid, curve in curves.items()])
+    resumed = pickle.loads(pickle.dumps(RecordedASHA(str(tmp_path), **kw)))  # as Tuner.restore unpickles it
+    resumed.on_trial_add(None, T("g"))  # the first trial after the resume triggers the rebuild
+    assert [(m, dict(r)) for m, r in resumed._brackets[0]._rungs] == \
+        [(m, dict(r)) for m, r in live._brackets[0]._rungs]
+    assert any(r for _, r in resumed._brackets[0]._rungs)
+    fresh = RecordedASHA(str(tmp_path / "empty"), **kw)  # an uninterrupted search has no records yet
+    fresh.on_trial_add(None, T("a"))
+    assert not any(r for _, r in fresh._brackets[0]._rungs)
+
+
+def _outcomes(exp) -> dict[tuple, str]:
+    """A trial's searched parameters (the same sequence in both runs: seeded TPE) -> its final status."""
+    return {tuple(round(float(d["config"][k]), 9) for k in sorted(DEFAULTS)): d["status"] for d in trial_docs(exp)}
+
+
+@pytest.mark.slow
+def test_a_resumed_asha_search_prunes_exactly_the_trials_an_uninterrupted_one_prunes(tmp_path):
+    """Seeded TPE, one trial at a time, ASHA on phase: the driver is SIGKILLed once 3 trials have ended,
+    then `lucir resume` finishes the search. Its pruned trials are those of the same search run without
+    interruption (before RecordedASHA, the resumed ASHA started with empty rungs and pruned fewer)."""
+    import time
+
+    from test_tune_faults import _kill_session
+    from tune_fixtures import popen_lucir
+
+    args = ["search", "--trials", "8", "--epochs", "1", "--asha", "--concurrency", "1", "--confirm-top", "0",
+            "--no-mlflow", "--num-cpus", "2", "--no-base-cache"]
+    r = run_lucir(args + ["--out", "full"], tmp_path, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    full = _outcomes(tmp_path / "full")
+    assert len(full) == 8 and "PRUNED" in full.values() and "TERMINATED" in full.values(), full
+
+    cut = tmp_path / "cut"
+    proc = popen_lucir(args + ["--out", "cut"], tmp_path, tmp_path / "cut.log")
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if len(list((cut / "trials").glob("*.status.json"))) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, (tmp_path / "cut.log").read_text()[-3000:]
+    finally:
+        _kill_session(proc.pid)
+        proc.wait(30)
+    ended_before = {n for n, s in _outcomes(cut).items() if s in ("PRUNED", "TERMINATED")}
+    assert 3 <= len(ended_before) < 8
+    r = run_lucir(["resume", str(cut), "--num-cpus", "2"], tmp_path, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert _outcomes(cut) == full

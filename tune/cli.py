@@ -308,10 +308,10 @@ def cmd_search(args, config_overrides) -> int:
                              trials=args.trials)
     scheduler = None
     if args.asha:
-        from ray.tune.schedulers import ASHAScheduler
+        from tune.asha import RecordedASHA
 
-        scheduler = ASHAScheduler(time_attr="phase", metric=metric, mode=MODE, max_t=base.protocol.phases,
-                                  grace_period=1, reduction_factor=2)
+        scheduler = RecordedASHA(str(exp), time_attr="phase", metric=metric, mode=MODE, max_t=base.protocol.phases,
+                                 grace_period=1, reduction_factor=2)
     tc = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.trials,
                          max_concurrent_trials=args.concurrency, reuse_actors=True)
     # the base phases the search can use: one per eta_init choice (the paper defaults' one when eta_init is
