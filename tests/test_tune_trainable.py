@@ -156,3 +156,17 @@ def test_train_command_reproduces_config():
     assert cmd.startswith("lucir train --dataset digits --preset lucir")
     assert "--epochs 3" in cmd and "--seed 2" in cmd and "--set margin=0.25" in cmd and "--set K=1" in cmd
     assert "milestones" not in cmd  # scaled with --epochs
+
+
+def test_runner_options_are_validated_and_round_trip_through_the_experiment_file():
+    from lucir.config import ConfigError
+    from tune.experiment import RunnerOptions
+
+    r = RunnerOptions(cpus_per_trial=2, gpus_per_trial=0.25, max_concurrent=4, address="auto")
+    assert RunnerOptions.from_dict({**r.to_dict(), "unknown_old_key": 1}) == r  # older files may hold more
+    assert r.replace(num_cpus=8).num_cpus == 8 and r.cache_options == {"stale_after": 60.0}
+    for bad, flag in ((dict(cpus_per_trial=0), "--cpus-per-trial"), (dict(gpus_per_trial=2), "--gpus-per-trial"),
+                      (dict(max_failures=-1), "--max-failures"), (dict(max_concurrent=0), "--max-concurrent"),
+                      (dict(cache_stale_after=0), "--cache-stale-after")):
+        with pytest.raises(ConfigError, match=flag):
+            RunnerOptions(**bad)

@@ -118,7 +118,7 @@ def _sweep_data(space: dict) -> list[tuple[str, str]]:
     return [(d, r) for d in datasets for r in roots]
 
 
-def _verify_cluster_storage(exp: Path, space: dict, address: str | None) -> None:
+def _verify_cluster_storage(exp: Path, space: dict, address: str | None, fresh: bool = True) -> None:
     """With a cluster address, after Ray is up: every node sees the experiment folder (the same folder,
     not just the same path) and every data_root of the sweep; else refuse before ``Tuner.fit``."""
     from tune.cluster import cluster_address, verify_dataset_on_nodes, verify_shared_storage
@@ -133,8 +133,8 @@ def _verify_cluster_storage(exp: Path, space: dict, address: str | None) -> None
             what = f"--data-root ({dataset})"
             verify_dataset_on_nodes(dataset, root)
     except ValueError as exc:
-        # nothing ran: free --out for the next try (else it "already holds an experiment")
-        (exp / EXPERIMENT_FILE).unlink(missing_ok=True)
+        if fresh:  # nothing ran: free --out for the next try (else it "already holds an experiment")
+            (exp / EXPERIMENT_FILE).unlink(missing_ok=True)
         raise ConfigError(f"{what} is refused: {exc}") from None
 
 
@@ -154,14 +154,9 @@ def _prepare_folder(args, kind: str, dataset: str) -> Path:
     if (exp / EXPERIMENT_FILE).exists():
         raise ConfigError(f"--out {exp} already holds an experiment: finish it with `lucir resume {exp}` "
                           "or choose another --out")
-    if args.max_failures < 0:
-        raise ConfigError(f"--max-failures={args.max_failures} is invalid: allowed an integer >= 0")
-    if args.cpus_per_trial <= 0:
-        raise ConfigError(f"--cpus-per-trial={args.cpus_per_trial} is invalid: allowed a number > 0")
-    if not 0 <= args.gpus_per_trial <= 1:  # NaN too
-        raise ConfigError(f"--gpus-per-trial={args.gpus_per_trial} is invalid: allowed 0 (CPU), a fraction in "
-                          "(0, 1] (e.g. 0.25 packs 4 trials on a GPU); a trial trains on one device, so more "
-                          "than 1 GPU per trial would only leave GPUs idle")
+    from tune.experiment import runner_options
+
+    runner_options(args)  # validated here, before anything is written (RunnerOptions names the flag)
     return exp
 
 
@@ -215,9 +210,9 @@ def _tuner_fit(exp: Path, runner: dict, space: dict, callbacks: list, tune_confi
     from tune.experiment import build_trainable, init_ray, run_config
     from tune.pretrain import pretrain_base_phases
 
-    started = init_ray(runner["address"], runner["num_cpus"])
+    started = init_ray(runner.address, runner.num_cpus)
     try:
-        _verify_cluster_storage(exp, space, runner["address"])
+        _verify_cluster_storage(exp, space, runner.address)
         if pretrain:
             pretrain_base_phases(exp, pretrain, runner, min_share=min_share)
         tuner = tune.Tuner(build_trainable(exp, runner), param_space=space, tune_config=tune_config,
@@ -293,8 +288,7 @@ def cmd_search(args, config_overrides) -> int:
     validate_points(search_corners(fixed, base))
     _check_datasets([base], args.address)
     exp = _prepare_folder(args, "search", base.protocol.dataset)
-    runner = runner_options(args)
-    runner["max_concurrent"] = args.concurrency
+    runner = runner_options(args).replace(max_concurrent=args.concurrency)
     print(f"lucir search: {args.trials} trials, {args.sampler} seed {args.search_seed}, objective {metric}, "
           f"{'ASHA on phase, ' if args.asha else ''}space {text} -> {exp}", flush=True)
     callbacks, uri, mlexp = _callbacks(args, exp, {"kind": "search"})
@@ -333,15 +327,16 @@ def _confirm(exp: Path) -> None:
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    from tune.experiment import (CONFIRM_DIR, EXPERIMENT_FILE, build_trainable, confirm_candidates, confirm_points,
-                                 init_ray, make_callbacks, read_experiment, run_config, write_experiment_json)
+    from tune.experiment import (CONFIRM_DIR, EXPERIMENT_FILE, RunnerOptions, build_trainable, confirm_candidates,
+                                 confirm_points, init_ray, make_callbacks, read_experiment, run_config,
+                                 write_experiment_json)
 
     doc = read_experiment(exp)
     opts = doc.get("confirm") or {}
     if not opts.get("top") and opts.get("top") is not None:
         return
     folder = exp / CONFIRM_DIR
-    runner = dict(doc["runner"])
+    runner = RunnerOptions.from_dict(doc["runner"])
     if not (folder / EXPERIMENT_FILE).is_file():
         defaults = dict(doc["points_to_evaluate"][0])
         candidates = confirm_candidates(exp, defaults, int(opts.get("top", 3)))
@@ -361,7 +356,7 @@ def _confirm(exp: Path) -> None:
 
     from tune.pretrain import pretrain_base_phases
 
-    started = init_ray(runner["address"], runner["num_cpus"])
+    started = init_ray(runner.address, runner.num_cpus)
     try:
         pretrain_base_phases(folder, [Config.from_flat(pt) for pt in cdoc["points"]], runner)
         if tune.Tuner.can_restore(str(folder)):
@@ -373,7 +368,7 @@ def _confirm(exp: Path) -> None:
             tuner = tune.Tuner(build_trainable(folder, runner), param_space=space,
                                tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=points),
                                                            num_samples=len(points),
-                                                           max_concurrent_trials=runner.get("max_concurrent"),
+                                                           max_concurrent_trials=runner.max_concurrent,
                                                            reuse_actors=True),
                                run_config=run_config(folder, runner, callbacks))
         tuner.fit()
@@ -387,20 +382,22 @@ def cmd_resume(args) -> int:
     import ray
     from ray import tune
 
-    from tune.experiment import build_trainable, init_ray, read_experiment
+    from tune.experiment import RunnerOptions, build_trainable, init_ray, read_experiment
 
     exp = Path(args.experiment).expanduser().absolute()
     doc = read_experiment(exp)
-    runner = dict(doc["runner"])
+    runner = RunnerOptions.from_dict(doc["runner"])
     if args.address:
-        runner["address"] = args.address
+        runner = runner.replace(address=args.address)
     if args.num_cpus:
-        runner["num_cpus"] = args.num_cpus
+        runner = runner.replace(num_cpus=args.num_cpus)
     if not tune.Tuner.can_restore(str(exp)):
         raise ConfigError(f"{exp}: no Ray Tune experiment state to restore (did the sweep start any trial?)")
     print(f"lucir resume: {doc['kind']} {exp}", flush=True)
-    started = init_ray(runner["address"], runner["num_cpus"])
+    started = init_ray(runner.address, runner.num_cpus)
     try:
+        # a resumed sweep on a cluster: the same checks as at its start (the folder is the experiment's own)
+        _verify_cluster_storage(exp, doc.get("param_space") or {}, runner.address, fresh=False)
         tuner = tune.Tuner.restore(str(exp), build_trainable(exp, runner), resume_unfinished=True,
                                    resume_errored=True)
         tuner.fit()

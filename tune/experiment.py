@@ -9,6 +9,7 @@ experiment state (``tuner.pkl``, searcher and callback checkpoints).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -240,28 +241,78 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None = N
     return True
 
 
-def runner_options(args) -> dict:
-    return {"cpus_per_trial": float(args.cpus_per_trial), "gpus_per_trial": float(args.gpus_per_trial),
-            "base_cache": not args.no_base_cache, "max_failures": int(args.max_failures),
-            "max_concurrent": args.max_concurrent, "address": args.address, "num_cpus": args.num_cpus,
-            "cache_stale_after": float(args.cache_stale_after)}
+@dataclasses.dataclass(frozen=True)
+class RunnerOptions:
+    """How a sweep runs (resources, retries, base cache, cluster), validated at construction: every invalid
+    value is a ConfigError naming the command-line flag.  Stored as ``runner`` in lucir_experiment.json,
+    from which ``lucir resume`` rebuilds it (``from_dict`` ignores keys it does not know)."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    base_cache: bool = True
+    max_failures: int = 3
+    max_concurrent: int | None = None
+    address: str | None = None
+    num_cpus: int | None = None
+    cache_stale_after: float = 60.0
+
+    def __post_init__(self):
+        if not self.cpus_per_trial > 0:  # NaN too
+            raise ConfigError(f"--cpus-per-trial={self.cpus_per_trial} is invalid: allowed a number > 0")
+        if not 0 <= self.gpus_per_trial <= 1:
+            raise ConfigError(f"--gpus-per-trial={self.gpus_per_trial} is invalid: allowed 0 (CPU), a fraction in "
+                              "(0, 1] (e.g. 0.25 packs 4 trials on a GPU); a trial trains on one device, so more "
+                              "than 1 GPU per trial would only leave GPUs idle")
+        if not isinstance(self.max_failures, int) or self.max_failures < 0:
+            raise ConfigError(f"--max-failures={self.max_failures} is invalid: allowed an integer >= 0")
+        if self.max_concurrent is not None and (not isinstance(self.max_concurrent, int) or self.max_concurrent < 1):
+            raise ConfigError(f"--max-concurrent={self.max_concurrent} is invalid: allowed an integer >= 1")
+        if self.num_cpus is not None and (not isinstance(self.num_cpus, int) or self.num_cpus < 1):
+            raise ConfigError(f"--num-cpus={self.num_cpus} is invalid: allowed an integer >= 1")
+        if not self.cache_stale_after > 0:
+            raise ConfigError(f"--cache-stale-after={self.cache_stale_after} is invalid: allowed seconds > 0")
+
+    @classmethod
+    def from_args(cls, args, **overrides) -> "RunnerOptions":
+        return cls(cpus_per_trial=float(args.cpus_per_trial), gpus_per_trial=float(args.gpus_per_trial),
+                   base_cache=not args.no_base_cache, max_failures=int(args.max_failures),
+                   max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus,
+                   cache_stale_after=float(args.cache_stale_after), **overrides)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunnerOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "RunnerOptions":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def cache_options(self) -> dict:
+        return {"stale_after": self.cache_stale_after}
 
 
-def build_trainable(exp: Path, runner: dict):
+def runner_options(args, **overrides) -> RunnerOptions:
+    return RunnerOptions.from_args(args, **overrides)
+
+
+def build_trainable(exp: Path, runner: RunnerOptions):
     from tune.trainable import make_trainable
 
-    return make_trainable(str(exp), cpus=runner["cpus_per_trial"], gpus=runner["gpus_per_trial"],
-                          base_cache=runner["base_cache"],
-                          cache_options={"stale_after": runner.get("cache_stale_after", 60.0)})
+    return make_trainable(str(exp), cpus=runner.cpus_per_trial, gpus=runner.gpus_per_trial,
+                          base_cache=runner.base_cache, cache_options=runner.cache_options)
 
 
-def write_experiment_json(exp: Path, *, kind: str, argv: list[str], param_space_text: dict, runner: dict,
+def write_experiment_json(exp: Path, *, kind: str, argv: list[str], param_space_text: dict, runner: RunnerOptions,
                           mlflow_uri: str | None, mlflow_experiment: str | None, extra: dict | None = None) -> None:
     exp.mkdir(parents=True, exist_ok=True)
     doc = {"name": exp.name, "kind": kind, "argv": argv,
            "created": _dt.datetime.now().isoformat(timespec="seconds"), "metric": METRIC, "mode": MODE,
            "mlflow_uri": mlflow_uri, "mlflow_experiment": mlflow_experiment, "parent_run_id": None,
-           "param_space": param_space_text, "runner": runner, **(extra or {})}
+           "param_space": param_space_text, "runner": runner.to_dict(), **(extra or {})}
     atomic_write_json(exp / EXPERIMENT_FILE, doc)
 
 
@@ -282,7 +333,7 @@ def run_config(exp: Path, runner: dict, callbacks: list):
 
     return tune.RunConfig(
         name=exp.name, storage_path=str(exp.parent), callbacks=callbacks,
-        failure_config=tune.FailureConfig(max_failures=runner["max_failures"]),
+        failure_config=tune.FailureConfig(max_failures=runner.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=1)
 

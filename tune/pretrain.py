@@ -49,11 +49,11 @@ def _train_base(flat: dict, cache_dir: str, cache_options: dict) -> str:
     return "trained"
 
 
-def pretrain_base_phases(exp: Path, cfgs: list[Config], runner: dict, min_share: int = 2) -> dict[str, str]:
+def pretrain_base_phases(exp: Path, cfgs: list[Config], runner, min_share: int = 2) -> dict[str, str]:
     """Train the base phases of ``cfgs`` (already validated) that ``min_share`` or more of them share, in
     parallel Ray tasks; returns {base_key: "hit" | "trained"}.  Needs Ray initialised; does nothing with
     the base cache off.  A search passes one config per ``eta_init`` choice and ``min_share=1``."""
-    if not runner.get("base_cache", True):
+    if not runner.base_cache:
         return {}
     todo = shared_base_configs(cfgs, min_share)
     if not todo:
@@ -62,11 +62,10 @@ def pretrain_base_phases(exp: Path, cfgs: list[Config], runner: dict, min_share:
 
     from tune.trainable import runtime_overrides
 
-    cpus, gpus = runner["cpus_per_trial"], runner["gpus_per_trial"]
-    task = ray.remote(_train_base).options(num_cpus=cpus, num_gpus=gpus,
-                                           max_retries=max(0, int(runner.get("max_failures", 3))))
+    cpus, gpus = runner.cpus_per_trial, runner.gpus_per_trial
+    task = ray.remote(_train_base).options(num_cpus=cpus, num_gpus=gpus, max_retries=runner.max_failures)
     cache_dir = str(Path(exp) / BASE_CACHE_DIR)
-    opts = {"stale_after": runner.get("cache_stale_after", 60.0)}
+    opts = runner.cache_options
     print(f"pre-training {len(todo)} shared base phase(s) before the trials start", flush=True)
     refs = {c.base_key(): task.remote(runtime_overrides(c.to_flat(), cpus, gpus), cache_dir, opts) for c in todo}
     out = {k: ray.get(r) for k, r in refs.items()}
