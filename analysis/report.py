@@ -15,6 +15,7 @@ Layout::
     <out>/tables/param_importances.*      Optuna fANOVA importances (when a study journal exists)
     <out>/tables/trials.*                 every trial: status, phases done / total, objective
     <out>/tables/long.csv                 the long frame (trial x phase)
+    <out>/tables/scoreboard.*             ours vs the published numbers (analysis/published.json)
     <out>/figures/*.png                   accuracy curves, ablation bars, search history, slices
 """
 
@@ -29,8 +30,9 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from analysis import plots, tables
+from analysis import paired, plots, tables
 from analysis.confirm import confirm_summary
+from analysis.scoreboard import report_section as scoreboard_section
 from analysis.results import Experiment, ExperimentError, read_experiment, trial_overview, utc
 
 FORMATS = ("csv", "md", "tex")
@@ -115,7 +117,7 @@ def _flip_note(df) -> str:
 
 def build_report(exp_path: str | os.PathLike, out: str | os.PathLike | None = None,
                  formats: Iterable[str] = FORMATS, *, top_k: int = 10, mlflow: bool = True,
-                 echo: Callable[[str], None] = print) -> Report:
+                 echo: Callable[[str], None] = print, reference: str = "lucir") -> Report:
     """Write the report of the experiment at ``exp_path`` to ``out`` (default ``<exp>/report``).
 
     Raises ``ExperimentError`` for a folder that is not an experiment and ``EmptyExperimentError`` when
@@ -137,7 +139,7 @@ def build_report(exp_path: str | os.PathLike, out: str | os.PathLike | None = No
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        rep = _write_report(exp, tmp, formats, top_k)
+        rep = _write_report(exp, tmp, formats, top_k, reference=reference)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -177,7 +179,8 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: int) -> Report:
+def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: int,
+                  reference: str = "lucir") -> Report:
     df = exp.frame
     tdir, fdir = root / "tables", root / "figures"
     tdir.mkdir()
@@ -277,6 +280,8 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
         for label, tab in curves.items():
             lines += [f"### {label}", "", tables.to_markdown(tab, index=True),
                       "Files: " + _bullet_table_links(written[curve_names[label]], root), ""]
+    lines += paired.report_section(exp, root, formats, rep, reference=reference, written=written)
+    lines += scoreboard_section(df, exp.meta, tdir, formats, rep.tables)
     if is_search:
         lines += ["## Search", ""]
         if top is not None and len(top):
@@ -358,10 +363,11 @@ def log_to_mlflow(exp: Experiment, out: Path, artifact_path: str = "report") -> 
     return True, f"MLflow: report logged as artifacts '{artifact_path}/' of parent run {run_id} ({uri})"
 
 
-def run_report(exp_path: str, out: str | None, formats: Iterable[str], mlflow: bool, top_k: int = 10) -> int:
+def run_report(exp_path: str, out: str | None, formats: Iterable[str], mlflow: bool, top_k: int = 10,
+               reference: str = "lucir") -> int:
     """The ``lucir report`` command: 0 on success, 2 for no experiment / no trials / bad options."""
     try:
-        build_report(exp_path, out, formats, top_k=top_k, mlflow=mlflow)
+        build_report(exp_path, out, formats, top_k=top_k, mlflow=mlflow, reference=reference)
     except EmptyExperimentError as exc:
         print(f"lucir report: {exc}", file=sys.stderr)
         return EMPTY_EXIT

@@ -14,11 +14,11 @@ from analysis import scoreboard as sb
 from analysis.results import TrialRecord, frame_from_records
 
 
-def _cifar(trial_id: str, *, seed: int = 0, acc: float = 63.0, phases: int = 5, full: bool = True, **cfg) -> dict:
-    """A finished CIFAR-100 B50 trial; ``full``: the reference schedule (160 epochs, milestones 80/120)."""
+def _cifar(trial_id: str, *, seed: int = 0, acc: float = 63.0, phases: int = 5, epochs: int = 160, **cfg) -> dict:
+    """A finished CIFAR-100 B50 trial of ``epochs`` per phase (160: the reference schedule, milestones 80/120;
+    fewer: milestones scaled like ``Config.from_flat`` does)."""
     doc = make_trial(trial_id, dataset="cifar100", base=50, phases=phases, seed=seed, acc=acc, **cfg)
-    if full:  # make_trial trains 2 epochs; the published numbers used the reference's 160
-        doc["config"].update(epochs=160, milestones=[80, 120])
+    doc["config"].update(epochs=epochs, milestones=[epochs // 2, epochs * 3 // 4])  # make_trial trains 2
     return doc
 
 
@@ -57,7 +57,7 @@ def test_published_entry_without_a_source_is_refused(tmp_path):
 
 
 def test_reduced_schedule_is_not_compared_and_the_epochs_are_named():
-    docs = [_cifar(f"r{s}", seed=s, full=False, epochs=8) for s in range(2)]
+    docs = [_cifar(f"r{s}", seed=s, epochs=8) for s in range(2)]
     table, notes = sb.scoreboard(_frame(docs), {"kind": "ablate"})
     assert table.empty
     text = " ".join(notes)
@@ -118,7 +118,7 @@ def test_report_has_the_scoreboard_section(tmp_path, capsys):
     from lucir.cli import main
 
     exp = write_experiment(tmp_path / "exp", [_cifar(f"f{s}", seed=s, acc=63.0 + s) for s in range(3)]
-                           + [_cifar("short", full=False, epochs=8)])
+                           + [_cifar("short", epochs=8)])
     assert main(["report", str(exp), "--no-mlflow"]) == 0
     capsys.readouterr()
     report = exp / "report"
