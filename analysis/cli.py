@@ -25,7 +25,7 @@ def add_report_command(subparsers) -> argparse.ArgumentParser:
                    help="preset the other rungs are compared with, paired per seed (default lucir)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
                    help="put experiments A and B side by side (B - A per protocol and preset, paired per seed "
-                        "where possible); writes <out>/compare.md and .csv (default out <B>/report/compare-<A>)")
+                        "where possible); writes <out>/compare.md and .csv (default out <B>/compare-<A>)")
     p.set_defaults(func=cmd_report)
     return p
 

@@ -33,8 +33,10 @@ SUMMARY_METRICS = {"avg_inc_acc_cnn": "avg_inc_acc_cnn", "avg_inc_acc_nme": "avg
                    "trial_seconds": "trial_seconds"}
 DASH = "–"
 # config columns that are not hyperparameters of a result: who ran it and what follows from other fields
-_NOT_IDENTITY = set(RUNTIME_FIELDS) | {"seed", "num_classes", "preset", "cosine", "imprint", "less_forget",
-                                       "adaptive_lambda", "margin_ranking", "kd", "mimic_scores", "cbf", "joint"}
+# seeds and class orders are what a group's mean ± std runs over (LUCIR's protocol averages class orders)
+_NOT_IDENTITY = set(RUNTIME_FIELDS) | {"seed", "class_order_seed", "num_classes", "preset", "cosine", "imprint",
+                                       "less_forget", "adaptive_lambda", "margin_ranking", "kd", "mimic_scores", "cbf",
+                                       "joint"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -235,7 +237,7 @@ def curve_tables(df: pd.DataFrame, metric: str = "acc_cnn") -> dict[str, pd.Data
 # --------------------------------------------------------------------------- search
 _DOMAIN = re.compile(r"^\s*(choice|uniform|quniform|loguniform|qloguniform|randint|qrandint|lograndint|"
                      r"qlograndint|randn|qrandn|sample_from|grid_search)\b", re.I)
-_NOT_SEARCHED = set(PROTOCOL) | set(RUNTIME_FIELDS) | {"seed", "preset", "num_classes"}
+_NOT_SEARCHED = set(PROTOCOL) | set(RUNTIME_FIELDS) | {"seed", "class_order_seed", "preset", "num_classes"}
 
 
 def searched_params(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> list[str]:

@@ -146,7 +146,7 @@ def test_compare_paired_end_to_end(tmp_path, capsys):
     b = _exp(tmp_path, "expB", b_trials)
     assert main(["report", "--compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
-    md = b / "report" / "compare-expA" / "compare.md"
+    md = b / "compare-expA" / "compare.md"
     assert md.is_file() and (md.parent / "compare.csv").is_file()
     assert f"compare: {md}" in out and "| cn" in out and "paired" in out
     tab = pd.read_csv(md.parent / "compare.csv")
