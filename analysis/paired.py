@@ -425,7 +425,10 @@ def forest_figure(table: pd.DataFrame, title: str | None = None):
                 continue
             ax.errorbar([mean], [y], xerr=[[mean - lo], [hi - mean]], fmt="o", color="tab:blue", capsize=3)
             ax.annotate(f"n={int(r['n'])}", (hi, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        from matplotlib.ticker import MaxNLocator
+
         ax.axvline(0.0, color="0.3", lw=1, ls="--")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # no overlapping tick labels on wide ranges
         ax.set_xlabel(f"difference in {m} (points)")
         ax.grid(axis="x", alpha=0.3)
         ax.set_title(m, fontsize=9)
