@@ -101,24 +101,8 @@ class TrialStatusCallback(_Callback):
 
 
 class ExperimentInfoCallback(_Callback):
-    """Records the MLflow parent run id in lucir_experiment.json once the MLflow callback is set up
-    (it comes after that callback in the list, so its ``setup`` runs later)."""
-
-    def __init__(self, exp_dir: str, mlflow_cb=None):
-        self.exp_dir, self.mlflow_cb = str(exp_dir), mlflow_cb
-
-    def setup(self, **info):
-        if self.mlflow_cb is None:
-            return
-        run_id = getattr(self.mlflow_cb, "parent_run_id", None)
-        p = Path(self.exp_dir) / EXPERIMENT_FILE
-        try:
-            doc = json.loads(p.read_text())
-        except (OSError, ValueError):
-            return
-        if run_id and doc.get("parent_run_id") != run_id:
-            doc["parent_run_id"] = run_id
-            atomic_write_json(p, doc)
+    """No longer used: the MLflow callback records ``parent_run_id`` itself (one writer).  Kept so that the
+    ``tuner.pkl`` of a sweep started before 2026-12-02 still unpickles on ``lucir resume``."""
 
 
 def mlflow_callback(uri: str, experiment_name: str, sweep: str, exp_dir: Path, tags: dict | None = None):
@@ -324,11 +308,11 @@ def make_callbacks(exp: Path, mlflow_uri: str | None, mlflow_experiment: str | N
         ml = mlflow_callback(mlflow_uri, mlflow_experiment or exp.name, sweep or exp.name, exp, tags)
         if ml is not None:
             cbs.append(ml)
-    cbs.append(ExperimentInfoCallback(str(exp), ml))
+    # parent_run_id reaches lucir_experiment.json through the MLflow callback's own setup (its one writer)
     return cbs
 
 
-def run_config(exp: Path, runner: dict, callbacks: list):
+def run_config(exp: Path, runner: "RunnerOptions", callbacks: list):
     from ray import tune
 
     return tune.RunConfig(
