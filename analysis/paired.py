@@ -380,12 +380,18 @@ def variance_components(values: Sequence[float], orders: Sequence[Any]) -> dict[
 
 
 # --------------------------------------------------------------------------- forest plot
-def _row_label(r: pd.Series, multi_protocol: bool, vary: Sequence[str]) -> str:
+def _row_label(r: pd.Series, multi_protocol: bool, vary: Sequence[str], differ: Sequence[str] = ()) -> str:
+    from analysis.style import fmt_value as _fv
     from analysis.tables import protocol_label
 
     label = str(r["preset"])
+    if multi_protocol and differ:  # only what tells the protocols apart, on the same line
+        return label + ", " + ", ".join(f"{r[c]} phase" + ("" if str(r[c]) == "1" else "s") if c == "phases" else f"{c}={r[c]}" for c in differ) + (
+            " (" + ", ".join(f"{k}={_fv(r[k])}" for k in vary) + ")" if vary else "")
     if vary:
-        label += " (" + ", ".join(f"{k}={r[k]}" for k in vary) + ")"
+        from analysis.style import fmt_value
+
+        label += " (" + ", ".join(f"{k}={fmt_value(r[k])}" for k in vary) + ")"
     if multi_protocol:
         label += f"\n{protocol_label(r['dataset'], r['base_classes'], r['phases'], r['memory'])}"
     return label
@@ -397,20 +403,27 @@ def forest_figure(table: pd.DataFrame, title: str | None = None):
     per metric. Rows without an interval (n < 3) show the mean as an open marker. None for an empty table."""
     if table is None or not len(table):
         return None
-    from analysis import plots  # noqa: F401 - selects the headless backend
-    import matplotlib.pyplot as plt
+    from analysis import style  # selects the headless backend
+    from matplotlib.ticker import MaxNLocator
 
+    with style.context():
+        return _draw_forest(table, title, style, MaxNLocator)
+
+
+def _draw_forest(table: pd.DataFrame, title: str | None, style, MaxNLocator):
     vary = [c for c in table.columns if c not in _LABEL_COLS and c not in PAIRED_COLUMNS
             and c not in COMPARE_EXTRA]
     proto = [c for c in _LABEL_COLS if c in table]
     multi = table[proto].astype(str).drop_duplicates().shape[0] > 1
     rows = table.drop_duplicates(subset=proto + vary + ["preset"])
-    labels = [_row_label(r, multi, vary) for _, r in rows.iterrows()]
+    differ = [c for c in proto if table[c].astype(str).nunique() > 1]
+    labels = [_row_label(r, multi, vary, differ) for _, r in rows.iterrows()]
     keys = [tuple(str(r[c]) for c in proto + vary + ["preset"]) for _, r in rows.iterrows()]
     pos = {k: i for i, k in enumerate(keys)}
     metrics = list(dict.fromkeys(table["metric"]))
-    height = 0.9 + 0.45 * len(keys) * (1.6 if multi else 1.0)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics) + 1.6, height), sharey=True, squeeze=False)
+    height = 0.75 + 0.26 * len(keys) * (1.0 if differ or not multi else 1.8)
+    fig, axes = style.figure(style.COLUMN if len(metrics) <= 2 else style.PAGE, height, ncols=len(metrics),
+                             sharey=True, squeeze=False)
     for ax, m in zip(axes[0], metrics):
         t = table[table["metric"] == m]
         for _, r in t.iterrows():
@@ -420,35 +433,38 @@ def forest_figure(table: pd.DataFrame, title: str | None = None):
                 continue
             if math.isnan(lo) or math.isnan(hi):
                 ax.plot([mean], [y], marker="o", mfc="white", color="0.4", ls="none")
-                ax.annotate(f"n={int(r['n'])}: no CI", (mean, y), textcoords="offset points", xytext=(6, 4),
-                            fontsize=7, color="0.4")
+                ax.annotate(f"n={int(r['n'])}: no CI", (mean, y), textcoords="offset points", xytext=(6, 3),
+                            color="0.4")
                 continue
-            ax.errorbar([mean], [y], xerr=[[mean - lo], [hi - mean]], fmt="o", color="tab:blue", capsize=3)
-            ax.annotate(f"n={int(r['n'])}", (hi, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-        from matplotlib.ticker import MaxNLocator
-
-        ax.axvline(0.0, color="0.3", lw=1, ls="--")
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # no overlapping tick labels on wide ranges
-        ax.set_xlabel(f"difference in {m} (points)")
-        ax.grid(axis="x", alpha=0.3)
-        ax.set_title(m, fontsize=9)
-    axes[0][0].set_yticks(range(len(labels)), labels, fontsize=8)
+            st = style.preset_style(r["preset"])
+            ax.errorbar([mean], [y], xerr=[[mean - lo], [hi - mean]], fmt=st["marker"], color=st["color"],
+                        capsize=2, ms=4)
+            ax.annotate(f"n={int(r['n'])}", (hi, y), textcoords="offset points", xytext=(4, 2), color="0.3")
+        ax.axvline(0.0, color="0.3", lw=0.8, ls="--")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # no overlapping tick labels on wide ranges
+        ax.margins(x=0.25)
+        ax.set_xlabel("difference (points)" if len(metrics) == 1 else "")
+        ax.grid(False, axis="y")
+        ax.set_title({"avg_inc_acc_cnn": "CNN", "avg_inc_acc_nme": "NME"}.get(m, m))
+    if len(metrics) > 1:
+        fig.supxlabel("difference in avg. inc. accuracy (points)", fontsize=style.MIN_FONT)
+    axes[0][0].set_yticks(range(len(labels)), labels)
     axes[0][0].set_ylim(len(labels) - 0.5, -0.5)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        fig.suptitle(title)
     return fig
 
 
-def forest_plot(table: pd.DataFrame, path: str | os.PathLike, title: str | None = None) -> list[Path]:
-    """Save ``forest_figure`` at ``path`` (PNG, atomically, with ``analysis.plots.save_figure``); [] when empty."""
-    from analysis import plots
+def forest_plot(table: pd.DataFrame, path: str | os.PathLike, title: str | None = None,
+                formats: Iterable[str] | None = None) -> list[Path]:
+    """Save ``forest_figure`` as ``path`` without its extension + each of ``formats`` (default PNG, PDF,
+    SVG; atomically, with ``analysis.style.save``); the PNG first; [] when empty."""
+    from analysis import style
 
     fig = forest_figure(table, title)
     if fig is None:
         return []
-    saved = plots.save_figure(fig, path)
-    return list(saved) if isinstance(saved, (list, tuple)) else [Path(saved)]
+    return style.save(fig, path, formats or style.FORMATS)
 
 
 # --------------------------------------------------------------------------- report section
@@ -481,8 +497,8 @@ def report_section(exp, root: Path, formats: Iterable[str], rep=None, reference:
     name = f"paired_{tables.slug(reference)}"
     paths = tables.export_table(tab, tdir / name, formats, display=format_paired(tab),
                                 caption=f"{exp.name}: paired difference to {reference} (last phase)")
-    figs = forest_plot(tab, fdir / f"forest_{tables.slug(reference)}.png",
-                       title=f"{exp.name}: preset - {reference}, mean paired difference and 95% t-interval")
+    figs = forest_plot(tab, fdir / f"forest_{tables.slug(reference)}",
+                       title=f"preset − {reference}: mean paired diff., 95% CI")
     if rep is not None:
         rep.tables += paths
         rep.figures += figs

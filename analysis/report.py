@@ -10,13 +10,16 @@ Layout::
     <out>/index.md                        summary, links to every table and figure, missing trials
     <out>/tables/summary.{csv,md,tex}     per protocol x preset: mean ± std over seeds
     <out>/tables/summary_numeric.csv      the same as numbers (mean and std columns)
-    <out>/tables/ablation_<protocol>.*    rows = ladder rungs, columns = phase counts
+    <out>/tables/ablation_<protocol>.*    rows = ladder rungs (paper names, component check marks), CNN and NME
+    <out>/tables/cost.*                   CPU-/GPU-hours per protocol x preset (shared base phases counted once)
     <out>/tables/search_top.*             top-k configurations (searches / varied hyperparameters)
     <out>/tables/param_importances.*      Optuna fANOVA importances (when a study journal exists)
     <out>/tables/trials.*                 every trial: status, phases done / total, objective
-    <out>/tables/long.csv                 the long frame (trial x phase)
+    <out>/tables/long.csv                 every number: trial x phase, every metric (val_* too) and config column
     <out>/tables/scoreboard.*             ours vs the published numbers (analysis/published.json)
-    <out>/figures/*.png                   accuracy curves, ablation bars, search history, slices
+    <out>/figures/*.{png,pdf,svg}         accuracy curves, ablation bars, forest plot, search history,
+                                          slices, Optuna's plots (PNG at 300 dpi for index.md; PDF and
+                                          SVG for a paper); drawn in ``analysis.style``
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from analysis.scoreboard import report_section as scoreboard_section
 from analysis.results import Experiment, ExperimentError, read_experiment, trial_overview, utc
 
 FORMATS = ("csv", "md", "tex")
+FIGURE_FORMATS = ("png", "pdf", "svg")  # index.md embeds the PNG
 EMPTY_EXIT = 2
 
 
@@ -189,17 +193,20 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
     written: dict[str, list[Path]] = {}
 
     def export(name: str, table: pd.DataFrame, index: bool = False, caption: str | None = None,
-               display: pd.DataFrame | None = None) -> list[Path]:
-        paths = tables.export_table(table, tdir / name, formats, index=index, caption=caption, display=display)
+               display: pd.DataFrame | None = None, note: str | None = None) -> list[Path]:
+        paths = tables.export_table(table, tdir / name, formats, index=index, caption=caption, display=display,
+                                    note=note)
         written[name] = paths
         rep.tables += paths
         return paths
 
     # tables ------------------------------------------------------------------------------------------
     summary = tables.summary_table(df)
-    main = tables.format_summary(summary)
+    main_csv = tables.format_summary(summary)
+    main, main_note = tables.summary_display(summary)
     rep.main_table = main
-    export("summary", main, caption=f"{exp.name}: mean ± std over seeds (finished trials only)")
+    export("summary", main_csv, caption=f"{exp.name}: mean ± std over seeds (finished trials only)", display=main,
+           note=main_note)
     if "csv" in formats:
         p = tdir / "summary_numeric.csv"
         tables._atomic_write(p, summary.to_csv(index=False, float_format="%.4f"))
@@ -211,29 +218,39 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
         names = {}
         for label, tab in tabs.items():
             names[label] = f"{prefix}_{tables.slug(label)}"
-            export(names[label], tab, index=True, caption=caption.format(label=label))
+            if isinstance(tab, tables.PaperTable):
+                export(names[label], tab.data, caption=caption.format(label=label), display=tab.display,
+                       note=tab.note)
+            else:
+                export(names[label], tab, index=True, caption=caption.format(label=label))
         return names
 
     abl = tables.ablation_tables(df) if not search_kind else {}
-    abl_names = export_each("ablation", abl, "Ablation, {label}: average incremental accuracy (CNN, %)")
+    abl_names = export_each("ablation", abl, "Ablation: average incremental accuracy (%), CNN and NME classifier, "
+                                             "mean ± std over seeds; best in bold (the joint upper bound aside)")
+    cost = tables.cost_table(df, exp.meta)
+    if len(cost.data):
+        export("cost", cost.data, caption=f"{exp.name}: compute cost", display=cost.display, note=cost.note)
     curves = tables.curve_tables(df) if not search_kind else {}
     curve_names = export_each("curve", curves, "{label}: top-1 accuracy (CNN, %) after each phase")
     objective, mode = exp.metric, exp.mode
     params = tables.searched_params(df, exp.meta)
     is_search = exp.meta.get("kind") == "search" or bool(params)
     top = tables.search_summary(df, exp.meta, k=top_k, metric=objective, mode=mode) if is_search else None
-    top_display = tables.display_params(top, params) if top is not None else None
+    top_display, top_note = (tables.compact(tables.display_params(top, params)) if top is not None and len(top)
+                             else (None, ""))
     if top is not None and len(top):
-        export("search_top", top, display=top_display)
+        export("search_top", top, display=top_display, note=top_note)
     imp, imp_note = (tables.param_importances(exp.path, exp.meta.get("optuna_study") or exp.name, params)
                      if exp.path is not None else (None, "no experiment folder"))
     if imp is not None:
         export("param_importances", imp)
     overview = trial_overview(df)
-    export("trials", overview)
+    ov_display, ov_note = tables.compact(overview)
+    export("trials", overview, caption=f"{exp.name}: every trial", display=ov_display, note=ov_note)
     if "csv" in formats:
         p = tdir / "long.csv"
-        tables._atomic_write(p, df.to_csv(index=False, float_format="%.4f"))
+        tables._atomic_write(p, tables.long_table(df).to_csv(index=False, float_format="%.4f"))
         rep.tables.append(p)
     if search_kind and top is not None and len(top):
         rep.main_table = top_display  # a search's headline is its best configurations, not one row per config
@@ -243,11 +260,16 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
     confirmed = confirm_summary(exp.path) if is_search and exp.path is not None else None
 
     # figures -----------------------------------------------------------------------------------------
-    acc_figs = plots.accuracy_curves(df, fdir)
-    abl_figs = plots.ablation_bars(df, fdir) if df["preset"].nunique() > 1 and not search_kind else []
-    hist_figs = plots.search_history(df, fdir, metric=objective, mode=mode) if is_search else []
-    slice_figs = plots.param_slices(df, fdir, params=params, metric=objective) if is_search and params else []
-    rep.figures = acc_figs + abl_figs + hist_figs + slice_figs
+    ff = FIGURE_FORMATS
+    acc_figs = plots.accuracy_curves(df, fdir, formats=ff)
+    abl_figs = plots.ablation_bars(df, fdir, formats=ff) if df["preset"].nunique() > 1 and not search_kind else []
+    hist_figs = plots.search_history(df, fdir, metric=objective, mode=mode, formats=ff) if is_search else []
+    slice_figs = (plots.param_slices(df, fdir, params=params, metric=objective, meta=exp.meta, formats=ff)
+                  if is_search and params else [])
+    optuna_figs, optuna_notes = (plots.optuna_plots(exp.path, fdir, exp.meta.get("optuna_study") or exp.name,
+                                                    params=params, formats=ff)
+                                 if is_search else ([], []))
+    rep.figures = acc_figs + abl_figs + hist_figs + slice_figs + optuna_figs
 
     # index.md ----------------------------------------------------------------------------------------
     n = len(exp.trials)
@@ -268,25 +290,33 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
     lines += ["## Summary (mean ± std over seeds, finished trials only)", "",
               "Average incremental accuracy includes the base phase (DESIGN §4); *last acc* and *forgetting* "
               "are at the last phase; *excluded* counts the group's trials that did not finish.", "",
-              tables.to_markdown(main), "Files: " + _bullet_table_links(written["summary"], root)
+              tables.to_markdown(main), tables.caption_text(main_note), "",
+              "Files: " + _bullet_table_links(written["summary"], root)
               + (" · [summary_numeric.csv](tables/summary_numeric.csv)" if "csv" in formats else ""), ""]
     if abl:
-        lines += ["## Ablation (average incremental accuracy, CNN, %)", ""]
+        lines += ["## Ablation (average incremental accuracy, %, CNN and NME)", "",
+                  "Components from each preset's switches: CN cosine normalisation, LF less-forget constraint, "
+                  "MR margin ranking, CBF class-balanced finetuning; mean ± std over seeds, **best** of each "
+                  "column among the methods (the joint upper bound aside).", ""]
         for label, tab in abl.items():
-            lines += [f"### {label}", "", tables.to_markdown(tab, index=True),
+            lines += [f"### {label}", "", tables.to_markdown(tab.display), tables.caption_text(tab.note), "",
                       "Files: " + _bullet_table_links(written[abl_names[label]], root), ""]
     if curves:
         lines += ["## Accuracy after each phase (CNN, %, mean ± std over seeds)", ""]
         for label, tab in curves.items():
             lines += [f"### {label}", "", tables.to_markdown(tab, index=True),
                       "Files: " + _bullet_table_links(written[curve_names[label]], root), ""]
+    if len(cost.data):
+        lines += ["## Cost", "", tables.to_markdown(cost.display), tables.caption_text(cost.note), "",
+                  "Files: " + _bullet_table_links(written["cost"], root), ""]
     lines += paired.report_section(exp, root, formats, rep, reference=reference, written=written)
     lines += scoreboard_section(df, exp.meta, tdir, formats, rep.tables)
     if is_search:
         lines += ["## Search", ""]
         if top is not None and len(top):
             lines += [f"Top {len(top)} finished trials by {objective} at the last phase:", "",
-                      tables.to_markdown(top_display), "Files: " + _bullet_table_links(written["search_top"], root), ""]
+                      tables.to_markdown(top_display), tables.caption_text(top_note), "",
+                      "Files: " + _bullet_table_links(written["search_top"], root), ""]
         else:
             lines += ["No trial has finished every phase yet: no best configuration.", ""]
         if imp is not None:
@@ -294,6 +324,7 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
                       "Files: " + _bullet_table_links(written["param_importances"], root), ""]
         else:
             lines += [f"Parameter importances: {imp_note}.", ""]
+        lines += [f"- {n}." for n in optuna_notes] + ([""] if optuna_notes else [])
     if confirmed is not None:
         lines += _confirm_lines(confirmed)
     elif best is not None:
@@ -301,9 +332,11 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
                   f"Trial `{best['trial_id']}` ({best['preset']}, seed {best['seed']}): "
                   f"{objective} = {best[objective]:.2f} at the last phase. Reproduce it with:", "",
                   "```", best_cmd, "```", ""]
-    if rep.figures:
-        lines += ["## Figures", ""]
-        for f in rep.figures:
+    embedded = "\n".join(lines)
+    pngs = [f for f in rep.figures if f.suffix == ".png" and f"]({f.relative_to(root).as_posix()})" not in embedded]
+    if pngs:  # each figure once: the forest plot is already in its section
+        lines += ["## Figures", "", "Each figure also as PDF and SVG next to the PNG (see *All files*).", ""]
+        for f in pngs:
             rel = f.relative_to(root).as_posix()
             lines += [f"### {f.stem}", "", f"![{f.stem}]({rel})", ""]
     lines += ["## Unfinished and failed trials", ""]

@@ -4,10 +4,18 @@
   incremental accuracy (CNN and NME), the last-phase accuracy and the last-phase forgetting as mean and
   sample std (ddof=1) over seeds, the number of seeds, and how many trials were left out (pruned, failed,
   unfinished). Only finished trials count.
-* ``ablation_tables``: the paper's layout (Fig. 7 / Table 2): rows = ladder rungs in ladder order,
-  columns = phase counts, cells "mean ± std".
+* ``ablation_tables``: the paper's layout (Table 2), one ``PaperTable`` per (dataset, base, budget): rows =
+  ladder rungs under their paper names (``PAPER_NAMES``), check-mark columns CN / LF / MR / CBF from the
+  presets' switches, CNN and NME average incremental accuracy "mean ± std" per phase count with n; the best
+  non-upper-bound value of each column in bold.
+* ``summary_display``, ``compact``: paper-ready versions of any table: columns constant over all rows are
+  dropped and stated once in a note, headers are words (``header_words``), best values in bold.
+* ``cost_table``: CPU-/GPU-hours per protocol x preset, a base phase shared through the base cache counted once.
+* ``long_table``: every number, one row per trial x phase (the long frame; ``tables/long.csv``).
 * ``search_summary``, ``param_importances``, ``best_command_line``: the best configurations of a search.
-* ``export_table``: CSV, Markdown and LaTeX (booktabs) files of any of them.
+* ``export_table``: CSV, Markdown and LaTeX files of any of them (LaTeX: a ``table`` environment with
+  ``\caption`` above a booktabs tabular, a ``\label``, headers as words; ``**x**`` cells become ``\textbf{x}``
+  and ``✓`` ``\checkmark`` (amssymb)).
 
 Cells read "mean ± std"; with a single seed the std is undefined (NaN) and the cell is the mean alone.
 """
@@ -17,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -37,6 +46,123 @@ DASH = "–"
 _NOT_IDENTITY = set(RUNTIME_FIELDS) | {"seed", "class_order_seed", "num_classes", "preset", "cosine", "imprint",
                                        "less_forget", "adaptive_lambda", "margin_ranking", "kd", "mimic_scores", "cbf",
                                        "joint"}
+
+
+#: the paper's name of each ladder preset: the one mapping every table (and figure) labels its rows with
+PAPER_NAMES = {"finetune": "Finetune (replay)", "baseline": "Baseline (FC + KD)", "cn": "CN", "cn_lf": "CN + LF",
+               "lucir": "LUCIR (CN + LF + MR)", "lucir_cbf": "LUCIR + CBF", "joint": "Joint (upper bound)"}
+#: the upper bound (all data at once): never the "best" of a column
+UPPER_BOUND = "joint"
+#: the ablation's component columns: header -> the preset switch (``lucir.config.PRESETS``) that turns it on
+COMPONENTS = {"CN": "cosine", "LF": "less_forget", "MR": "margin_ranking", "CBF": "cbf"}
+CHECK = "✓"
+#: the accuracy columns of the summary, in order: metric -> header; forgetting is better when lower
+ACC_METRICS = {"avg_inc_acc_cnn": "avg. inc. acc. CNN (%)", "avg_inc_acc_nme": "avg. inc. acc. NME (%)",
+               "last_acc_cnn": "last acc. CNN (%)", "last_acc_nme": "last acc. NME (%)",
+               "forgetting_cnn": "forgetting CNN (%)"}
+LOWER_IS_BETTER = {"forgetting_cnn"}
+#: headers as words for the snake_case columns of the frames (``header_words``; others: '_' -> ' ')
+HEADERS = {**ACC_METRICS, "acc_cnn": "last acc. CNN (%)", "acc_nme": "last acc. NME (%)",
+           "acc_old_cnn": "old-class acc. CNN (%)", "acc_new_cnn": "new-class acc. CNN (%)",
+           "trial_id": "trial", "base_classes": "base classes", "memory": "exemplars",
+           "exemplars_per_class": "exemplars/class", "memory_total": "total memory", "phases_done": "phases done",
+           "phases_total": "phases total", "seeds": "n", "eta_init": "eta init", "lambda_base": "lambda base",
+           "trial_seconds": "time/trial (s)", "class_order_seed": "class order seed"}
+
+
+def paper_name(preset: Any) -> str:
+    """The paper's name of a preset ('cn_lf' -> 'CN + LF'); other names as they are."""
+    return PAPER_NAMES.get(preset, str(preset))
+
+
+def components(preset: Any) -> dict[str, bool | None]:
+    """CN / LF / MR / CBF -> on? from the preset's switches (``lucir.config.PRESETS``); None for a custom preset."""
+    from lucir.config import PRESETS
+
+    sw = PRESETS.get(preset)
+    return {h: (None if sw is None else bool(sw[k])) for h, k in COMPONENTS.items()}
+
+
+def header_words(name: Any) -> str:
+    """A column header as words: 'avg_inc_acc_cnn' -> 'avg. inc. acc. CNN (%)', 'phases_done' -> 'phases done'."""
+    name = str(name)
+    if name in HEADERS:
+        return HEADERS[name]
+    if name.startswith("val_") and name[4:] in HEADERS:
+        return "val. " + HEADERS[name[4:]]
+    return name.replace("_", " ")
+
+
+def constant_note(consts: dict[str, Any]) -> str:
+    """What the dropped constant columns held, once: 'digits, B4, 3 phases, 5 exemplars/class; n = 3'."""
+    proto, rest = [], []
+    for k, v in consts.items():
+        if k == "dataset":
+            proto.append(str(v))
+        elif k in ("base_classes", "base"):
+            proto.append(f"B{v}")
+        elif k == "phases":
+            proto.append(f"{v} phases")
+        elif k in ("memory", "exemplars"):
+            proto.append(str(v).replace("/class", " exemplars/class").replace(" total", " exemplars in total"))
+        elif k == "exemplars_per_class":
+            proto.append(f"{v} exemplars/class")
+        elif k == "memory_total":
+            if v:
+                proto.append(f"{v} exemplars in total")
+        elif k in ("seeds", "n"):
+            rest.append(f"n = {v} finished trials (seeds) per row")
+        elif k == "excluded":
+            rest.append("no unfinished trial" if v == 0 else f"{v} unfinished trial(s) per row not counted")
+        else:
+            rest.append(f"{header_words(k)}: {DASH if _isnan(v) else v}")
+    return "; ".join(p for p in (", ".join(proto), "; ".join(rest)) if p)
+
+
+def drop_constant(table: pd.DataFrame, candidates: Iterable[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``table`` without the ``candidates`` columns that hold one value in every row, and those values."""
+    consts: dict[str, Any] = {}
+    if len(table):
+        for c in candidates:
+            if c in table.columns and c not in consts and table[c].map(_hashable).nunique(dropna=False) == 1:
+                consts[c] = table[c].iloc[0]
+    return table.drop(columns=list(consts)), consts
+
+
+def compact(table: pd.DataFrame, candidates: Iterable[str] = PROTOCOL + ("memory", "preset", "seed")
+            ) -> tuple[pd.DataFrame, str]:
+    """A table for a reader: constant ``candidates`` columns dropped (returned as a note), headers as words,
+    presets under their paper names."""
+    out, consts = drop_constant(table, candidates)
+    if "preset" in out:
+        out = out.assign(preset=out["preset"].map(paper_name)).rename(columns={"preset": "method"})
+    if "preset" in consts:
+        consts["preset"] = paper_name(consts.pop("preset"))
+    return out.rename(columns=header_words), constant_note(consts)
+
+
+def _best_mask(means: pd.Series, eligible: pd.Series, groups: list[pd.Series] | None = None,
+               lower: bool = False) -> pd.Series:
+    """Rows holding the best mean of their group among ``eligible`` rows (ties all best; at least 2 rivals)."""
+    m = means.astype(float).where(eligible.astype(bool))
+    keys = groups if groups else [pd.Series(0, index=m.index)]
+    best = m.groupby(keys, dropna=False).transform("min" if lower else "max")
+    rivals = m.groupby(keys, dropna=False).transform("count")
+    return (m == best) & (rivals >= 2) & m.notna()
+
+
+def bold(cell: str) -> str:
+    return cell if cell == DASH else f"**{cell}**"
+
+
+@dataclass
+class PaperTable:
+    """A table in two forms: ``data`` every column in plain text (the CSV) and ``display`` for a reader
+    (Markdown / LaTeX: constant columns dropped and stated in ``note``, headers as words, best in bold)."""
+
+    data: pd.DataFrame
+    display: pd.DataFrame
+    note: str = ""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -163,31 +289,49 @@ def _isnan(v: Any) -> bool:
 
 
 def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as text cells: 'Avg inc. acc. CNN' = '62.00 ± 2.00', etc."""
+    """The summary as text cells with word headers, every column (the CSV): protocol, preset (its id),
+    method (its paper name), 'avg. inc. acc. CNN (%)' = '62.00 ± 2.00', ..., n, excluded. No time column:
+    time is a cost (``cost_table``), not a result."""
     lead = [c for c in summary.columns if not (c.endswith("_mean") or c.endswith("_std"))
             and c not in ("seeds", "excluded")]
     out = summary[lead].copy()
-    out = out.rename(columns={"base_classes": "base", "memory": "exemplars"})
-    titles = {"avg_inc_acc_cnn": "avg inc acc CNN", "avg_inc_acc_nme": "avg inc acc NME",
-              "last_acc_cnn": "last acc CNN", "last_acc_nme": "last acc NME", "forgetting_cnn": "forgetting CNN",
-              "trial_seconds": "time/trial (s)"}
-    for name, title in titles.items():
-        digits = 1 if name == "trial_seconds" else 2
-        out[title] = [fmt_mean_std(m, s, digits=digits)
-                      for m, s in zip(summary[f"{name}_mean"], summary[f"{name}_std"])]
+    out.insert(lead.index("preset") + 1, "method", out["preset"].map(paper_name))
+    for name in ACC_METRICS:
+        out[name] = [fmt_mean_std(m, s) for m, s in zip(summary[f"{name}_mean"], summary[f"{name}_std"])]
     out["seeds"] = summary["seeds"]
     out["excluded"] = summary["excluded"]
-    return out
+    return out.rename(columns=header_words)
+
+
+def summary_display(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The summary for a reader and its note: columns constant over all rows dropped (named in the note),
+    rows named by method, the best non-upper-bound value of each accuracy column in bold (per protocol;
+    forgetting: the lowest)."""
+    lead = [c for c in summary.columns if not (c.endswith("_mean") or c.endswith("_std"))
+            and c not in ("seeds", "excluded")]
+    out = summary[lead].copy()
+    proto = [summary[c] for c in GROUP if c in summary]
+    eligible = summary["preset"] != UPPER_BOUND
+    for name in ACC_METRICS:
+        cells = [fmt_mean_std(m, s) for m, s in zip(summary[f"{name}_mean"], summary[f"{name}_std"])]
+        best = _best_mask(summary[f"{name}_mean"], eligible, proto, lower=name in LOWER_IS_BETTER)
+        out[name] = [bold(c) if b else c for c, b in zip(cells, best)]
+    out["seeds"] = summary["seeds"]
+    out["excluded"] = summary["excluded"]
+    vary = [c for c in lead if c not in GROUP and c != "preset"]
+    return compact(out, candidates=[c for c in GROUP if c in out] + vary + ["seeds", "excluded"])
 
 
 # --------------------------------------------------------------------------- ablation
-def ablation_tables(df: pd.DataFrame, metric: str = "avg_inc_acc_cnn") -> dict[str, pd.DataFrame]:
-    """The paper's ablation layout, one table per (dataset, base classes, exemplar budget).
+def ablation_tables(df: pd.DataFrame) -> dict[str, PaperTable]:
+    """The paper's ablation (Table 2), one table per (dataset, base classes, exemplar budget).
 
-    Rows: presets in ladder order (finetune, baseline, cn, cn_lf, lucir, lucir_cbf, joint; only those
-    present; other presets after them); a varied hyperparameter is appended to the row label.
-    Columns: phase counts ('5 phases'). Cells: 'mean ± std' over finished seeds of ``metric``
-    (a summary metric name: avg_inc_acc_cnn, avg_inc_acc_nme, last_acc_cnn, ...); '–' when no seed finished.
+    Rows: presets in ladder order under their paper names (finetune, baseline, cn, cn_lf, lucir, lucir_cbf,
+    joint; only those present; other presets after them); a varied hyperparameter is appended to the name.
+    Columns: the components CN, LF, MR, CBF (✓ from the preset's switches, ``lucir.config.PRESETS``), then
+    per phase count the CNN and NME average incremental accuracy 'mean ± std' over the finished seeds and
+    their number n ('–' and 0 when none finished). ``display`` bolds each accuracy column's best value over
+    the rows other than the upper bound (``joint``, named as such) and states constant columns in ``note``.
     """
     s = summary_table(df)
     if not len(s):
@@ -195,18 +339,46 @@ def ablation_tables(df: pd.DataFrame, metric: str = "avg_inc_acc_cnn") -> dict[s
     vary = [c for c in s.columns if c not in GROUP and c not in ("preset", "seeds", "excluded")
             and not c.endswith("_mean") and not c.endswith("_std")]
     s = s.copy()
-    s["rung"] = [p if not vary else f"{p} ({', '.join(f'{k}={r[k]}' for k in vary)})"
+    s["rung"] = [paper_name(p) if not vary else f"{paper_name(p)} ({', '.join(f'{k}={r[k]}' for k in vary)})"
                  for p, (_, r) in zip(s["preset"], s.iterrows())]
-    out: dict[str, pd.DataFrame] = {}
+    metrics = {"avg_inc_acc_cnn": "CNN", "avg_inc_acc_nme": "NME"}
+    out: dict[str, PaperTable] = {}
     for (ds, b, mem), g in s.groupby(["dataset", "base_classes", "memory"], sort=False, dropna=False):
         phases = sorted(g["phases"].unique())
-        rungs = list(dict.fromkeys(g.sort_values("preset", key=lambda c: c.map(_sort_key_preset),
-                                                 kind="stable")["rung"]))
-        tab = pd.DataFrame(DASH, index=pd.Index(rungs, name="preset"),
-                           columns=[f"{p} phases" for p in phases], dtype=object)
-        for _, r in g.iterrows():
-            tab.loc[r["rung"], f"{r['phases']} phases"] = fmt_mean_std(r[f"{metric}_mean"], r[f"{metric}_std"])
-        out[protocol_label(ds, b, None, mem)] = tab
+        g = g.sort_values("preset", key=lambda c: c.map(_sort_key_preset), kind="stable")
+        rungs = list(dict.fromkeys(g["rung"]))
+        preset_of = dict(zip(g["rung"], g["preset"]))
+        one = len(phases) == 1
+
+        def head(m: str, p: Any) -> str:
+            if m == "n":
+                return "n" if one else f"n ({p} phases)"
+            return f"avg. inc. acc. {m} (%)" if one else f"{m}, {p} phases (%)"
+
+        data = pd.DataFrame({"preset": [preset_of[r] for r in rungs], "method": rungs})
+        for h in COMPONENTS:
+            data[h] = [components(preset_of[r])[h] for r in rungs]
+        disp = pd.DataFrame({"method": rungs})
+        for h in COMPONENTS:
+            disp[h] = ["?" if v is None else (CHECK if v else "") for v in data[h]]
+        for p in phases:
+            rows = g[g["phases"] == p].set_index("rung")
+            eligible = pd.Series([preset_of[r] != UPPER_BOUND and r in rows.index for r in rungs])
+            for m, short in metrics.items():
+                mean = pd.Series([rows.at[r, f"{m}_mean"] if r in rows.index else math.nan for r in rungs])
+                std = [rows.at[r, f"{m}_std"] if r in rows.index else math.nan for r in rungs]
+                cells = [fmt_mean_std(a, b_) for a, b_ in zip(mean, std)]
+                best = _best_mask(mean, eligible)
+                data[head(short, p)] = cells
+                disp[head(short, p)] = [bold(c) if x else c for c, x in zip(cells, best)]
+            n = [int(rows.at[r, "seeds"]) if r in rows.index else 0 for r in rungs]
+            data[head("n", p)] = n
+            disp[head("n", p)] = n
+        disp, consts = drop_constant(disp, [head("n", p) for p in phases])
+        consts = {("seeds" if k.startswith("n") else k): v for k, v in consts.items()}
+        note = constant_note({"dataset": ds, "base_classes": b, **({"phases": phases[0]} if one else {}),
+                              "memory": mem, **consts})
+        out[protocol_label(ds, b, None, mem)] = PaperTable(data=data, display=disp, note=note)
     return out
 
 
@@ -224,13 +396,111 @@ def curve_tables(df: pd.DataFrame, metric: str = "acc_cnn") -> dict[str, pd.Data
         series = list(g.groupby(["preset", *vary], sort=False, dropna=False))
         series.sort(key=lambda kv: _sort_key_preset(kv[0][0]))
         for skey, s in series:
-            label = skey[0] if not vary else f"{skey[0]} ({', '.join(f'{k}={v}' for k, v in zip(vary, skey[1:]))})"
+            label = skey[0] if not vary else (f"{paper_name(skey[0])} "
+                                              f"({', '.join(f'{k}={v}' for k, v in zip(vary, skey[1:]))})")
             agg = s.groupby("classes_seen")[metric].agg(["mean", "std"]).sort_index()
             rows[label] = {f"{int(c)} classes": fmt_mean_std(m, sd) for c, m, sd in
                            zip(agg.index, agg["mean"], agg["std"])}
         tab = pd.DataFrame.from_dict(rows, orient="index").fillna(DASH)
-        tab.index.name = "preset"
+        tab.index = [paper_name(r) if r in PAPER_NAMES else r for r in tab.index]
+        tab.index.name = "method"
         out[protocol_label(*key)] = tab
+    return out
+
+
+# --------------------------------------------------------------------------- cost
+def _base_key(row: pd.Series) -> str:
+    """The trial's base-phase key (``Config.base_key``: trials with equal keys share phase 0); its id when
+    the config cannot be rebuilt (then its phase 0 is its own)."""
+    try:
+        from lucir.config import Config
+
+        return Config.from_flat(config_of(row)).base_key()
+    except Exception:  # noqa: BLE001 - an odd or partial config: nothing shared
+        return f"trial:{row['trial_id']}"
+
+
+def _hours(v: Any) -> str:
+    return DASH if _isnan(v) else (f"{v:.2f}" if abs(v) >= 1 else f"{v:.4f}")
+
+
+def cost_table(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> PaperTable:
+    """Compute cost per protocol x preset: trials, base phases paid, wall, CPU- and GPU-hours.
+
+    A trial's seconds are its phases' ``phase_seconds`` (``train_seconds`` where not reported), times the
+    resources of a trial (``runner.cpus_per_trial`` / ``gpus_per_trial`` of lucir_experiment.json; 1 CPU and
+    no GPU when not recorded). A trial whose record says ``base_cache == "hit"`` did not train its phase 0:
+    the trial of the same base key that did (a miss) paid it; when every trial of a key hit (the pre-training
+    trained it), that phase 0 is counted once, on the first of them. Every trial that reported a phase
+    counts, finished or not (it spent the time).
+    """
+    runner = (meta or {}).get("runner") or {}
+    recorded = isinstance(runner, dict) and "cpus_per_trial" in runner
+    cpus = float(runner.get("cpus_per_trial") or 1.0) if recorded else 1.0
+    gpus = float(runner.get("gpus_per_trial") or 0.0) if recorded else 0.0
+    d = with_memory(df[df["phase"].notna()])
+    keys = [c for c in GROUP if c in d] + ["preset"]
+    cols = keys + ["trials", "base phases paid", "wall hours", "CPU-hours", "GPU-hours", "min/trial"]
+    if not len(d):
+        empty = pd.DataFrame(columns=cols)
+        return PaperTable(empty, empty.copy(), "no trial reported a phase: no cost")
+    secs = (d["phase_seconds"].fillna(d["train_seconds"]) if "phase_seconds" in d else d["train_seconds"])
+    d = d.assign(_s=secs.fillna(0.0).astype(float))
+    first = d.sort_values(["trial_id", "phase"], kind="stable").groupby("trial_id", sort=False).head(1)
+    trials = first.assign(_key=[_base_key(r) for _, r in first.iterrows()],
+                          _hit=(first["base_cache"].astype(str).str.lower() == "hit").to_numpy(),
+                          _o=first["preset"].map(_sort_key_preset))
+    base0 = d[d["phase"] == 0].set_index("trial_id")["_s"]
+    later = d[d["phase"] > 0].groupby("trial_id")["_s"].sum()
+    trials["_base"] = trials["trial_id"].map(base0).fillna(0.0)
+    trials["_pays_base"] = ~trials["_hit"] & trials["trial_id"].isin(base0.index)
+    # keys only hit (trained by the pre-training, or by a trial not in the frame): one phase 0 each
+    paid_keys = set(trials.loc[trials["_pays_base"], "_key"])
+    orphans = trials[trials["_hit"] & ~trials["_key"].isin(paid_keys) & trials["trial_id"].isin(base0.index)]
+    once = orphans.sort_values(["_o", "trial_id"], kind="stable").groupby("_key").head(1)["trial_id"]
+    trials.loc[trials["trial_id"].isin(set(once)), "_pays_base"] = True
+    trials["_paid"] = trials["trial_id"].map(later).fillna(0.0) + trials["_base"].where(trials["_pays_base"], 0.0)
+    rows = []
+    for key, g in trials.groupby(keys, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        wall = float(g["_paid"].sum()) / 3600.0
+        rows.append({**dict(zip(keys, key)), "trials": int(len(g)), "base phases paid": int(g["_pays_base"].sum()),
+                     "wall hours": wall, "CPU-hours": wall * cpus, "GPU-hours": wall * gpus,
+                     "min/trial": wall * 60.0 / len(g)})
+    data = pd.DataFrame(rows, columns=cols)
+    data["_p"] = data["preset"].map(_sort_key_preset)
+    data = data.sort_values([c for c in GROUP if c in data] + ["_p"], kind="stable").drop(columns="_p")
+    data = data.reset_index(drop=True)
+    disp = data.copy()
+    for c in ("wall hours", "CPU-hours", "GPU-hours"):
+        disp[c] = [_hours(v) for v in data[c]]
+    disp["min/trial"] = [f"{v:.1f}" for v in data["min/trial"]]
+    if not gpus:
+        disp = disp.drop(columns="GPU-hours")
+    disp, note = compact(disp, candidates=[c for c in GROUP if c in disp])
+    hits = int(trials["_hit"].sum())
+    res = (f"{cpus:g} CPU(s) and {gpus:g} GPU(s) per trial (lucir_experiment.json runner)" if recorded
+           else "runner resources not recorded in lucir_experiment.json: 1 CPU and no GPU per trial assumed")
+    total = (f"total {float(data['CPU-hours'].sum()):.2f} CPU-hours"
+             + (f", {float(data['GPU-hours'].sum()):.2f} GPU-hours" if gpus else ""))
+    parts = [note, res, f"time = phases' phase_seconds x resources; {hits} trial(s) loaded a shared base phase "
+             "from the base cache (hit): each base phase is counted once, on the trial that trained it", total]
+    return PaperTable(data=data, display=disp, note="; ".join(p for p in parts if p))
+
+
+def long_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every number for one's own plots: one row per trial x phase, every config column, every metric (the
+    validation ``val_*`` ones too, empty without a validation split), status and base-cache use."""
+    from analysis.results import VAL_METRICS
+
+    out = df.copy()
+    from analysis.results import EXTRA_METRICS, METRICS
+
+    missing = [m for m in VAL_METRICS if m not in out]
+    present = [i for i, c in enumerate(out.columns) if c in METRICS or c in EXTRA_METRICS]
+    at = max(present) + 1 if present else len(out.columns)
+    for m in reversed(missing):
+        out.insert(at, m, math.nan)
     return out
 
 
@@ -372,10 +642,15 @@ def to_markdown(table: pd.DataFrame, index: bool = False, floatfmt: str = ".2f")
     for c in t.columns:  # cells formatted here (text stays text: '0.8' is not re-read as 0.80); NA as '–'
         numeric = pd.api.types.is_numeric_dtype(t[c]) and not pd.api.types.is_bool_dtype(t[c])
         numeric = numeric or (len(t) > 0 and all(_is_number_text(v) for v in t[c]))
-        align.append("right" if numeric else "left")
+        align.append("center" if _is_check_column(t[c]) else ("right" if numeric else "left"))
         t[c] = [DASH if _isnan(v) else (format(v, floatfmt) if isinstance(v, float) else str(v))
                 for v in t[c].astype(object)]
     return t.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
+
+
+def _is_check_column(col: pd.Series) -> bool:
+    vals = set(col.astype(object))
+    return len(col) > 0 and vals <= {CHECK, "", "?"} and (CHECK in vals or col.name in COMPONENTS)
 
 
 def _is_number_text(v: Any) -> bool:
@@ -402,28 +677,39 @@ def _tex_cell(v: Any, floatfmt: str) -> str:
         return "--"
     if isinstance(v, float):
         return format(v, floatfmt)
-    return _tex_escape(str(v))
+    text = str(v)
+    if text == CHECK:
+        return r"\checkmark"
+    if len(text) > 4 and text.startswith("**") and text.endswith("**"):
+        return rf"\textbf{{{_tex_escape(text[2:-2])}}}"
+    return _tex_escape(text)
 
 
 def to_latex(table: pd.DataFrame, index: bool = False, floatfmt: str = ".2f", caption: str | None = None,
-             label: str | None = None) -> str:
-    """A booktabs tabular (``\\toprule``/``\\midrule``/``\\bottomrule``); text columns left, numbers right."""
+             label: str | None = None, note: str | None = None) -> str:
+    """A booktabs tabular (``\\toprule``/``\\midrule``/``\\bottomrule``): text columns left, numbers right,
+    check marks centred, headers as words (``header_words``, escaped). With a caption or a label: inside a
+    ``table`` environment, ``\\centering``, the caption (and ``note``) ABOVE the tabular, then the label."""
     t = table.reset_index() if index else table
-    align = "".join("r" if pd.api.types.is_numeric_dtype(t[c]) and not pd.api.types.is_bool_dtype(t[c])
-                    else "l" for c in t.columns)
+    align = "".join("c" if _is_check_column(t[c]) else
+                    ("r" if (pd.api.types.is_numeric_dtype(t[c]) and not pd.api.types.is_bool_dtype(t[c]))
+                     or (len(t) > 0 and all(_is_number_text(v) for v in t[c])) else "l") for c in t.columns)
     lines = []
-    if caption or label:
-        lines += [r"\begin{table}[t]", r"\centering"]
+    wrap = bool(caption or label)
+    if wrap:
+        lines += [r"% needs \usepackage{booktabs} (rules) and \usepackage{amssymb} (\checkmark)",
+                  r"\begin{table}[t]", r"\centering"]
+        text = caption_text(caption, note)
+        if text:
+            lines.append(rf"\caption{{{_tex_escape(text)}}}")
+        if label:
+            lines.append(rf"\label{{{label}}}")
     lines += [rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-              " & ".join(_tex_escape(str(c)) for c in t.columns) + r" \\", r"\midrule"]
+              " & ".join(_tex_escape(header_words(c)) for c in t.columns) + r" \\", r"\midrule"]
     for row in t.itertuples(index=False):
         lines.append(" & ".join(_tex_cell(v, floatfmt) for v in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    if caption or label:
-        if caption:
-            lines.append(rf"\caption{{{_tex_escape(caption)}}}")
-        if label:
-            lines.append(rf"\label{{{label}}}")
+    if wrap:
         lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
@@ -437,23 +723,40 @@ def display_params(table: pd.DataFrame, params: Iterable[str]) -> pd.DataFrame:
     return out
 
 
+def caption_text(caption: str | None, note: str | None = None) -> str:
+    """'Caption. Note.': the caption, then what the table leaves out, each ending in a full stop."""
+    parts = [x.strip() for x in (caption or "", note or "") if x and x.strip()]
+    return " ".join(x if x[-1] in ".!?" else x + "." for x in parts)
+
+
+def tex_label(name: str) -> str:
+    """``tab:<name>`` with hyphens (``ablation_digits_b4`` -> ``tab:ablation-digits-b4``)."""
+    return "tab:" + slug(name).replace("_", "-")
+
+
 def export_table(table: pd.DataFrame, out_stem: str | os.PathLike, formats: Iterable[str] = ("csv", "md", "tex"),
-                 index: bool = False, caption: str | None = None, display: pd.DataFrame | None = None) -> list[Path]:
+                 index: bool = False, caption: str | None = None, display: pd.DataFrame | None = None,
+                 note: str | None = None, label: str | None = None) -> list[Path]:
     """Write ``<stem>.csv``, ``<stem>.md`` and/or ``<stem>.tex`` (each atomically); return the paths written.
 
     ``display``: a formatted version of ``table`` for Markdown and LaTeX (the CSV keeps the numbers).
+    ``note``: what the display leaves out (its constant columns), after the caption in both. LaTeX: a
+    ``table`` environment, caption above the tabular, ``\\label{label}`` (default ``tab:<stem>``).
     """
     stem = Path(out_stem)
     written = []
+    caption = caption or header_words(stem.name)
+    label = label or tex_label(stem.name)
+    shown = table if display is None else display
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
         if fmt == "csv":
             t = table.reset_index() if index else table
             text = t.to_csv(index=False, float_format="%.4f")
         elif fmt == "md":
-            text = to_markdown(table if display is None else display, index=index)
+            text = f"{caption_text(caption, note)}\n\n" + to_markdown(shown, index=index)
         elif fmt == "tex":
-            text = to_latex(table if display is None else display, index=index, caption=caption)
+            text = to_latex(shown, index=index, caption=caption, label=label, note=note)
         else:
             raise ValueError(f"format {fmt!r} is invalid: allowed csv, md, tex")
         _atomic_write(path, text)

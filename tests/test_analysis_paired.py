@@ -201,6 +201,8 @@ def test_report_has_the_paired_section_for_an_ablation(tmp_path, capsys):
     assert r["p_value"] == pytest.approx(0.25)                # all three differences -10: 2 of 8 flips
     assert (rep / "figures" / "forest_lucir.png").is_file()
     assert "figures/forest_lucir.png" in text
+    assert text.count("![forest_lucir](figures/forest_lucir.png)") == 1      # embedded once, in its section
+    assert (rep / "figures" / "forest_lucir.pdf").is_file() and (rep / "figures" / "forest_lucir.svg").is_file()
     assert "Seed vs class-order variance: not split" in text
     # another reference preset that is not there: the section says why not
     assert main(["report", str(exp), "--no-mlflow", "--formats", "md", "--reference", "joint"]) == 0

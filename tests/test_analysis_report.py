@@ -35,7 +35,7 @@ def test_report_end_to_end_logged_to_the_mlflow_parent_run(tmp_path, mlflow_temp
 
     assert main(["report", str(exp)]) == 0
     out = capsys.readouterr().out
-    assert "| baseline" in out and "50.00 ± 2.00" in out                    # the main table on stdout
+    assert "| Baseline (FC + KD)" in out and "50.00 ± 2.00" in out          # the main table on stdout
     assert "report logged as artifacts" in out
 
     report = exp / "report"
@@ -44,12 +44,23 @@ def test_report_end_to_end_logged_to_the_mlflow_parent_run(tmp_path, mlflow_temp
     assert links and all((report / link).is_file() for link in links)      # every link resolves
     for name in ("tables/summary.csv", "tables/summary.md", "tables/summary.tex",
                  "tables/ablation_digits_b4_5_class.tex", "tables/trials.csv", "tables/long.csv",
+                 "tables/cost.csv", "tables/cost.md", "tables/cost.tex",
                  "figures/ablation_digits_b4_5_class.png", "figures/acc_digits_b4_3_phases_5_class.png"):
         assert name in links, name
     tex = (report / "tables" / "summary.tex").read_text()
     assert all(tex.count(r) == 1 for r in (r"\toprule", r"\midrule", r"\bottomrule"))
+    assert tex.index(r"\caption{") < tex.index(r"\begin{tabular}") and r"\label{tab:summary}" in tex
     abl = (report / "tables" / "ablation_digits_b4_5_class.tex").read_text()
-    assert r"lucir & 60.00 $\pm$ 2.00 & 59.00 $\pm$ 2.00 \\" in abl
+    assert r"\begin{table}" in abl and abl.index(r"\caption{") < abl.index(r"\begin{tabular}")
+    rows = {line.split(" & ")[0]: line.split(" & ") for line in abl.splitlines() if " & " in line}
+    lucir = rows["LUCIR (CN + LF + MR)"]                                    # paper name, CN LF MR checked
+    assert lucir[1:5] == [r"\checkmark", r"\checkmark", r"\checkmark", ""]
+    assert r"\textbf{60.00 $\pm$ 2.00}" in lucir and r"\textbf{59.00 $\pm$ 2.00}" in lucir  # best rung (2 phases)
+    assert "_" not in abl.split(r"\toprule")[1].split(r"\midrule")[0]      # word headers
+    import pandas as pd
+
+    long = pd.read_csv(report / "tables" / "long.csv")
+    assert len(long) == sum(len(t["phases"]) or 1 for t in trials) and "val_avg_inc_acc_cnn" in long.columns
     text = index.read_text()
     assert "2 of 20 trials did not finish" in text
     assert "| late" in text and "RUNNING" in text and f"lucir resume {exp}" in text
@@ -88,7 +99,8 @@ def test_search_report_has_top_configs_importances_and_search_plots(tmp_path, ca
                                                   value=t["phases"][-1]["avg_inc_acc_cnn"]))
     assert main(["report", str(exp), "--out", str(tmp_path / "rep"), "--formats", "md,tex"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].startswith("|   rank | trial_id")             # a search prints its top configs
+    assert out.splitlines()[0].startswith("|   rank | trial ")               # a search prints its top configs
+    assert "avg. inc. acc. CNN (%)" in out.splitlines()[0] and "preset" not in out.splitlines()[0]  # constant
     assert "MLflow: not logged" in out
     rep = tmp_path / "rep"
     names = {p.relative_to(rep).as_posix() for p in rep.rglob("*") if p.is_file()}
@@ -127,7 +139,10 @@ def test_partial_experiment_reports_what_is_missing(tmp_path, capsys):
     assert "| a " in text and "| b " in text and "killed" in text
     assert "Best configuration" not in text
     summary = (exp / "report" / "tables" / "summary.md").read_text()
-    assert summary.splitlines()[-1].count(" – |") == 6                       # no finished seed: dashes
+    from analysis.tables import ACC_METRICS
+
+    assert summary.splitlines()[-1].count(" – |") == len(ACC_METRICS)       # no finished seed: dashes
+    assert "n = 0" in summary.splitlines()[0]                                # constant columns: in the note
 
 
 def test_report_is_replaced_atomically(tmp_path, capsys):

@@ -43,8 +43,10 @@ def test_summary_mean_and_sample_std_over_seeds_match_hand_computation(known):
     assert joint["seeds"] == 1 and joint["avg_inc_acc_cnn_mean"] == 70.0
     assert math.isnan(joint["avg_inc_acc_cnn_std"])                # one seed: no std (ddof=1)
     text = tables.format_summary(s).set_index("preset")
-    assert text.loc["lucir", "avg inc acc CNN"] == "62.00 ± 2.00"
-    assert text.loc["joint", "avg inc acc CNN"] == "70.00"          # the mean alone for one seed
+    assert text.loc["lucir", "avg. inc. acc. CNN (%)"] == "62.00 ± 2.00"
+    assert text.loc["joint", "avg. inc. acc. CNN (%)"] == "70.00"   # the mean alone for one seed
+    assert text.loc["lucir", "method"] == tables.PAPER_NAMES["lucir"]
+    assert not any("time" in c or "second" in c for c in text.columns)  # time is a cost, not a result
     assert list(s["preset"]) == ["lucir", "joint"]                  # ladder order
 
 
@@ -53,10 +55,11 @@ def test_curve_table_gives_accuracy_after_each_phase(tmp_path):
               make_trial("c", preset="cn", seed=0, acc=50.0), make_trial("d", preset="cn", seed=1, done=2)]
     (label, tab), = tables.curve_tables(_frame(tmp_path, trials)).items()
     assert label == "digits B4 3 phases 5/class"
-    assert list(tab.index) == ["cn", "lucir"]
+    cn, lucir = tables.paper_name("cn"), tables.paper_name("lucir")
+    assert list(tab.index) == [cn, lucir]                       # paper names, ladder order
     assert list(tab.columns) == ["4 classes", "6 classes", "8 classes", "10 classes"]
-    assert tab.loc["lucir", "8 classes"] == "62.00 ± 2.83"      # mean(60, 64), std sqrt(8)
-    assert tab.loc["cn", "10 classes"] == "50.00"               # the unfinished cn seed does not count
+    assert tab.loc[lucir, "8 classes"] == "62.00 ± 2.83"        # mean(60, 64), std sqrt(8)
+    assert tab.loc[cn, "10 classes"] == "50.00"                 # the unfinished cn seed does not count
 
 
 def test_protocols_are_kept_apart(tmp_path):
@@ -88,12 +91,16 @@ def test_ablation_table_has_ladder_rows_and_phase_columns(tmp_path):
     trials.append(make_trial("x", preset="cn", phases=3, done=1))  # cn never finished: no row at all
     abl = tables.ablation_tables(_frame(tmp_path, trials))
     assert list(abl) == ["digits B4 5/class"]
-    t = abl["digits B4 5/class"]
+    t = abl["digits B4 5/class"].data.set_index("preset")
     assert list(t.index) == ["finetune", "baseline", "cn", "cn_lf", "lucir"]
-    assert list(t.columns) == ["2 phases", "3 phases"]
-    assert t.loc["lucir", "2 phases"] == "60.00 ± 2.00"    # 40 + 20 - 2 + mean(0, 2, 4)
-    assert t.loc["finetune", "3 phases"] == "39.00 ± 2.00"
-    assert t.loc["cn", "3 phases"] == tables.DASH and t.loc["cn", "2 phases"] == tables.DASH
+    assert list(t["method"]) == [tables.PAPER_NAMES[p] for p in t.index]
+    assert [c for c in t.columns if "phases" in c] == ["CNN, 2 phases (%)", "NME, 2 phases (%)", "n (2 phases)",
+                                                       "CNN, 3 phases (%)", "NME, 3 phases (%)", "n (3 phases)"]
+    assert t.loc["lucir", "CNN, 2 phases (%)"] == "60.00 ± 2.00"    # 40 + 20 - 2 + mean(0, 2, 4)
+    assert t.loc["lucir", "NME, 2 phases (%)"] == "59.00 ± 2.00"    # NME = CNN - 1 in the fixture
+    assert t.loc["finetune", "CNN, 3 phases (%)"] == "39.00 ± 2.00"
+    assert t.loc["cn", "CNN, 3 phases (%)"] == tables.DASH and t.loc["cn", "n (3 phases)"] == 0
+    assert t.loc["lucir", "n (2 phases)"] == 3
 
 
 def _search_trials():
@@ -158,13 +165,13 @@ def test_export_csv_markdown_latex(tmp_path, known):
     paths = tables.export_table(txt, tmp_path / "t" / "summary", caption="A caption")
     assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
     back = pd.read_csv(paths[0])
-    assert list(back["avg inc acc CNN"]) == ["62.00 ± 2.00", "70.00"]
+    assert list(back["avg. inc. acc. CNN (%)"]) == ["62.00 ± 2.00", "70.00"]
     md = paths[1].read_text()
-    assert "| lucir" in md and "62.00 ± 2.00" in md
+    assert md.startswith("A caption.") and "| lucir" in md and "62.00 ± 2.00" in md
     tex = paths[2].read_text()
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert tex.count(rule) == 1
-    assert r"62.00 $\pm$ 2.00" in tex and r"\caption{A caption}" in tex
+    assert r"62.00 $\pm$ 2.00" in tex and r"\caption{A caption.}" in tex and r"\label{tab:summary}" in tex
     abl = tables.ablation_tables(frame_from_records([]))
     assert abl == {}
     tex2 = tables.to_latex(pd.DataFrame({"preset": ["cn_lf"], "v": [float("nan")]}))
@@ -210,3 +217,151 @@ def test_searched_params_come_from_the_domains_the_runner_wrote_as_data():
                          "lambda_base": {"kind": "loguniform", "low": 0.5, "high": 50.0, "log": True}},
             "param_space": {"K": "randint(1, 2) inclusive"}}  # the text form is not parsed when data exist
     assert tables.searched_params(df, meta) == ["lambda_base", "margin"]
+
+
+# --------------------------------------------------------------------------- paper-ready tables (issue 10)
+def _ladder_frame(tmp_path, presets=None, phase_counts=(3,)):
+    from lucir.config import LADDER
+
+    trials = []  # acc rises along the ladder, joint on top: 40 + 4 * rung + 2 * seed
+    for rung, preset in enumerate(presets or LADDER):
+        for p in phase_counts:
+            for seed in (0, 1, 2):
+                trials.append(make_trial(f"{preset}_{p}_{seed}", preset=preset, phases=p, seed=seed,
+                                         acc=40.0 + 4 * rung - p + 2 * seed, forgetting=30.0 - 3 * rung))
+    return _frame(tmp_path, trials)
+
+
+def _unbold(cell):
+    return cell[2:-2] if isinstance(cell, str) and cell.startswith("**") else cell
+
+
+def _mean(cell):
+    return float(_unbold(cell).split(" ± ")[0])
+
+
+def test_ablation_uses_paper_names_and_check_marks_from_the_presets_switches(tmp_path):
+    from lucir.config import LADDER, PRESETS
+
+    (label, t), = tables.ablation_tables(_ladder_frame(tmp_path)).items()
+    switch = {"CN": "cosine", "LF": "less_forget", "MR": "margin_ranking", "CBF": "cbf"}
+    assert list(t.data["preset"]) == list(LADDER)
+    assert len(set(t.display["method"])) == len(LADDER)                 # one name per preset, none raw
+    assert not any("_" in m for m in t.display["method"])
+    last = t.display["method"].iloc[-1]
+    assert last == tables.paper_name("joint") and "upper bound" in last
+    for preset, (_, row) in zip(LADDER, t.display.iterrows()):
+        assert row["method"] == tables.PAPER_NAMES[preset]
+        for col, sw in switch.items():
+            assert (row[col] == tables.CHECK) == PRESETS[preset][sw], (preset, col)
+            assert t.data.set_index("preset").loc[preset, col] == PRESETS[preset][sw]
+    assert {"avg. inc. acc. CNN (%)", "avg. inc. acc. NME (%)"} <= set(t.display.columns)  # CNN and NME
+    tex = tables.to_latex(t.display, caption="c")
+    lucir = next(line for line in tex.splitlines() if line.startswith(tables.PAPER_NAMES["lucir"]))
+    assert lucir.count(r"\checkmark") == 3                                # CN, LF, MR
+    md = tables.to_markdown(t.display)
+    assert md.count(tables.CHECK) == sum(PRESETS[p][s] for p in LADDER for s in switch.values())
+
+
+def test_bold_marks_the_best_value_of_each_column_but_the_upper_bound(tmp_path):
+    (_, t), = tables.ablation_tables(_ladder_frame(tmp_path, phase_counts=(2, 3))).items()
+    d = t.display.set_index("method")
+    acc_cols = [c for c in d.columns if c.startswith(("CNN", "NME"))]
+    assert len(acc_cols) == 4
+    joint = tables.paper_name("joint")
+    for c in acc_cols:
+        bolded = [m for m in d.index if str(d.loc[m, c]).startswith("**")]
+        rivals = {m: _mean(d.loc[m, c]) for m in d.index if m != joint}
+        assert bolded == [max(rivals, key=rivals.get)], c              # the best non-joint row, once
+        assert _mean(d.loc[joint, c]) > max(rivals.values())            # joint is higher, yet not bold
+        assert not str(d.loc[joint, c]).startswith("**")
+    assert not any("**" in str(v) for v in t.data.to_numpy().ravel())   # the CSV holds plain values
+    tex = tables.to_latex(t.display, caption="c")
+    assert tex.count(r"\textbf{") == 4 and "**" not in tex
+    s = tables.summary_table(_ladder_frame(tmp_path / "b"))
+    disp, _ = tables.summary_display(s)
+    disp = disp.set_index("method")
+    f = "forgetting CNN (%)"                                             # lower is better
+    best = [m for m in disp.index if disp.loc[m, f].startswith("**")]
+    assert best == [min((m for m in disp.index if m != joint), key=lambda m: _mean(disp.loc[m, f]))]
+
+
+def test_constant_columns_are_dropped_and_named_in_the_note(tmp_path):
+    df = _ladder_frame(tmp_path, presets=("baseline", "lucir"))
+    disp, note = tables.summary_display(tables.summary_table(df))
+    for gone in ("dataset", "base", "base classes", "phases", "exemplars", "n", "excluded", "seeds"):
+        assert gone not in disp.columns
+    assert note.startswith("digits, B4, 3 phases, 5 exemplars/class") and "n = 3" in note
+    assert list(disp.columns)[0] == "method" and len(disp.columns) == 1 + len(tables.ACC_METRICS)
+    assert all("_" not in c for c in disp.columns)                       # headers as words
+    (_, t), = tables.ablation_tables(df).items()
+    assert "n" not in t.display.columns and "3 phases" in t.note and "n = 3" in t.note
+    # a column that varies stays
+    df2 = _ladder_frame(tmp_path / "b", presets=("baseline", "lucir"), phase_counts=(2, 3))
+    disp2, note2 = tables.summary_display(tables.summary_table(df2))
+    assert "phases" in disp2.columns and "phases" not in note2
+
+
+def test_latex_has_a_table_environment_caption_above_label_and_word_headers(tmp_path):
+    (_, t), = tables.ablation_tables(_ladder_frame(tmp_path)).items()
+    paths = tables.export_table(t.data, tmp_path / "out" / "ablation_digits_b4", ("tex", "md"), display=t.display,
+                                caption="Ablation: avg. inc. acc. (%)", note=t.note)
+    tex = paths[0].read_text()
+    lines = tex.splitlines()
+    pos = {k: next(i for i, x in enumerate(lines) if x.startswith(k)) for k in
+           (r"\begin{table}", r"\centering", r"\caption{", r"\label{", r"\begin{tabular}", r"\toprule", r"\end{table}")}
+    assert (pos[r"\begin{table}"] < pos[r"\centering"] < pos[r"\caption{"] < pos[r"\begin{tabular}"]
+            < pos[r"\end{table}"])
+    assert pos[r"\caption{"] < pos[r"\label{"] < pos[r"\begin{tabular}"]
+    assert r"\label{tab:ablation-digits-b4}" in tex
+    assert t.note.split(";")[0] in lines[pos[r"\caption{"]]              # the note goes with the caption
+    header = lines[pos[r"\toprule"] + 1]
+    assert "_" not in header                                             # words, not snake_case (nor \_)
+    assert r"(\%)" in header                                             # escaped
+    md = paths[1].read_text()
+    assert md.splitlines()[0].startswith("Ablation") and t.note in md
+    # generic frames get word headers in LaTeX too
+    tex2 = tables.to_latex(pd.DataFrame({"avg_inc_acc_cnn": [1.0], "phases_done": [2]}))
+    assert "avg. inc. acc. CNN (\\%) & phases done" in tex2
+
+
+def test_cost_table_counts_a_shared_base_phase_once(tmp_path):
+    # three trials of one base key (cn, cn_lf, lucir share phase 0: same seed, cosine, eta_init, schedule)
+    trials = [make_trial("t_cn", preset="cn", seed=0), make_trial("t_cnlf", preset="cn_lf", seed=0),
+              make_trial("t_lucir", preset="lucir", seed=0)]
+    trials[1]["base_cache"] = trials[2]["base_cache"] = "hit"          # t_cn trained it (miss)
+    meta = {"runner": {"cpus_per_trial": 4.0, "gpus_per_trial": 0.5}}
+    from lucir.config import Config
+
+    keys = {Config.from_flat(t["config"]).base_key() for t in trials}
+    assert len(keys) == 1
+    df = _frame(tmp_path, trials, meta=meta)
+    cost = tables.cost_table(df, meta)
+    c = cost.data.set_index("preset")
+    phase0, later = 1.5, 2.5 + 3.5 + 4.5                                 # the fixture's phase_seconds
+    assert c.loc["cn", "base phases paid"] == 1 and c.loc["lucir", "base phases paid"] == 0
+    assert c.loc["cn", "wall hours"] == pytest.approx((phase0 + later) / 3600)
+    assert c.loc["cn_lf", "wall hours"] == pytest.approx(later / 3600)  # its phase 0 was a cache hit
+    total = (phase0 + 3 * later) / 3600                                  # phase 0 once, not three times
+    assert c["wall hours"].sum() == pytest.approx(total)
+    assert c["CPU-hours"].sum() == pytest.approx(4 * total) and c["GPU-hours"].sum() == pytest.approx(0.5 * total)
+    assert "GPU-hours" in cost.display.columns and "4 CPU" in cost.note
+    # every trial a hit (the pre-training trained the base): still counted once
+    for t in trials:
+        t["base_cache"] = "hit"
+    df2 = _frame(tmp_path / "b", trials, meta=meta)
+    c2 = tables.cost_table(df2, meta).data
+    assert c2["base phases paid"].sum() == 1 and c2["wall hours"].sum() == pytest.approx(total)
+    # no runner recorded: 1 CPU, no GPU, said so; GPU column left out
+    c3 = tables.cost_table(df2, {})
+    assert "GPU-hours" not in c3.display.columns and "not recorded" in c3.note
+
+
+def test_long_table_holds_every_metric_and_config_column(tmp_path, known):
+    from analysis.results import CONFIG_FIELDS, EXTRA_METRICS, METRICS, VAL_METRICS
+
+    long = tables.long_table(known)
+    assert len(long) == len(known)                                       # trial x phase
+    for c in (*METRICS, *EXTRA_METRICS, *VAL_METRICS, "trial_id", "phase", "classes_seen", "base_cache"):
+        assert c in long.columns, c
+    assert all(c in long.columns for c in CONFIG_FIELDS if c in known.columns)
