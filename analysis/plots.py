@@ -404,8 +404,10 @@ def _restyle_optuna(fig: Figure, width: float, height: float, renumber: bool = T
             ax.yaxis.set_major_formatter(plus_one)
             ax.set_ylabel("trial number (Optuna's, from 1)")
         if ax.get_xlabel() == "Step":  # intermediate values: one per phase; a legend of N trials says nothing
-            ax.set_xlabel("phase")
+            ax.set_xlabel("phase (0 = base)")  # Optuna's step is Ray's training_iteration: phase + 1
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{int(round(v)) - 1}"))
+            ax.set_ylabel("objective so far")
             if ax.get_legend() is not None:
                 ax.get_legend().remove()
         leg = ax.get_legend()
