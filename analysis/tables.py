@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from analysis.results import (CONFIG_FIELDS, HYPERPARAMS, JOURNAL_FILE, OBJECTIVE, PROTOCOL, RUNTIME_FIELDS,
@@ -593,6 +594,12 @@ def best_command_line(config: dict[str, Any], command: str = "lucir train") -> s
     return command_line(config, command)
 
 
+#: fANOVA importances are shown only from this many complete trials on (issue 10), as the mean and std over
+#: this many evaluator seeds
+MIN_IMPORTANCE_TRIALS = 20
+IMPORTANCE_SEEDS = 5
+
+
 def param_importances(exp_path: str | os.PathLike, study_name: str | None = None,
                       params: list[str] | None = None) -> tuple[pd.DataFrame | None, str]:
     """Optuna parameter importances (fANOVA, seeded) of the search's study in ``<exp>/optuna_journal.log``.
@@ -616,17 +623,23 @@ def param_importances(exp_path: str | os.PathLike, study_name: str | None = None
         studies = [optuna.load_study(study_name=n, storage=storage) for n in ([name] if name else names)]
         study = max(studies, key=lambda s: len(s.trials))
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if len(complete) < 2:
-            return None, (f"parameter importances skipped: study {study.study_name!r} has {len(complete)} "
-                          "complete trial(s); at least 2 are needed")
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        if len(complete) < MIN_IMPORTANCE_TRIALS:
+            return None, (f"not shown: study {study.study_name!r} has {len(complete)} complete trial(s); fANOVA "
+                          f"importances of fewer than {MIN_IMPORTANCE_TRIALS} move with the evaluator's seed and "
+                          "say little")
         names_used = [p for p in (params or []) if all(p in t.params for t in complete)] or None
-        imp = optuna.importance.get_param_importances(study, evaluator=evaluator, params=names_used)
+        runs = [optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed), params=names_used)
+            for seed in range(IMPORTANCE_SEEDS)]
     except Exception as exc:  # noqa: BLE001 - importances are a nice-to-have; say why they are missing
         return None, f"parameter importances unavailable: {type(exc).__name__}: {exc}"
-    tab = pd.DataFrame({"parameter": list(imp), "importance": [float(v) for v in imp.values()]})
+    names = list(runs[0])
+    vals = np.array([[float(r.get(n, math.nan)) for n in names] for r in runs])
+    tab = pd.DataFrame({"parameter": names, "importance": vals.mean(0), "std": vals.std(0, ddof=1)})
+    tab = tab.sort_values("importance", ascending=False, ignore_index=True)
     return tab, (f"fANOVA importances over {len(complete)} complete trials of Optuna study "
-                 f"{study.study_name!r} (pruned trials are not counted)")
+                 f"{study.study_name!r} (pruned trials are not counted): mean and std over "
+                 f"{IMPORTANCE_SEEDS} evaluator seeds (the spread of the forest's randomness)")
 
 
 # --------------------------------------------------------------------------- export

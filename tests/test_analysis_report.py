@@ -104,12 +104,13 @@ def test_search_report_has_top_configs_importances_and_search_plots(tmp_path, ca
     assert "MLflow: not logged" in out
     rep = tmp_path / "rep"
     names = {p.relative_to(rep).as_posix() for p in rep.rglob("*") if p.is_file()}
-    assert {"tables/search_top.md", "tables/search_top.tex", "tables/param_importances.md",
+    assert {"tables/search_top.md", "tables/search_top.tex",
             "figures/search_history.png", "figures/param_slices.png"} <= names
+    assert "tables/param_importances.md" not in names                      # 6 complete trials: not shown
     assert not any(n.endswith(".csv") for n in names)                         # --formats md,tex
     assert not any("ablation" in n or "curve" in n for n in names)            # a search has no ladder
     text = (rep / "index.md").read_text()
-    assert "fANOVA importances over 6 complete trials" in text
+    assert "6 complete trial(s); fANOVA importances of fewer than 20" in text  # ... and the report says why
     assert "--set margin=0.8" in text                                        # the best trial, s5
     assert all((rep / link).is_file() for link in _links(rep / "index.md"))
 

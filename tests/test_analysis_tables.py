@@ -194,17 +194,20 @@ def test_param_importances_from_an_optuna_journal(tmp_path):
     dists = {"margin": FloatDistribution(0.0, 1.0), "K": IntDistribution(1, 3)}
     study.add_trial(optuna.trial.create_trial(params={"margin": 0.5, "K": 2}, distributions=dists, value=60.0))
     imp, note = tables.param_importances(exp, "exp")
-    assert imp is None and "at least 2" in note
-    for i in range(1, 12):  # the objective depends on margin only
+    assert imp is None and "fewer than 20" in note  # 1 complete trial: not shown, and the note says why
+    for i in range(1, 19):  # the objective depends on margin only
         m, k = (i * 0.37) % 1.0, 1 + i % 3
         study.add_trial(optuna.trial.create_trial(params={"margin": m, "K": k}, distributions=dists,
                                                   value=50.0 + 20.0 * m))
     study.add_trial(optuna.trial.create_trial(params={"margin": 0.9, "K": 1}, distributions=dists,
                                               state=optuna.trial.TrialState.PRUNED))
     imp, note = tables.param_importances(exp, "exp")
+    assert imp is None and "19 complete" in note  # 19 complete (the pruned one does not count)
+    study.add_trial(optuna.trial.create_trial(params={"margin": 0.2, "K": 3}, distributions=dists, value=54.0))
+    imp, note = tables.param_importances(exp, "exp")
     assert list(imp["parameter"]) == ["margin", "K"]
     assert imp["importance"].iloc[0] > 0.9 and imp["importance"].sum() == pytest.approx(1.0)
-    assert "12 complete trials" in note
+    assert (imp["std"] >= 0).all() and "20 complete trials" in note and "evaluator seeds" in note
 
 
 def test_searched_params_come_from_the_domains_the_runner_wrote_as_data():
