@@ -423,9 +423,9 @@ def _restyle_optuna(fig: Figure, width: float, height: float, renumber: bool = T
 
 def optuna_figures(study, params: list[str] | None = None,
                    min_importance_trials: int = MIN_IMPORTANCE_TRIALS) -> tuple[list[tuple[str, Figure]], list[str]]:
-    """Optuna's matplotlib plots of ``study``: optimization history, intermediate values (the objective
-    reported after each phase; when any trial reported one), slices and (with at least
-    ``min_importance_trials`` complete trials) parameter importances. Returns ([(stem, Figure)], notes
+    """Optuna's matplotlib plots of ``study`` that ours do not draw: intermediate values (the objective
+    reported after each phase; when any trial reported one) and (with at least ``min_importance_trials``
+    complete trials) parameter importances. Returns ([(stem, Figure)], notes
     saying what was skipped and why)."""
     import warnings
 
@@ -451,14 +451,13 @@ def optuna_figures(study, params: list[str] | None = None,
             ax0 = out.ravel()[0] if isinstance(out, np.ndarray) else out
             figs.append((stem, _restyle_optuna(ax0.figure, width, height, renumber)))
 
-        add("optuna_history", lambda: ovm.plot_optimization_history(study), style.COLUMN, 2.5)
+        # Optuna's history and slice plots are not drawn: ours (search_history with the pruned trials,
+        # param_slices with log axes) show the same trials under one numbering
         if any(t.intermediate_values for t in study.trials):
             add("optuna_intermediate", lambda: ovm.plot_intermediate_values(study), style.COLUMN, 2.5)
         else:
             notes.append("Optuna intermediate-value plot skipped: no trial reported a value per phase")
         n_p = len(params or present)
-        add("optuna_slice", lambda: ovm.plot_slice(study, params=params),
-            style.PAGE if n_p > 2 else style.COLUMN, 2.3)
         if len(complete) >= min_importance_trials:
             add("optuna_importances", lambda: ovm.plot_param_importances(
                 study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params),

@@ -174,12 +174,12 @@ def test_optuna_plots_from_the_study_importances_only_with_enough_trials(tmp_pat
                                                   intermediate_values={0: 50.0, 1: 50.0 + i}))
     figs, notes = plots.optuna_figures(study)
     names = [n for n, _ in figs]
-    assert names == ["optuna_history", "optuna_intermediate", "optuna_slice"]
+    assert names == ["optuna_intermediate"]  # history and slices: ours, under one trial numbering
     assert any("importance" in n and "at least 20" in n for n in notes)
     for _, fig in figs:
         _fonts_at_least(fig)
-    hist = dict(figs)["optuna_history"].axes[0]
-    assert hist.xaxis.get_major_formatter()(0, 0) == "1"        # trial numbers from 1, as in our figures
+    inter = dict(figs)["optuna_intermediate"].axes[0]
+    assert inter.xaxis.get_major_formatter()(1, 0) == "0"       # Optuna's step 1 is the base phase, phase 0
     plt.close("all")
 
 
