@@ -121,31 +121,11 @@ def _coerce(name: str, value: Any) -> Any:
 
 # --------------------------------------------------------------------------- records
 @dataclass
-class TrialRecord:
-    """One trial as the runner recorded it (source independent)."""
+class TrialRecord(record.TrialRecord):
+    """One trial (``lucir.record.TrialRecord``: the record the runner writes), from whichever source, with
+    when it was last written; ``finished`` (every phase, not failed) decides what counts in tables."""
 
-    trial_id: str
-    trial_name: str = ""
-    sweep: str = ""
-    config: dict[str, Any] = field(default_factory=dict)
-    phases: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "RUNNING"
-    error: str = ""
-    base_cache: str = ""
-    acc_matrix_cnn: list[list[float]] = field(default_factory=list)
-    acc_matrix_nme: list[list[float]] = field(default_factory=list)
     updated: float = math.nan  # POSIX time of the last record (file mtime or MLflow end time)
-
-    @property
-    def num_phases(self) -> int | None:
-        n = self.config.get("phases")
-        return int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None
-
-    @property
-    def finished(self) -> bool:
-        """Every phase reported (base included) and not failed (``lucir.record.is_finished``): the only
-        trials that count in tables."""
-        return is_finished({"phases": self.phases, "num_phases": self.num_phases, "status": self.status})
 
 
 @dataclass
@@ -264,13 +244,7 @@ def _trial_from_json(path: Path) -> TrialRecord:
                            error=f"unreadable {TRIALS_DIR}/{rec_path.name}: {exc}", updated=_mtime(rec_path))
     d = record.merge(d, status)
     path = rec_path if rec_path.exists() else path
-    status = str(d.get("status") or "RUNNING").upper()
-    phases = [p for p in (d.get("phases") or []) if isinstance(p, dict)]
-    return TrialRecord(trial_id=str(d.get("trial_id") or trial_id), trial_name=str(d.get("trial_name") or ""),
-                       sweep=str(d.get("sweep") or ""), config=dict(d.get("config") or {}), phases=phases,
-                       status=status, error=str(d.get("error") or ""), base_cache=str(d.get("base_cache") or ""),
-                       acc_matrix_cnn=d.get("acc_matrix_cnn") or [], acc_matrix_nme=d.get("acc_matrix_nme") or [],
-                       updated=_mtime(path))
+    return TrialRecord.from_json(d, trial_id, updated=_mtime(path))
 
 
 def _mtime(path: Path) -> float:

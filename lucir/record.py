@@ -7,6 +7,7 @@ objectives, and what "finished" means for a trial.  Plain constants and function
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 # ------------------------------------------------------------------------------ experiment folder
@@ -56,6 +57,57 @@ def is_finished(record: dict[str, Any]) -> bool:
     if not isinstance(n, (int, float)) or isinstance(n, bool):
         return False
     return phases_done(record) == int(n) + 1 and record.get("status") != "ERROR"
+
+
+# ------------------------------------------------------------------------------ the trial record
+@dataclass
+class TrialRecord:
+    """One trial as the runner records it in ``trials/<trial_id>.json`` (its worker writes it before every
+    phase report): the flat config, one metrics row per completed phase (``METRICS`` + ``EXTRA_METRICS``
+    [+ ``VAL_METRICS``], base phase first), the accuracy matrices (phase x class group), whether its base
+    phase came from the shared cache, and its status (``RUNNING`` from the worker; the driver's final
+    word is in the status file, see ``merge``)."""
+
+    trial_id: str
+    trial_name: str = ""
+    sweep: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "RUNNING"
+    error: str = ""
+    base_cache: str = ""
+    acc_matrix_cnn: list[list[float]] = field(default_factory=list)
+    acc_matrix_nme: list[list[float]] = field(default_factory=list)
+
+    @property
+    def num_phases(self) -> int | None:
+        """Incremental phases after the base phase (``config["phases"]``)."""
+        n = self.config.get("phases")
+        return int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None
+
+    @property
+    def finished(self) -> bool:
+        return is_finished(self.to_json())
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"trial_id": self.trial_id, "trial_name": self.trial_name, "sweep": self.sweep,
+             "config": dict(self.config), "phases": [dict(p) for p in self.phases], "num_phases": self.num_phases,
+             "acc_matrix_cnn": [list(r) for r in self.acc_matrix_cnn],
+             "acc_matrix_nme": [list(r) for r in self.acc_matrix_nme], "status": self.status,
+             "base_cache": self.base_cache}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], trial_id: str = "", **extra: Any) -> "TrialRecord":
+        """Tolerant of older or partial files: missing keys take their defaults, unknown keys are ignored."""
+        return cls(trial_id=str(d.get("trial_id") or trial_id), trial_name=str(d.get("trial_name") or ""),
+                   sweep=str(d.get("sweep") or ""), config=dict(d.get("config") or {}),
+                   phases=[p for p in (d.get("phases") or []) if isinstance(p, dict)],
+                   status=str(d.get("status") or "RUNNING").upper(), error=str(d.get("error") or ""),
+                   base_cache=str(d.get("base_cache") or ""), acc_matrix_cnn=d.get("acc_matrix_cnn") or [],
+                   acc_matrix_nme=d.get("acc_matrix_nme") or [], **extra)
 
 
 # ------------------------------------------------------------------------------ trial records and status

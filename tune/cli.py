@@ -308,11 +308,11 @@ def cmd_search(args, config_overrides) -> int:
                                  grace_period=1, reduction_factor=2)
     tc = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.trials,
                          max_concurrent_trials=args.concurrency, reuse_actors=True)
-    # the base phases the search can use: one per eta_init choice (the paper defaults' one when eta_init is
-    # fixed or the budget is too small to reach most choices)
+    # the base phases the search can use: one per eta_init choice once the budget must reuse one (more
+    # trials than choices), else the paper defaults' one (the first trial's)
     from tune.spaces import ETA_CHOICES
 
-    etas = ETA_CHOICES if "eta_init" not in fixed and args.trials >= 2 * len(ETA_CHOICES) else \
+    etas = ETA_CHOICES if "eta_init" not in fixed and args.trials > len(ETA_CHOICES) else \
         [fixed.get("eta_init", points[0].get("eta_init", base.method.eta_init))]
     pre = [Config.from_flat({**fixed, **points[0], "eta_init": e}) for e in etas]
     _tuner_fit(exp, runner, space, callbacks, tc, pretrain=pre, min_share=1)

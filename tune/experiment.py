@@ -182,17 +182,55 @@ def n_startup_trials(trials: int) -> int:
     return max(4, trials // 4)
 
 
+class _TrialSeeded:
+    """Reseeds an Optuna sampler's random state from (seed, trial number) before every trial, so a trial's
+    draws depend only on its number and the study's history, not on how many draws the sampler made before
+    (a driver killed and resumed restores the sampler from an older snapshot: with one random stream for the
+    whole study it would draw other parameters than an uninterrupted search)."""
+
+    def before_trial(self, study, trial):
+        from optuna.samplers._lazy_random_state import LazyRandomState
+
+        base = (int(self._lucir_seed) * 1_000_003 + int(trial.number)) % (2**32 - 2)
+        self._rng = LazyRandomState(base)
+        for name in ("_random_sampler", "_independent_sampler"):  # TPE's / GP's start-up and fallback draws
+            if getattr(self, name, None) is not None:
+                getattr(self, name)._rng = LazyRandomState(base + 1)
+        for name in ("_gprs_cache_list", "_constraints_gprs_cache_list"):  # GP: fit afresh, not warm-started
+            if hasattr(self, name):
+                setattr(self, name, None)
+        super().before_trial(study, trial)
+
+
+try:
+    import optuna as _optuna
+
+    class TrialSeededTPESampler(_TrialSeeded, _optuna.samplers.TPESampler):
+        """TPE, reseeded per trial."""
+
+    class TrialSeededGPSampler(_TrialSeeded, _optuna.samplers.GPSampler):
+        """Gaussian-process sampler, reseeded per trial."""
+
+    class TrialSeededRandomSampler(_TrialSeeded, _optuna.samplers.RandomSampler):
+        """Random sampler, reseeded per trial."""
+except ImportError:  # pragma: no cover - optuna is a dependency
+    pass
+
+
 def make_sampler(kind: str, seed: int, trials: int):
-    """``tpe`` (TPESampler), ``gp`` (GPSampler) or ``random``, seeded, start-up draws scaled to the budget."""
-    import optuna
+    """``tpe`` (TPESampler), ``gp`` (GPSampler) or ``random``, seeded per trial (``_TrialSeeded``), start-up
+    draws scaled to the budget."""
+    if kind not in SAMPLERS:
+        raise ConfigError(f"--sampler {kind!r} is invalid: allowed one of {list(SAMPLERS)}")
 
     if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials(trials))
-    if kind == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials(trials))
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ConfigError(f"--sampler {kind!r} is invalid: allowed one of {list(SAMPLERS)}")
+        sampler = TrialSeededTPESampler(seed=seed, n_startup_trials=n_startup_trials(trials))
+    elif kind == "gp":
+        sampler = TrialSeededGPSampler(seed=seed, n_startup_trials=n_startup_trials(trials))
+    else:
+        sampler = TrialSeededRandomSampler(seed=seed)
+    sampler._lucir_seed = seed
+    return sampler
 
 
 def make_searcher(exp: Path, name: str, seed: int, points: list[dict], metric: str = METRIC,

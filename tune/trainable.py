@@ -69,15 +69,13 @@ def runtime_overrides(config: dict, cpus: float, gpus: float) -> dict:
 
 def trial_doc(trial_id: str, trial_name: str, sweep: str, cfg, state: dict, status: str,
               base_cache: str, error: str | None = None) -> dict:
-    doc = {"trial_id": trial_id, "trial_name": trial_name, "sweep": sweep, "config": cfg.to_flat(),
-           "phases": [dict(r) for r in state["results"]] if state else [],
-           "num_phases": cfg.protocol.phases,
-           "acc_matrix_cnn": [list(r) for r in state["acc_cnn"]] if state else [],
-           "acc_matrix_nme": [list(r) for r in state["acc_nme"]] if state else [],
-           "status": status, "base_cache": base_cache}
-    if error is not None:
-        doc["error"] = error
-    return doc
+    """The trial's record (``lucir.record.TrialRecord``) as JSON, from its latest run state."""
+    return record.TrialRecord(
+        trial_id=trial_id, trial_name=trial_name, sweep=sweep, config=cfg.to_flat(),
+        phases=[dict(r) for r in state["results"]] if state else [],
+        acc_matrix_cnn=[list(r) for r in state["acc_cnn"]] if state else [],
+        acc_matrix_nme=[list(r) for r in state["acc_nme"]] if state else [],
+        status=status, base_cache=base_cache, error=error or "").to_json()
 
 
 def report_metrics(result_metrics: dict, num_phases: int) -> dict:
