@@ -355,30 +355,7 @@ def param_slices(df: pd.DataFrame, out_dir: str | os.PathLike, params: list[str]
 
 
 # --------------------------------------------------------------------------- Optuna's own plots
-def load_study(exp_path: str | os.PathLike | None, study_name: str | None = None):
-    """(the Optuna study in ``<exp>/optuna_journal.log`` or None, a note saying why there is none);
-    the study named ``study_name`` when there, else the one with the most trials (as
-    ``tables.param_importances``)."""
-    if exp_path is None:
-        return None, "no experiment folder"
-    journal = Path(exp_path) / JOURNAL_FILE
-    if not journal.exists():
-        return None, f"no Optuna study ({JOURNAL_FILE} not in the experiment folder)"
-    try:
-        import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = JournalStorage(JournalFileBackend(str(journal)))
-        names = optuna.get_all_study_names(storage)
-        if not names:
-            return None, f"{JOURNAL_FILE} holds no study"
-        pick = [study_name] if study_name in names else names
-        studies = [optuna.load_study(study_name=n, storage=storage) for n in pick]
-        return max(studies, key=lambda s: len(s.trials)), ""
-    except Exception as exc:  # noqa: BLE001 - figures are a nice-to-have; say why they are missing
-        return None, f"Optuna study unreadable: {type(exc).__name__}: {exc}"
+from analysis.results import load_study  # noqa: E402,F401  (the study behind a search; re-exported)
 
 
 def _restyle_optuna(fig: Figure, width: float, height: float, renumber: bool = True) -> Figure:

@@ -506,3 +506,30 @@ def utc(ts: float) -> str:
     if ts is None or (isinstance(ts, float) and math.isnan(ts)):
         return ""
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# --------------------------------------------------------------------------- the Optuna study of a search
+def load_study(exp_path: str | os.PathLike | None, study_name: str | None = None):
+    """(the Optuna study in ``<exp>/optuna_journal.log`` or None, a note saying why there is none);
+    the study named ``study_name`` when there, else the one with the most trials (as
+    ``tables.param_importances`` and ``plots.optuna_figures`` use it)."""
+    if exp_path is None:
+        return None, "no experiment folder"
+    journal = Path(exp_path) / JOURNAL_FILE
+    if not journal.exists():
+        return None, f"no Optuna study ({JOURNAL_FILE} not in the experiment folder)"
+    try:
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+        names = optuna.get_all_study_names(storage)
+        if not names:
+            return None, f"{JOURNAL_FILE} holds no study"
+        pick = [study_name] if study_name in names else names
+        studies = [optuna.load_study(study_name=n, storage=storage) for n in pick]
+        return max(studies, key=lambda s: len(s.trials)), ""
+    except Exception as exc:  # noqa: BLE001 - figures and importances are extras; say why they are missing
+        return None, f"Optuna study unreadable: {type(exc).__name__}: {exc}"

@@ -606,22 +606,14 @@ def param_importances(exp_path: str | os.PathLike, study_name: str | None = None
 
     Returns (table of parameter / importance, sorted) or (None, a note saying why there is none).
     """
-    journal = Path(exp_path) / JOURNAL_FILE
-    if not journal.exists():
-        return None, f"no Optuna study ({JOURNAL_FILE} not in the experiment folder)"
+    from analysis.results import load_study
+
+    study, why = load_study(exp_path, study_name)
+    if study is None:
+        return None, why
     try:
         import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = JournalStorage(JournalFileBackend(str(journal)))
-        names = optuna.get_all_study_names(storage)
-        if not names:
-            return None, f"{JOURNAL_FILE} holds no study"
-        name = study_name if study_name in names else None
-        studies = [optuna.load_study(study_name=n, storage=storage) for n in ([name] if name else names)]
-        study = max(studies, key=lambda s: len(s.trials))
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if len(complete) < MIN_IMPORTANCE_TRIALS:
             return None, (f"not shown: study {study.study_name!r} has {len(complete)} complete trial(s); fANOVA "
