@@ -424,6 +424,7 @@ def _draw_forest(table: pd.DataFrame, title: str | None, style, MaxNLocator):
     height = 0.75 + 0.26 * len(keys) * (1.0 if differ or not multi else 1.8)
     fig, axes = style.figure(style.COLUMN if len(metrics) <= 2 else style.PAGE, height, ncols=len(metrics),
                              sharey=True, squeeze=False)
+    no_ci: set[int] = set()
     for ax, m in zip(axes[0], metrics):
         t = table[table["metric"] == m]
         for _, r in t.iterrows():
@@ -431,17 +432,16 @@ def _draw_forest(table: pd.DataFrame, title: str | None, style, MaxNLocator):
             mean, lo, hi = float(r["mean_diff"]), float(r["ci_low"]), float(r["ci_high"])
             if math.isnan(mean):
                 continue
-            if math.isnan(lo) or math.isnan(hi):
+            if math.isnan(lo) or math.isnan(hi):  # n < 3: the mean alone (open marker), said once in the title
                 ax.plot([mean], [y], marker="o", mfc="white", color="0.4", ls="none")
-                ax.annotate(f"n={int(r['n'])}: no CI", (mean, y), textcoords="offset points", xytext=(6, 3),
-                            color="0.4")
+                no_ci.add(int(r["n"]))
                 continue
             st = style.preset_style(r["preset"])
             ax.errorbar([mean], [y], xerr=[[mean - lo], [hi - mean]], fmt=st["marker"], color=st["color"],
                         capsize=2, ms=4)
             ax.annotate(f"n={int(r['n'])}", (hi, y), textcoords="offset points", xytext=(4, 2), color="0.3")
         ax.axvline(0.0, color="0.3", lw=0.8, ls="--")
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # no overlapping tick labels on wide ranges
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=3 if len(metrics) > 1 else 4))  # no overlapping labels
         ax.margins(x=0.25)
         ax.set_xlabel("difference (points)" if len(metrics) == 1 else "")
         ax.grid(False, axis="y")
@@ -450,6 +450,9 @@ def _draw_forest(table: pd.DataFrame, title: str | None, style, MaxNLocator):
         fig.supxlabel("difference in avg. inc. accuracy (points)", fontsize=style.MIN_FONT)
     axes[0][0].set_yticks(range(len(labels)), labels)
     axes[0][0].set_ylim(len(labels) - 0.5, -0.5)
+    if no_ci:
+        title = (title + "\n" if title else "") + (f"open circles: mean of n={'/'.join(map(str, sorted(no_ci)))} "
+                                                    "pairs, no CI (n < 3)")
     if title:
         fig.suptitle(title)
     return fig

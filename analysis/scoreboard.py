@@ -155,7 +155,7 @@ def differences(config: dict[str, Any], entry: dict[str, Any]) -> tuple[list[str
         if _same(v, rv):
             continue
         if k == "epochs":
-            general.append(f"{v} epochs per phase instead of {rv}: not comparable")
+            general.append(f"{v} epoch{'' if v == 1 else 's'} per phase instead of {rv}: not comparable")
         elif k == "exemplars_per_class":
             if not config.get("memory_total"):
                 general.append(f"{v} exemplars per class instead of {rv}")
