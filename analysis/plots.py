@@ -401,8 +401,9 @@ def _restyle_optuna(fig: Figure, width: float, height: float, renumber: bool = T
 def optuna_figures(study, params: list[str] | None = None,
                    min_importance_trials: int = MIN_IMPORTANCE_TRIALS) -> tuple[list[tuple[str, Figure]], list[str]]:
     """Optuna's matplotlib plots of ``study`` that ours do not draw: intermediate values (the objective
-    reported after each phase; when any trial reported one) and (with at least ``min_importance_trials``
-    complete trials) parameter importances. Returns ([(stem, Figure)], notes
+    reported after each phase; when any trial reported one), the timeline (when each trial ran; when the
+    trials carry their start and end times) and (with at least ``min_importance_trials`` complete trials)
+    parameter importances. Returns ([(stem, Figure)], notes
     saying what was skipped and why)."""
     import warnings
 
@@ -435,6 +436,8 @@ def optuna_figures(study, params: list[str] | None = None,
         else:
             notes.append("Optuna intermediate-value plot skipped: no trial reported a value per phase")
         n_p = len(params or present)
+        if all(t.datetime_start and t.datetime_complete for t in complete):  # when each trial ran, and how long
+            add("optuna_timeline", lambda: ovm.plot_timeline(study), style.PAGE, 0.9 + 0.12 * len(study.trials))
         if len(complete) >= min_importance_trials:
             add("optuna_importances", lambda: ovm.plot_param_importances(
                 study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params),

@@ -174,7 +174,7 @@ def test_optuna_plots_from_the_study_importances_only_with_enough_trials(tmp_pat
                                                   intermediate_values={0: 50.0, 1: 50.0 + i}))
     figs, notes = plots.optuna_figures(study)
     names = [n for n, _ in figs]
-    assert names == ["optuna_intermediate"]  # history and slices: ours, under one trial numbering
+    assert names == ["optuna_intermediate", "optuna_timeline"]  # history and slices: ours (one numbering)
     assert any("importance" in n and "at least 20" in n for n in notes)
     for _, fig in figs:
         _fonts_at_least(fig)
