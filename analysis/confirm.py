@@ -16,7 +16,6 @@ from pathlib import Path
 from lucir.record import CONFIRM_DIR, EXPERIMENT_FILE, OBJECTIVE, is_finished, number, read_trials
 
 METRIC = OBJECTIVE
-_num = number
 
 
 def confirm_summary(exp: str | os.PathLike) -> dict | None:
@@ -32,8 +31,8 @@ def confirm_summary(exp: str | os.PathLike) -> dict | None:
     for c in meta.get("candidates", []):
         mine = [d for d in docs if all(d["config"].get(k) == v for k, v in c["params"].items())]
         fin = [d for d in mine if is_finished(d)]
-        cnn = [_num(d["phases"][-1].get(METRIC)) for d in fin]
-        nme = [_num(d["phases"][-1].get("avg_inc_acc_nme")) for d in fin]
+        cnn = [number(d["phases"][-1].get(METRIC)) for d in fin]
+        nme = [number(d["phases"][-1].get("avg_inc_acc_nme")) for d in fin]
         cnn, nme = [x for x in cnn if x is not None], [x for x in nme if x is not None]
         rows.append({**c, "n": len(cnn), "runs": len(mine), "config": fin[0]["config"] if fin else None,
                      "cnn_mean": statistics.mean(cnn) if cnn else None,

@@ -224,6 +224,25 @@ PAIRED_COLUMNS = ["preset", "reference", "metric", "n", "mean_diff", "sd_diff", 
                   "test", "note"]
 
 
+def _groups(df: pd.DataFrame, metric, extra: tuple[str, ...] = ()):
+    """What ``paired_table`` and ``variance_split`` group by: (metrics, group keys, lead columns, an iterator
+    of (key tuple, last-phase rows of the finished trials of that group))."""
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    last = _finished_last(df)
+    vary = varied_fields(last) if len(last) else []
+    keys = _group_keys(last, vary) + list(extra)
+    lead = list(_LABEL_COLS) + list(vary)
+
+    def it():
+        if not len(last):
+            return
+        kc = _key_cols(last, keys)
+        for key, g in last.groupby([kc[k] for k in keys], dropna=False, sort=False):
+            yield (key if isinstance(key, tuple) else (key,)), g
+
+    return metrics, keys, lead, it()
+
+
 def paired_table(df: pd.DataFrame, reference: str = DEFAULT_REFERENCE,
                  metric: str | Sequence[str] = "avg_inc_acc_cnn", confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Per protocol x preset (the reference left out), the paired difference preset - reference of the
@@ -233,38 +252,31 @@ def paired_table(df: pd.DataFrame, reference: str = DEFAULT_REFERENCE,
     mean_diff, sd_diff, ci_low, ci_high, p_value, test, note (why an interval is missing; unpaired seeds).
     A frame with no reference trial in a protocol gives no row for it.
     """
-    metrics = [metric] if isinstance(metric, str) else list(metric)
-    last = _finished_last(df)
-    vary = varied_fields(last) if len(last) else []
-    keys = _group_keys(last, vary)
-    lead = list(_LABEL_COLS) + list(vary)
+    metrics, keys, lead, groups = _groups(df, metric)
     rows = []
-    if len(last):
-        kc = _key_cols(last, keys)
-        for key, g in last.groupby([kc[k] for k in keys], dropna=False, sort=False):
-            key = key if isinstance(key, tuple) else (key,)
-            ref = g[g["preset"] == reference]
-            if not len(ref):
-                continue
-            label = _label_row(dict(zip(keys, key)), keys, str(g["memory"].iloc[0]))
-            presets = sorted((p for p in g["preset"].unique() if p != reference), key=_sort_preset)
-            for m in metrics:
-                r_vals, r_dup = _per_pair(ref, m)
-                for p in presets:
-                    p_vals, p_dup = _per_pair(g[g["preset"] == p], m)
-                    common = p_vals.index.intersection(r_vals.index)
-                    diffs = (p_vals.loc[common] - r_vals.loc[common]).to_numpy(dtype=float)
-                    st = paired_stats(diffs, confidence)
-                    notes = [st["note"]] if st["note"] else []
-                    lone_p, lone_r = len(p_vals) - len(common), len(r_vals) - len(common)
-                    if lone_p or lone_r:
-                        notes.append(f"unpaired, left out: {lone_p} {p} and {lone_r} {reference} (seed, class order)"
-                                     " runs without a partner")
-                    if p_dup or r_dup:
-                        notes.append(f"{p_dup + r_dup} repeated (seed, class order) runs averaged")
-                    rows.append({**label, "preset": p, "reference": reference, "metric": m,
-                                 **{k: st[k] for k in ("n", "mean_diff", "sd_diff", "ci_low", "ci_high", "p_value",
-                                                       "test")}, "note": "; ".join(notes)})
+    for key, g in groups:
+        ref = g[g["preset"] == reference]
+        if not len(ref):
+            continue
+        label = _label_row(dict(zip(keys, key)), keys, str(g["memory"].iloc[0]))
+        presets = sorted((p for p in g["preset"].unique() if p != reference), key=_sort_preset)
+        for m in metrics:
+            r_vals, r_dup = _per_pair(ref, m)
+            for p in presets:
+                p_vals, p_dup = _per_pair(g[g["preset"] == p], m)
+                common = p_vals.index.intersection(r_vals.index)
+                diffs = (p_vals.loc[common] - r_vals.loc[common]).to_numpy(dtype=float)
+                st = paired_stats(diffs, confidence)
+                notes = [st["note"]] if st["note"] else []
+                lone_p, lone_r = len(p_vals) - len(common), len(r_vals) - len(common)
+                if lone_p or lone_r:
+                    notes.append(f"unpaired, left out: {lone_p} {p} and {lone_r} {reference} (seed, class order)"
+                                 " runs without a partner")
+                if p_dup or r_dup:
+                    notes.append(f"{p_dup + r_dup} repeated (seed, class order) runs averaged")
+                rows.append({**label, "preset": p, "reference": reference, "metric": m,
+                             **{k: st[k] for k in ("n", "mean_diff", "sd_diff", "ci_low", "ci_high", "p_value",
+                                                   "test")}, "note": "; ".join(notes)})
     out = pd.DataFrame(rows, columns=lead + PAIRED_COLUMNS)
     out["n"] = out["n"].astype(int)
     return _sorted(out, lead)
@@ -333,25 +345,18 @@ def variance_split(df: pd.DataFrame, metric: str | Sequence[str] = "avg_inc_acc_
 
     Only groups where both the training seed and the class order take >= 2 values get a row.
     """
-    metrics = [metric] if isinstance(metric, str) else list(metric)
-    last = _finished_last(df)
-    vary = varied_fields(last) if len(last) else []
-    keys = _group_keys(last, vary) + ["preset"]
-    lead = list(_LABEL_COLS) + list(vary)
+    metrics, keys, lead, groups = _groups(df, metric, extra=("preset",))
     rows = []
-    if len(last):
-        kc = _key_cols(last, keys)
-        for key, g in last.groupby([kc[k] for k in keys], dropna=False, sort=False):
-            key = key if isinstance(key, tuple) else (key,)
-            seeds, orders = g["seed"].map(_hashable), g["class_order_seed"].map(_hashable)
-            if seeds.nunique() < 2 or orders.nunique() < 2:
-                continue
-            kd = dict(zip(keys, key))
-            for m in metrics:
-                row = {**_label_row(kd, keys[:-1], str(g["memory"].iloc[0])), "preset": kd["preset"], "metric": m,
-                       **variance_components(g[m].astype(float).to_numpy(), orders.to_numpy())}
-                row["seeds"] = int(seeds.nunique())
-                rows.append(row)
+    for key, g in groups:
+        seeds, orders = g["seed"].map(_hashable), g["class_order_seed"].map(_hashable)
+        if seeds.nunique() < 2 or orders.nunique() < 2:
+            continue
+        kd = dict(zip(keys, key))
+        for m in metrics:
+            row = {**_label_row(kd, keys[:-1], str(g["memory"].iloc[0])), "preset": kd["preset"], "metric": m,
+                   **variance_components(g[m].astype(float).to_numpy(), orders.to_numpy())}
+            row["seeds"] = int(seeds.nunique())
+            rows.append(row)
     return _sorted(pd.DataFrame(rows, columns=lead + VARIANCE_COLUMNS), lead)
 
 

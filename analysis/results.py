@@ -230,11 +230,11 @@ def read_json(path: Path) -> Any:
         return json.load(f)  # strict JSON (null for NaN); a NaN token from an older runner is read too
 
 
-def _trial_from_json(path: Path) -> TrialRecord:
-    """A trial from its record (the worker's) merged with the driver's status file (``lucir.record``)."""
-    trial_id = path.name[:-len(record.STATUS_SUFFIX)] if path.name.endswith(record.STATUS_SUFFIX) else path.stem
-    rec_path = path.with_name(trial_id + record.RECORD_SUFFIX)
-    status = record.read_status(path.parent.parent, trial_id)
+def _trial_from_json(rec_path: Path) -> TrialRecord:
+    """A trial from its record path (the worker's file, which may not exist yet) merged with the driver's
+    status file (``lucir.record``)."""
+    trial_id = rec_path.name[:-len(record.RECORD_SUFFIX)]
+    status = record.read_status(rec_path.parent.parent, trial_id)
     try:
         d = read_json(rec_path) if rec_path.exists() or status is None else None
         if d is not None and not isinstance(d, dict):
@@ -243,8 +243,8 @@ def _trial_from_json(path: Path) -> TrialRecord:
         return TrialRecord(trial_id=trial_id, status="ERROR",
                            error=f"unreadable {TRIALS_DIR}/{rec_path.name}: {exc}", updated=_mtime(rec_path))
     d = record.merge(d, status)
-    path = rec_path if rec_path.exists() else path
-    return TrialRecord.from_json(d, trial_id, updated=_mtime(path))
+    return TrialRecord.from_json(d, trial_id, updated=_mtime(rec_path if rec_path.exists() else
+                                                             record.status_path(rec_path.parent.parent, trial_id)))
 
 
 def _mtime(path: Path) -> float:

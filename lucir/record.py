@@ -130,7 +130,8 @@ def status_path(folder, trial_id: str):
     return Path(folder) / TRIALS_DIR / f"{trial_id}{STATUS_SUFFIX}"
 
 
-def _read_json(path) -> dict | None:
+def read_json_dict(path) -> dict | None:
+    """A JSON object from ``path``; None when it is missing, unreadable or not an object."""
     import json
 
     try:
@@ -143,7 +144,7 @@ def _read_json(path) -> dict | None:
 
 def read_status(folder, trial_id: str) -> dict | None:
     """The driver's status file of a trial (None while the driver has not ended it)."""
-    return _read_json(status_path(folder, trial_id))
+    return read_json_dict(status_path(folder, trial_id))
 
 
 def merge(record: dict | None, status: dict | None) -> dict:
@@ -179,7 +180,7 @@ def trial_ids(folder) -> list[str]:
 
 
 def read_trial(folder, trial_id: str) -> dict | None:
-    rec, st = _read_json(record_path(folder, trial_id)), read_status(folder, trial_id)
+    rec, st = read_json_dict(record_path(folder, trial_id)), read_status(folder, trial_id)
     if rec is None and st is None:
         return None
     return merge(rec, st)

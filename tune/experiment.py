@@ -362,7 +362,7 @@ def run_config(exp: Path, runner: "RunnerOptions", callbacks: list):
 
 # ---------------------------------------------------------------------------------------- reports
 def _mean_std(xs: list[float]) -> str:
-    xs = [x for x in map(_number, xs) if x is not None]
+    xs = [x for x in map(record.number, xs) if x is not None]
     if not xs:
         return "-"
     if len(xs) == 1:
@@ -407,7 +407,7 @@ def print_ablation_summary(exp: str | os.PathLike, file=None) -> None:
 def ranked_trials(exp: str | os.PathLike, metric: str = METRIC) -> list[dict]:
     """Trials that finished every phase (never a pruned or partial one), best ``metric`` first."""
     docs = [d for d in read_trials(exp) if is_finished(d) and d.get("status") != "ERROR"]
-    docs = [d for d in docs if _number(d["phases"][-1].get(metric)) is not None]
+    docs = [d for d in docs if record.number(d["phases"][-1].get(metric)) is not None]
     return sorted(docs, key=lambda d: -d["phases"][-1][metric])
 
 
@@ -417,7 +417,6 @@ def best_trial(exp: str | os.PathLike, metric: str = METRIC) -> dict | None:
     return docs[0] if docs else None
 
 
-_number = record.number
 
 
 def print_search_summary(exp: str | os.PathLike, file=None) -> dict | None:

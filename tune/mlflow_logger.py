@@ -183,15 +183,6 @@ def _check_sqlite(uri: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------- files
-def _read_json(path: Path) -> dict | None:
-    try:
-        with open(path) as f:
-            obj = json.load(f)
-        return obj if isinstance(obj, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
 def write_trial_artifacts(trial_file: dict, folder: Path) -> list[Path]:
     """Write ``phases.csv``, ``acc_matrix_cnn.csv``, ``acc_matrix_nme.csv`` and ``trial.json``.
 
@@ -438,7 +429,7 @@ class MLflowCallback(Callback):
 
     def _find_parent(self):
         c = self.client
-        info = _read_json(Path(self.experiment_dir) / EXPERIMENT_FILE) or {}
+        info = record.read_json_dict(Path(self.experiment_dir) / EXPERIMENT_FILE) or {}
         rid = info.get("parent_run_id") if self.record_parent_run_id else None
         if rid:
             try:
@@ -458,7 +449,7 @@ class MLflowCallback(Callback):
 
     def _store_parent_id(self) -> None:
         path = Path(self.experiment_dir) / EXPERIMENT_FILE
-        info = _read_json(path)
+        info = record.read_json_dict(path)
         if info is None or info.get("parent_run_id") == self.parent_run_id:
             return
         info["parent_run_id"] = self.parent_run_id
@@ -534,7 +525,7 @@ class MLflowCallback(Callback):
         return len(batch)
 
     def _trial_file(self, trial) -> dict | None:
-        return _read_json(Path(self.experiment_dir) / "trials" / f"{trial.trial_id}.json")
+        return record.read_json_dict(record.record_path(self.experiment_dir, trial.trial_id))
 
     def _finish(self, trial, status: str, error: str | None = None) -> None:
         rid = self._run_for(trial, reopen=False)
