@@ -133,7 +133,13 @@ class ImageAugment:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std
+        """(x - mean) / std per channel; a batch of k members stacked on the channel axis (k x C channels,
+        ``lucir.fused``) is normalised member by member."""
+        mean, std = self.mean, self.std
+        if x.shape[1] != mean.shape[1]:
+            k = x.shape[1] // mean.shape[1]
+            mean, std = mean.repeat(1, k, 1, 1), std.repeat(1, k, 1, 1)
+        return (x.float() - mean) / std
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = random_resized_crop(x, gen) if self.resized_crop else random_crop(x, self.pad, gen)

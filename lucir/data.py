@@ -517,6 +517,14 @@ class Source:
 
     def train_batches(self, indices: torch.Tensor, batch_size: int, gen: torch.Generator,
                       augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled, augmented batches of ``indices``.  A k x L index matrix (tensor datasets) gives the
+        batches of k members of a fused array (``lucir.fused``): the same shuffle of the L positions and
+        the same crops and flips as one 1-D run of L indices draws from ``gen``, applied to every row and
+        stacked on the channel axis (B x kC x H x W); the labels are row 0's (``lucir.fused`` checks that
+        the rows agree position by position)."""
+        if indices.dim() == 2:
+            yield from self._stacked_train_batches(indices, batch_size, gen, augment)
+            return
         perm = indices[torch.randperm(len(indices), generator=gen)]
         if self.data.kind == "tensor":
             ydev = self.train_y.to(self.device)
@@ -529,10 +537,27 @@ class Source:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
             yield from self._folder_loader(perm, batch_size, train=augment, split="train", seed=seed)
 
+    def _stacked_train_batches(self, indices, batch_size, gen, augment):
+        if self.data.kind != "tensor":
+            raise ValueError("fused arrays need a tensor dataset (digits, cifar100, or an in-memory image folder)")
+        k, n = indices.shape
+        perm = indices[:, torch.randperm(n, generator=gen)]
+        ydev = self.train_y.to(self.device)
+        for i in range(0, n, batch_size):
+            idx = perm[:, i:i + batch_size].to(self.device)
+            x = self.train_x[idx.reshape(-1)]  # (k*B, C, H, W), member-major
+            x = x.view(k, -1, *x.shape[1:]).transpose(0, 1).reshape(idx.shape[1], -1, *x.shape[2:])
+            x = self.augment(x, gen) if augment else self.augment.normalize(x)
+            yield self._fmt(x), ydev[idx[0]]
+
     def eval_batches(self, split: str, indices: torch.Tensor | None, batch_size: int, flip: str = "none"):
         """Eval-transform batches; ``flip`` (``Method.class_mean_flip``) acts on the uint8 image before
         normalising: "channels" reverses the colour channels (the reference's ``[:, :, :, ::-1]`` on NHWC
-        arrays in ``class_incremental_cosine_cifar100.py``), "mirror" reverses the width."""
+        arrays in ``class_incremental_cosine_cifar100.py``), "mirror" reverses the width.  A k x L index
+        matrix (tensor datasets) gives the k rows' images stacked on the channel axis, as ``train_batches``."""
+        if indices is not None and indices.dim() == 2:
+            yield from self._stacked_eval_batches(split, indices, batch_size, flip)
+            return
         ys = self.train_y if split == "train" else self.test_y
         if indices is None:
             indices = torch.arange(len(ys))
@@ -543,6 +568,17 @@ class Source:
                 yield self._fmt(self.augment.normalize(flip_images(xs[idx], flip))), ys[idx.cpu()].to(self.device)
         else:
             yield from self._folder_loader(indices, batch_size, train=False, split=split, seed=0, flip=flip)
+
+    def _stacked_eval_batches(self, split, indices, batch_size, flip):
+        if self.data.kind != "tensor":
+            raise ValueError("fused arrays need a tensor dataset (digits, cifar100, or an in-memory image folder)")
+        xs, ys = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
+        k = indices.shape[0]
+        for i in range(0, indices.shape[1], batch_size):
+            idx = indices[:, i:i + batch_size].to(self.device)
+            x = flip_images(xs[idx.reshape(-1)], flip)  # flip each member's images before stacking
+            x = x.view(k, -1, *x.shape[1:]).transpose(0, 1).reshape(idx.shape[1], -1, *x.shape[2:])
+            yield self._fmt(self.augment.normalize(x)), ys[idx[0].cpu()].to(self.device)
 
     def _folder_loader(self, indices, batch_size, train: bool, split: str, seed: int, flip: str = "none"):
         from torch.utils.data import DataLoader, Subset

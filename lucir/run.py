@@ -162,15 +162,23 @@ def _empty_state(cfg: Config) -> dict:
             "memory": {}, "acc_cnn": [], "acc_nme": [], "results": [], "format": 1}
 
 
-def run(config: Config, state: dict | None = None, *, data=None, progress: bool = False,
-        on_epoch: Callable[[int, int, float], None] | None = None,
-        on_checkpoint: Callable[[dict], None] | None = None) -> Iterator[tuple[PhaseResult, dict]]:
-    """Yield ``(PhaseResult, state)`` for every phase from the one after ``state`` to the last
-    (``state`` may hold a phase in progress: it goes on from its last epoch checkpoint)."""
-    cfg = config
-    p, m, rt = cfg.protocol, cfg.method, cfg.runtime
-    if state is not None:
-        check_state(cfg, state)
+@dataclass
+class RunEnv:
+    """What every phase of a run reads: the device, the data seen through the class order, the training
+    images that may be trained on (``pool``) and the held-out validation ones, the class groups."""
+
+    device: torch.device
+    source: Source
+    pool: torch.Tensor
+    val_pool: torch.Tensor
+    in_channels: int
+    groups: list[list[int]]
+    test_group_sizes: list[int]
+
+
+def prepare(cfg: Config, data=None, progress: bool = False) -> RunEnv:
+    """Threads, device, dataset (loaded unless given), class order and validation split of a run."""
+    p, rt = cfg.protocol, cfg.runtime
     if rt.threads:
         torch.set_num_threads(rt.threads)
     device = resolve_device(rt.device)
@@ -191,6 +199,23 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
     pool = torch.nonzero(~held_out).flatten()  # the training images that may be trained on
     val_pool = torch.nonzero(held_out).flatten()
     in_channels = data.image_shape()[0]
+    groups = [list(p.phase_classes(t)) for t in range(p.phases + 1)]
+    return RunEnv(device, source, pool, val_pool, in_channels, groups,
+                  [int(sum((test_y == c).sum() for c in g)) for g in groups])
+
+
+def run(config: Config, state: dict | None = None, *, data=None, progress: bool = False,
+        on_epoch: Callable[[int, int, float], None] | None = None,
+        on_checkpoint: Callable[[dict], None] | None = None) -> Iterator[tuple[PhaseResult, dict]]:
+    """Yield ``(PhaseResult, state)`` for every phase from the one after ``state`` to the last
+    (``state`` may hold a phase in progress: it goes on from its last epoch checkpoint)."""
+    cfg = config
+    p, m, rt = cfg.protocol, cfg.method, cfg.runtime
+    if state is not None:
+        check_state(cfg, state)
+    env = prepare(cfg, data, progress)
+    device, source, train_y, test_y = env.device, env.source, env.source.train_y, env.source.test_y
+    pool, val_pool, in_channels = env.pool, env.val_pool, env.in_channels
 
     partial = state.get("partial") if state is not None else None
     if state is None or state["phase"] < 0:
@@ -212,8 +237,7 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    groups = [list(p.phase_classes(t)) for t in range(p.phases + 1)]
-    test_group_sizes = [int(sum((test_y == c).sum() for c in g)) for g in groups]
+    groups, test_group_sizes = env.groups, env.test_group_sizes
 
     for phase in range(start, p.phases + 1):
         t_phase = time.perf_counter()
@@ -302,46 +326,69 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
             fe_flip, _, _ = learner.extract(model, source, "train", ex, cfg, device, flip=m.class_mean_flip)
         means = class_means(fe, ye, n_seen, fe_flip)
         test_idx = torch.nonzero(test_y < n_seen).flatten()
-        ft, zt, yt = learner.extract(model, source, "test", test_idx, cfg, device)
-        pred_cnn = zt[:, :n_seen].argmax(1)
-        pred_nme = nme_predict(ft, means)
-        row_cnn, row_nme = [], []
-        for g in range(phase + 1):
-            mask = torch.isin(yt, torch.tensor(groups[g], device=yt.device))
-            row_cnn.append(_pct(pred_cnn[mask] == yt[mask]))
-            row_nme.append(_pct(pred_nme[mask] == yt[mask]))
-        acc_cnn.append(row_cnn)
-        acc_nme.append(row_nme)
-        old, new = weighted_old_new(row_cnn, test_group_sizes)
-        res = PhaseResult(
-            phase=phase, classes_seen=n_seen, acc_cnn=_pct(pred_cnn == yt), acc_nme=_pct(pred_nme == yt),
-            acc_old_cnn=old, acc_new_cnn=new,
-            avg_inc_acc_cnn=0.0, avg_inc_acc_nme=0.0, forgetting_cnn=forgetting(acc_cnn, phase),
-            train_seconds=train_s, phase_seconds=0.0,
-            eta=float(model.head.eta.detach()) if isinstance(model.head, CosineHead) else math.nan,
-            lambda_=ctx.lam if (phase and m.less_forget) else 0.0, exemplars=len(ex),
-            acc_matrix_cnn=[list(r) for r in acc_cnn], acc_matrix_nme=[list(r) for r in acc_nme])
-        res.avg_inc_acc_cnn = average_incremental_accuracy([r["acc_cnn"] for r in results] + [res.acc_cnn])
-        res.avg_inc_acc_nme = average_incremental_accuracy([r["acc_nme"] for r in results] + [res.acc_nme])
+        test = learner.extract(model, source, "test", test_idx, cfg, device)
+        val = None
         if len(val_pool):
-            fv, zv, yv = learner.extract(model, source, "train", val_pool[train_y[val_pool] < n_seen], cfg, device)
-            res.val_acc_cnn = _pct(zv[:, :n_seen].argmax(1) == yv)
-            res.val_acc_nme = _pct(nme_predict(fv, means) == yv)
-            res.val_avg_inc_acc_cnn = average_incremental_accuracy([r["val_acc_cnn"] for r in results]
-                                                                   + [res.val_acc_cnn])
-            res.val_avg_inc_acc_nme = average_incremental_accuracy([r["val_acc_nme"] for r in results]
-                                                                   + [res.val_acc_nme])
+            val = learner.extract(model, source, "train", val_pool[train_y[val_pool] < n_seen], cfg, device)
+        res = score_phase(cfg, phase, groups, test_group_sizes, results, acc_cnn, acc_nme, test, val, means,
+                          train_seconds=train_s, lam=ctx.lam if (phase and m.less_forget) else 0.0,
+                          eta=float(model.head.eta.detach()) if isinstance(model.head, CosineHead) else math.nan,
+                          exemplars=len(ex))
         res.phase_seconds = time.perf_counter() - t_phase
         results.append(res.metrics())
-        new_state = {
-            "phase": phase, "config": cfg.identity(), "base_key": cfg.base_key(),
-            "model": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()},
-            "head": _head_spec(model), "memory": memory.to_dict(),
-            "acc_cnn": [list(r) for r in acc_cnn], "acc_nme": [list(r) for r in acc_nme],
-            "results": [dict(r) for r in results], "rng": torch.get_rng_state(), "format": 1,
-        }
+        new_state = phase_state(cfg, phase, model, memory, acc_cnn, acc_nme, results)
         last_state = new_state
         yield res, new_state
+
+
+def score_phase(cfg: Config, phase: int, groups: list[list[int]], test_group_sizes: list[int],
+                results: list[dict], acc_cnn: list[list[float]], acc_nme: list[list[float]], test, val, means,
+                *, train_seconds: float, lam: float, eta: float, exemplars: int) -> PhaseResult:
+    """CNN and NME accuracy of one phase (DESIGN §4): ``test``/``val`` are ``learner.extract`` outputs
+    (features, logits, labels) of the seen classes' images (``val`` None: no validation split), ``means``
+    the NME class means.  Appends this phase's rows to ``acc_cnn``/``acc_nme`` (accuracy per class
+    group) and returns the phase's metrics; ``phase_seconds`` is left for the caller."""
+    n_seen = cfg.protocol.seen_classes(phase)
+    ft, zt, yt = test
+    pred_cnn = zt[:, :n_seen].argmax(1)
+    pred_nme = nme_predict(ft, means)
+    row_cnn, row_nme = [], []
+    for g in range(phase + 1):
+        mask = torch.isin(yt, torch.tensor(groups[g], device=yt.device))
+        row_cnn.append(_pct(pred_cnn[mask] == yt[mask]))
+        row_nme.append(_pct(pred_nme[mask] == yt[mask]))
+    acc_cnn.append(row_cnn)
+    acc_nme.append(row_nme)
+    old, new = weighted_old_new(row_cnn, test_group_sizes)
+    res = PhaseResult(
+        phase=phase, classes_seen=n_seen, acc_cnn=_pct(pred_cnn == yt), acc_nme=_pct(pred_nme == yt),
+        acc_old_cnn=old, acc_new_cnn=new,
+        avg_inc_acc_cnn=0.0, avg_inc_acc_nme=0.0, forgetting_cnn=forgetting(acc_cnn, phase),
+        train_seconds=train_seconds, phase_seconds=0.0, eta=eta, lambda_=lam, exemplars=exemplars,
+        acc_matrix_cnn=[list(r) for r in acc_cnn], acc_matrix_nme=[list(r) for r in acc_nme])
+    res.avg_inc_acc_cnn = average_incremental_accuracy([r["acc_cnn"] for r in results] + [res.acc_cnn])
+    res.avg_inc_acc_nme = average_incremental_accuracy([r["acc_nme"] for r in results] + [res.acc_nme])
+    if val is not None:
+        fv, zv, yv = val
+        res.val_acc_cnn = _pct(zv[:, :n_seen].argmax(1) == yv)
+        res.val_acc_nme = _pct(nme_predict(fv, means) == yv)
+        res.val_avg_inc_acc_cnn = average_incremental_accuracy([r["val_acc_cnn"] for r in results]
+                                                               + [res.val_acc_cnn])
+        res.val_avg_inc_acc_nme = average_incremental_accuracy([r["val_acc_nme"] for r in results]
+                                                               + [res.val_acc_nme])
+    return res
+
+
+def phase_state(cfg: Config, phase: int, model: IncrementalNet, memory: Memory, acc_cnn, acc_nme,
+                results: list[dict]) -> dict:
+    """The run state after ``phase`` (module docstring: its keys), with CPU copies of the weights."""
+    return {
+        "phase": phase, "config": cfg.identity(), "base_key": cfg.base_key(),
+        "model": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()},
+        "head": _head_spec(model), "memory": memory.to_dict(),
+        "acc_cnn": [list(r) for r in acc_cnn], "acc_nme": [list(r) for r in acc_nme],
+        "results": [dict(r) for r in results], "rng": torch.get_rng_state(), "format": 1,
+    }
 
 
 def _pct(correct: torch.Tensor) -> float:

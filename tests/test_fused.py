@@ -1,0 +1,172 @@
+"""Fused trial arrays (lucir.fused): each member of an array gets its own unfused result."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import lucir
+from lucir import learner
+from lucir.config import Config
+from lucir.data import load_dataset_for
+from lucir.fused import (FusedNet, FusedSGD, FusionError, _Broadcast, check_array, fuse_key, fused_loss,
+                         ArrayParams, run_fused)
+from lucir.heads import CosineHead
+from lucir.models import IncrementalNet, make_backbone
+
+PRESETS = ["cn", "cn_lf", "lucir", "lucir_cbf"]
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+def _members(backbone: str, configs: list[Config], n_old: int, n_new: int, in_ch: int) -> list[IncrementalNet]:
+    nets = []
+    for i, c in enumerate(configs):
+        torch.manual_seed(100 + i)  # members start from different weights
+        g = torch.Generator().manual_seed(200 + i)
+        net = IncrementalNet(make_backbone(backbone, in_ch), CosineHead(64, n_old, n_new, c.method.eta_init, g))
+        nets.append(net.double())
+    return nets
+
+
+def _unfused_steps(cfg, net, ref, xs, y, phase, n_old, steps):
+    """``learner.train_phase``'s inner step, alone: SGD without the frozen old rows, ``phase_loss``."""
+    freeze = phase > 0 and cfg.method.less_forget
+    params = [p for n, p in net.named_parameters() if not (freeze and n == "head.old")]
+    opt = torch.optim.SGD(params, lr=cfg.schedule.lr, momentum=cfg.schedule.momentum,
+                          weight_decay=cfg.schedule.weight_decay)
+    ctx = learner.PhaseContext(phase, n_old, 0, cfg.lambda_at(phase) if phase else 0.0)
+    net.train()
+    for x in xs[:steps]:
+        ref_out = None
+        if ref is not None:
+            with torch.no_grad():
+                ref_out = tuple(t.clone() for t in ref(x))
+        loss = learner.phase_loss(cfg, ctx, net(x), ref_out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("backbone,size,in_ch", [("convnet", 8, 1), ("resnet32", 16, 3)])
+@pytest.mark.parametrize("phase,shared", [(0, True), (1, True), (2, False)])
+def test_fused_sgd_steps_equal_each_members_own_steps_in_fp64(backbone, size, in_ch, phase, shared):
+    """Property (issue 11, item 4): after 3 SGD steps, every fused member's weights, BN statistics and eta
+    equal those of the same member trained alone (fp64, tight tolerance), for members that differ in
+    switches (cn / cn_lf / lucir / lucir_cbf), lambda_base, margin, K, eta_init, lr and weight decay, with a
+    shared input batch (phases 0-1) or one batch per member (phase 2), and the frozen model shared
+    (phase 1: all members start from one base model) or fused (phase 2)."""
+    base = dict(dataset="digits", epochs=4)
+    configs = [Config.from_flat(base, preset="cn", eta_init=2.0),
+               Config.from_flat(base, preset="cn_lf", lambda_base=3.0, lr=0.05),
+               Config.from_flat(base, preset="lucir", margin=0.3, K=1, weight_decay=1e-3),
+               Config.from_flat(base, preset="lucir_cbf", K=2, mr_weight=0.5)]
+    n_old, n_new, b = (0, 4, 12) if phase == 0 else (4, 2, 12)
+    nets = _members(backbone, configs, n_old, n_new, in_ch)
+    if phase == 1:  # every member is a copy of one base model with fresh new rows
+        for net in nets[1:]:
+            for (k, v), v0 in zip(net.state_dict().items(), nets[0].state_dict().values()):
+                if not k.startswith("head.new"):
+                    v.copy_(v0)
+    refs = [copy.deepcopy(net).eval() for net in nets] if phase else [None] * len(nets)
+    torch.manual_seed(7)
+    n_cls = n_old + n_new
+    y = torch.cat([torch.arange(n_cls), torch.randint(0, n_cls, (b - n_cls,))])
+    xs = [torch.randn(b, in_ch, size, size, dtype=torch.float64) for _ in range(3)]
+    per_member = [[torch.randn(b, in_ch, size, size, dtype=torch.float64) for _ in range(3)] for _ in nets]
+
+    fused = FusedNet(nets)
+    if phase == 0:
+        ref = None
+    elif phase == 1:
+        ref = _Broadcast(refs[0])
+    else:
+        ref = FusedNet(refs).eval()
+    hp = ArrayParams.of(configs, phase, torch.device("cpu"))
+    frozen = torch.tensor([float(phase > 0 and c.method.less_forget) for c in configs], dtype=torch.float64)
+    opt = FusedSGD(dict(fused.named_parameters()), len(nets),
+                   torch.tensor([c.schedule.lr for c in configs], dtype=torch.float64), 0.9,
+                   torch.tensor([c.schedule.weight_decay for c in configs], dtype=torch.float64),
+                   scale={"head.old": 1.0 - frozen})
+    fused.train()
+    for s in range(3):
+        x = xs[s] if shared else torch.cat([per_member[i][s] for i in range(len(nets))], 1)
+        ref_out = None
+        if ref is not None:
+            with torch.no_grad():
+                ref_out = tuple(t.clone() for t in ref(x))
+        loss = fused_loss(hp, phase, n_old, fused(x), ref_out, y)
+        opt.zero_grad()
+        loss.sum().backward()
+        opt.step()
+
+    for i, (cfg, net) in enumerate(zip(configs, nets)):
+        _unfused_steps(cfg, net, refs[i], xs if shared else per_member[i], y, phase, n_old, 3)
+        mine = fused.member_state(i)
+        for k, v in net.state_dict().items():
+            assert torch.allclose(mine[k].double(), v.double(), rtol=1e-9, atol=1e-11), (i, k)
+    # the members really trained apart: the weights differ between members
+    assert not torch.equal(fused.member_state(0)["head.new"], fused.member_state(1)["head.new"])
+
+
+def _digits(**kw):
+    return Config.from_flat(dict(dataset="digits", epochs=6, cbf_epochs=3, threads=2, device="cpu", **kw))
+
+
+def test_fused_digits_run_gives_every_rung_its_own_run_s_accuracy_matrices():
+    """Property (issue 11, item 4): a fused array of the four cosine rungs over a reduced digits run gives
+    each rung the accuracy matrices and average incremental accuracy of its own ``lucir.run``; grouped
+    convolutions sum in another order, so cells may differ by a few test images (a digits class group
+    holds ~90 test images: one image is 1.1 points); the exemplar sets (herding) are identical."""
+    configs = [_digits(preset=p) for p in PRESETS]
+    data = load_dataset_for(configs[0])
+    single = [list(lucir.run(c, data=data)) for c in configs]
+    fused = list(run_fused(configs, data=data))
+    assert len(fused) == configs[0].protocol.phases + 1
+    for i, p in enumerate(PRESETS):
+        (r_s, st_s), (r_f, st_f) = single[i][-1], fused[-1][i]
+        cells = [abs(a - b) for ra, rb in zip(r_s.acc_matrix_cnn, r_f.acc_matrix_cnn) for a, b in zip(ra, rb)]
+        assert max(cells) <= 2.5, (p, r_s.acc_matrix_cnn, r_f.acc_matrix_cnn)
+        assert abs(r_s.avg_inc_acc_cnn - r_f.avg_inc_acc_cnn) <= 0.5, p
+        assert abs(r_s.avg_inc_acc_nme - r_f.avg_inc_acc_nme) <= 0.5, p
+        assert st_f["config"] == configs[i].identity()
+        assert single[i][1][1]["memory"] == fused[1][i][1]["memory"]  # phase 1 herding: the same exemplars
+    # the rungs are not one result copied four times
+    assert len({round(fused[-1][i][0].avg_inc_acc_cnn, 6) for i in range(len(PRESETS))}) > 1
+
+
+def test_member_state_of_a_fused_array_resumes_alone_and_fused():
+    """A fused member's phase state is an ordinary run state: ``lucir.run`` resumes it alone, and
+    ``run_fused`` resumes the array from its members' states with the result of the uninterrupted array."""
+    configs = [_digits(preset="lucir"), _digits(preset="lucir", lambda_base=2.0, margin=0.2)]
+    data = load_dataset_for(configs[0])
+    full = list(run_fused(configs, data=data))
+    # resume the array after phase 1
+    rest = list(run_fused(configs, [full[1][0][1], full[1][1][1]], data=data))
+    assert len(rest) == len(full) - 2
+    for i in range(2):
+        assert rest[-1][i][0].acc_matrix_cnn == full[-1][i][0].acc_matrix_cnn
+    # one member alone from its fused phase-2 state
+    alone = list(lucir.run(configs[1], full[2][1][1], data=data))
+    assert len(alone) == 1
+    assert abs(alone[-1][0].avg_inc_acc_cnn - full[-1][1][0].avg_inc_acc_cnn) <= 1.5
+
+
+def test_arrays_group_only_compatible_configs_with_a_clear_reason():
+    a = _digits(preset="lucir")
+    assert fuse_key(a) == fuse_key(_digits(preset="cn_lf", lambda_base=1.0, K=1, margin=0.1))
+    assert fuse_key(a) != fuse_key(_digits(preset="lucir", seed=1))
+    assert fuse_key(_digits(preset="finetune")) is None
+    assert fuse_key(_digits(preset="joint")) is None
+    with pytest.raises(FusionError, match="seed"):
+        check_array([a, _digits(preset="lucir", seed=1)])
+    with pytest.raises(FusionError, match="linear head"):
+        check_array([a, _digits(preset="baseline")])
+    with pytest.raises(FusionError, match="different phases"):
+        st = next(lucir.run(a))[1]
+        list(run_fused([a, a], [st, None]))
