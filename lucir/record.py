@@ -78,6 +78,8 @@ class TrialRecord:
     base_cache: str = ""
     acc_matrix_cnn: list[list[float]] = field(default_factory=list)
     acc_matrix_nme: list[list[float]] = field(default_factory=list)
+    #: a member of a fused array (``lucir.fused``): {"array": Tune trial id, "index": i, "size": N}; else {}
+    fused: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_phases(self) -> int | None:
@@ -97,6 +99,8 @@ class TrialRecord:
              "base_cache": self.base_cache}
         if self.error:
             d["error"] = self.error
+        if self.fused:
+            d["fused"] = dict(self.fused)
         return d
 
     @classmethod
@@ -107,7 +111,8 @@ class TrialRecord:
                    phases=[p for p in (d.get("phases") or []) if isinstance(p, dict)],
                    status=str(d.get("status") or "RUNNING").upper(), error=str(d.get("error") or ""),
                    base_cache=str(d.get("base_cache") or ""), acc_matrix_cnn=d.get("acc_matrix_cnn") or [],
-                   acc_matrix_nme=d.get("acc_matrix_nme") or [], **extra)
+                   acc_matrix_nme=d.get("acc_matrix_nme") or [],
+                   fused=dict(d.get("fused") or {}) if isinstance(d.get("fused"), dict) else {}, **extra)
 
 
 # ------------------------------------------------------------------------------ trial records and status
@@ -116,6 +121,24 @@ class TrialRecord:
 #: (TERMINATED, PRUNED, ERROR with the error text), written only by the driver.  Readers merge the two.
 RECORD_SUFFIX = ".json"
 STATUS_SUFFIX = ".status.json"
+
+
+#: a fused array's Tune trial config is ``{ARRAY_KEY: [flat config of each member]}`` (``lucir.fused``); each
+#: member is a trial of its own in the folder, ``member_ids`` names them
+ARRAY_KEY = "members"
+
+
+def member_ids(array_id: str, n: int) -> list[str]:
+    """The trial ids of an array's members: the array's own id for an array of one, else ``<id>_m<i>``."""
+    return [array_id] if n == 1 else [f"{array_id}_m{i}" for i in range(n)]
+
+
+def trial_members(trial_id: str, config: dict) -> list[tuple[str, dict]]:
+    """(trial id, flat config) of every trial a Tune trial runs: itself, or each member of a fused array."""
+    members = config.get(ARRAY_KEY) if isinstance(config, dict) else None
+    if not isinstance(members, (list, tuple)):
+        return [(trial_id, dict(config))]
+    return list(zip(member_ids(trial_id, len(members)), [dict(m) for m in members]))
 
 
 def record_path(folder, trial_id: str):

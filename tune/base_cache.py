@@ -247,6 +247,14 @@ class BaseCache:
             log.warning("base cache entry %s is unreadable (%s); retraining it", p, exc)
             return None
 
+    def peek(self, key: str, who: str = "") -> dict | None:
+        """The published phase-0 state of ``key``, or None at once (no claim, no waiting): a fused array
+        uses its members' cached base phases only when all of them are there."""
+        state = self._load(key)
+        if state is not None:
+            self._event("hit", key, who=who, waited=0.0)
+        return state
+
     def lookup(self, key: str, who: str = "") -> Lookup:
         """Return a hit (the phase-0 state) or a miss with a :class:`Claim` to train and publish it."""
         t0 = time.monotonic()

@@ -50,6 +50,10 @@ def add_tune_commands(sub, add_config_args, config_overrides) -> None:
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 1)")
     p.add_argument("--grid-set", dest="grid_sets", action="append", default=[], metavar="KEY=V1,V2",
                    help="grid any config field, e.g. --grid-set phases=1,3 --grid-set memory_total=0,40")
+    p.add_argument("--fuse", type=int, default=None,
+                   help="train up to N compatible trials (same protocol, seed, schedule, backbone; cosine rungs) "
+                        "as one fused model, one Ray trial per array; each member keeps its own record and "
+                        "MLflow run (default 1 on the CPU, 8 with --gpus-per-trial; docs/PERFORMANCE.md)")
     _runner_args(p)
     p.set_defaults(func=lambda a: cmd_ablate(a, config_overrides))
 
@@ -201,9 +205,9 @@ def _finish(kind: str, exp: Path) -> int:
 
 
 def _tuner_fit(exp: Path, runner: dict, space: dict, callbacks: list, tune_config,
-               pretrain: list[Config] | None = None, min_share: int = 2) -> None:
+               pretrain: list[Config] | None = None, min_share: int = 2, tune_space: dict | None = None) -> None:
     """Start Ray, check the storage, pre-train the shared base phases of ``pretrain`` (tune/pretrain.py),
-    then run the sweep."""
+    then run the sweep (over ``tune_space`` when given: the fused arrays of ``space``'s points)."""
     import ray
     from ray import tune
 
@@ -215,7 +219,7 @@ def _tuner_fit(exp: Path, runner: dict, space: dict, callbacks: list, tune_confi
         _verify_cluster_storage(exp, space, runner.address)
         if pretrain:
             pretrain_base_phases(exp, pretrain, runner, min_share=min_share)
-        tuner = tune.Tuner(build_trainable(exp, runner), param_space=space, tune_config=tune_config,
+        tuner = tune.Tuner(build_trainable(exp, runner), param_space=tune_space or space, tune_config=tune_config,
                            run_config=run_config(exp, runner, callbacks))
         tuner.fit()
     finally:
@@ -228,8 +232,8 @@ def cmd_ablate(args, config_overrides) -> int:
     from ray import tune
 
     from tune.experiment import runner_options, write_experiment_json
-    from tune.spaces import (absolute_data_root, ablation_space, grid_points, is_grid, parse_grid_set,
-                             parse_presets, validate_points)
+    from tune.spaces import (absolute_data_root, ablation_space, fuse_points, grid_points, is_grid,
+                             parse_grid_set, parse_presets, validate_points)
 
     fixed = config_overrides(args)
     gridded = parse_grid_set(args.grid_sets)
@@ -241,18 +245,27 @@ def cmd_ablate(args, config_overrides) -> int:
     points = grid_points(space)
     cfgs = validate_points(points, [k for k, v in space.items() if is_grid(v)])
     _check_datasets(cfgs, args.address)
+    fuse = args.fuse if args.fuse is not None else (8 if float(args.gpus_per_trial) > 0 else 1)
+    arrays = fuse_points(points, cfgs, fuse)
     exp = _prepare_folder(args, "ablate", str(datasets[0]))
     runner = runner_options(args)
-    print(f"lucir ablate: {len(points)} trials (grid {args.grid}: "
+    fused = f", fused into {len(arrays)} arrays of up to {fuse}" if len(arrays) < len(points) else ""
+    print(f"lucir ablate: {len(points)} trials{fused} (grid {args.grid}: "
           + ", ".join(f"{k}={v['grid_search']}" for k, v in space.items() if is_grid(v)) + f") -> {exp}",
           flush=True)
     callbacks, uri, mlexp = _callbacks(args, exp, {"kind": "ablate", "grid": args.grid})
     write_experiment_json(exp, kind="ablate", argv=["lucir", *sys.argv[1:]], param_space_text=_space_text(space),
                           runner=runner, mlflow_uri=uri, mlflow_experiment=mlexp,
-                          extra={"grid": args.grid, "num_trials": len(points)})
+                          extra={"grid": args.grid, "num_trials": len(points), "fuse": fuse,
+                                 "arrays": [len(a) for a in arrays]})
+    tune_space = None
+    if len(arrays) < len(points):
+        from lucir.record import ARRAY_KEY
+
+        tune_space = {ARRAY_KEY: tune.grid_search(arrays)}
     _tuner_fit(exp, runner, space, callbacks,
                tune.TuneConfig(num_samples=1, max_concurrent_trials=args.max_concurrent, reuse_actors=True),
-               pretrain=cfgs)
+               pretrain=cfgs, tune_space=tune_space)
     return _finish("ablate", exp)
 
 

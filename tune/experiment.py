@@ -71,19 +71,24 @@ class TrialStatusCallback(_Callback):
         self.exp_dir = str(exp_dir)
 
     def _update(self, trial, status: str, error: str | None = None) -> None:
-        rec = record.read_trial(self.exp_dir, trial.trial_id) or {}
+        members = record.trial_members(trial.trial_id, dict(trial.config))  # a fused array: each member
+        for i, (tid, config) in enumerate(members):
+            self._write(tid, str(trial) if len(members) == 1 else f"{trial}_m{i}", config, status, error)
+
+    def _write(self, trial_id: str, name: str, config: dict, status: str, error: str | None) -> None:
+        rec = record.read_trial(self.exp_dir, trial_id) or {}
         if status in ("TERMINATED", "PRUNED"):
             status = "TERMINATED" if is_finished({**rec, "status": status}) else "PRUNED"
         try:
-            num_phases = Config.from_flat(dict(trial.config)).protocol.phases
+            num_phases = Config.from_flat(config).protocol.phases
         except Exception:  # noqa: BLE001 - an invalid config is itself the error
-            num_phases = trial.config.get("phases", 0)
-        doc = {"trial_id": trial.trial_id, "trial_name": str(trial), "sweep": Path(self.exp_dir).name,
-               "config": dict(trial.config), "num_phases": num_phases, "status": status,
+            num_phases = config.get("phases", 0)
+        doc = {"trial_id": trial_id, "trial_name": name, "sweep": Path(self.exp_dir).name,
+               "config": config, "num_phases": num_phases, "status": status,
                "updated": _dt.datetime.now().isoformat(timespec="seconds")}
         if error is not None:
             doc["error"] = error
-        atomic_write_json(record.status_path(self.exp_dir, trial.trial_id), doc)
+        atomic_write_json(record.status_path(self.exp_dir, trial_id), doc)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._update(trial, "TERMINATED")

@@ -274,6 +274,34 @@ def _is_number(v: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- callback
+class _Member:
+    """A member of a fused array as the callback sees a trial (``lucir.record.trial_members``): its own
+    trial id, flat config and name, the array's status."""
+
+    def __init__(self, trial, index: int, trial_id: str, config: dict, size: int):
+        self.trial_id, self.config, self.index, self.status = trial_id, config, index, trial.status
+        self._name = str(trial) if size == 1 else f"{trial}_m{index}"
+
+    def __str__(self) -> str:
+        return self._name
+
+
+def _views(trial) -> list:
+    """The trials a Tune trial stands for: itself, or each member of a fused array (one MLflow run each)."""
+    if record.ARRAY_KEY not in (trial.config or {}):
+        return [trial]
+    members = record.trial_members(trial.trial_id, dict(trial.config))
+    return [_Member(trial, i, tid, cfg, len(members)) for i, (tid, cfg) in enumerate(members)]
+
+
+def _member_result(view, result: dict) -> dict:
+    """The metrics of ``view`` in a Tune result (a fused array's report holds each member's under
+    ``members/<i>``)."""
+    if isinstance(view, _Member) and isinstance(result.get(record.ARRAY_KEY), dict):
+        return dict(result[record.ARRAY_KEY].get(str(view.index)) or {})
+    return result
+
+
 class MLflowCallback(Callback):
     """Log a sweep to MLflow from the Tune driver: a parent run per sweep, a child run per trial.
 
@@ -573,27 +601,30 @@ class MLflowCallback(Callback):
         self._started.add(trial.trial_id)
         self._done.discard(trial.trial_id)
 
-        def start():
-            rid = self._run_for(trial)
-            if trial.trial_id in self._ended:  # started again in this driver after it ended: reopen
+        def start(view):
+            rid = self._run_for(view)
+            if view.trial_id in self._ended:  # started again in this driver after it ended: reopen
                 self.client.update_run(rid, status="RUNNING")
-                self._ended.discard(trial.trial_id)
+                self._ended.discard(view.trial_id)
 
-        self._safely(f"start of {trial}", start)
+        for view in _views(trial):
+            self._safely(f"start of {view}", start, view)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        def log():
-            rid = self._run_for(trial)
-            step = result.get("phase")
+        def log(view, values):
+            rid = self._run_for(view)
+            step = values.get("phase")
             if not _is_number(step):
                 step = int(result.get("training_iteration", 1)) - 1
-            self._log_phase(rid, result, int(step))
+            self._log_phase(rid, values, int(step))
 
-        self._safely(f"result of {trial}", log)
+        for view in _views(trial):
+            self._safely(f"result of {view}", log, view, _member_result(view, result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._done.add(trial.trial_id)
-        self._safely(f"completion of {trial}", self._finish, trial, "FINISHED")
+        for view in _views(trial):
+            self._safely(f"completion of {view}", self._finish, view, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._done.add(trial.trial_id)
@@ -603,7 +634,8 @@ class MLflowCallback(Callback):
             error = None if error is None else str(error)
         except Exception:  # noqa: BLE001
             pass
-        self._safely(f"error of {trial}", self._finish, trial, "FAILED", error)
+        for view in _views(trial):
+            self._safely(f"error of {view}", self._finish, view, "FAILED", error)
 
     def on_experiment_end(self, trials, **info):
         """End the parent run, unless the sweep was interrupted (then resume reuses it, still RUNNING).
@@ -621,7 +653,8 @@ class MLflowCallback(Callback):
             return
 
         def end():
-            for t in trials:  # a finished trial whose end this driver never logged (callback error, restore)
+            for t in (v for trial in trials for v in _views(trial)):
+                # a finished trial whose end this driver never logged (callback error, restore)
                 if t.trial_id not in self._ended:
                     run = self._existing_run(t)
                     if run is not None and run.info.status == "RUNNING":

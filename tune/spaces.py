@@ -213,3 +213,24 @@ def fmt_value(v: Any) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.6g}"
     return str(v)
+
+
+def fuse_points(points: list[dict], cfgs: list[Config], size: int) -> list[list[dict]]:
+    """The sweep's trials as fused arrays (``lucir.fused``) of at most ``size`` members: trials with the same
+    ``fuse_key`` (same data, protocol, seed, schedule shape, backbone) in grid order; a trial that cannot be
+    fused (linear head, joint, KD) is an array of one."""
+    from lucir.fused import fuse_key
+
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(f"--fuse={size!r} is invalid: allowed an integer >= 1 (1: no fusion)")
+    groups: dict[object, list[dict]] = {}
+    order: list[object] = []
+    for i, (pt, cfg) in enumerate(zip(points, cfgs)):
+        key = fuse_key(cfg) if size > 1 else None
+        key = key if key is not None else ("alone", i)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(pt)
+    return [g[i:i + size] for key in order for g in [groups[key]] for i in range(0, len(g), size)]
+

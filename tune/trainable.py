@@ -68,9 +68,9 @@ def runtime_overrides(config: dict, cpus: float, gpus: float) -> dict:
 
 
 def trial_doc(trial_id: str, trial_name: str, sweep: str, cfg, state: dict, status: str,
-              base_cache: str, error: str | None = None) -> dict:
+              base_cache: str, error: str | None = None, fused: dict | None = None) -> dict:
     """The trial's record (``lucir.record.TrialRecord``) as JSON, from its latest run state."""
-    return record.TrialRecord(
+    return record.TrialRecord(fused=fused or {},
         trial_id=trial_id, trial_name=trial_name, sweep=sweep, config=cfg.to_flat(),
         phases=[dict(r) for r in state["results"]] if state else [],
         acc_matrix_cnn=[list(r) for r in state["acc_cnn"]] if state else [],
@@ -110,6 +110,11 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
     exp = Path(exp_dir)
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
+    members = config.get(record.ARRAY_KEY)
+    if members is not None and len(members) > 1:
+        return _array_trainable(list(members), exp, trial_id, trial_name, cpus, gpus, base_cache, cache_options or {})
+    if members is not None:  # an array of one is an ordinary trial
+        config = dict(members[0])
     sweep = exp.name
     cfg = lucir.Config.from_flat(runtime_overrides(config, cpus, gpus))
     torch.set_num_threads(cfg.runtime.threads)
@@ -196,6 +201,102 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
     finally:
         if claim is not None:
             claim.release()
+
+
+def array_metrics(rows: list[dict], num_phases: int) -> dict:
+    """The report of a fused array's phase from its members' metrics rows: ``phase``, ``num_phases`` and
+    member i's metrics under ``members/<i>`` (the driver's callbacks log member i as trial
+    ``record.member_ids(...)[i]``)."""
+    return {"phase": rows[0]["phase"], "num_phases": num_phases, "array_size": len(rows),
+            record.ARRAY_KEY: {str(i): dict(r) for i, r in enumerate(rows)}}
+
+
+def _report_array(metrics: dict, states: list[dict]) -> None:
+    from lucir.checkpoint import save_state
+    from ray import tune
+
+    d = tempfile.mkdtemp(prefix="lucir-ckpt-")
+    try:
+        for i, st in enumerate(states):
+            save_state(st, Path(d) / f"{i}.{STATE_FILE}")
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _array_trainable(members: list[dict], exp: Path, trial_id: str, trial_name: str, cpus: float, gpus: float,
+                     base_cache: bool, cache_options: dict) -> None:
+    """A fused array (``lucir.fused.run_fused``) as one Tune trial: each member keeps its own record
+    ``trials/<member id>.json`` and state ``trials/<member id>.state.pt``; every phase is one report with
+    all members' metrics and states.  It resumes from the further along of Tune's checkpoint and the
+    members' own state files (all members at one phase), takes its base phase from the shared cache when
+    every member's base key is there (the sweep pre-trains them, tune/pretrain.py), and otherwise trains it
+    itself (``run_fused`` trains a base phase the members share once)."""
+    import torch
+    from ray import tune
+
+    import lucir
+    from lucir.fused import run_fused
+    from tune.base_cache import BaseCache
+
+    cfgs = [lucir.Config.from_flat(runtime_overrides(m, cpus, gpus)) for m in members]
+    torch.set_num_threads(cfgs[0].runtime.threads)
+    n, P = len(cfgs), cfgs[0].protocol.phases
+    ids = record.member_ids(trial_id, n)
+    trials = exp / "trials"
+    trials.mkdir(parents=True, exist_ok=True)
+    state_paths = [trials / f"{i}.state.pt" for i in ids]
+    progress_path = trials / f"{trial_id}.progress"
+
+    def progress(phase: int, epoch: int = -1, losses=None) -> None:
+        atomic_write_text(progress_path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                     "phase": phase, "epoch": epoch, "loss": losses,
+                                                     "members": ids, "time": time.time()}) + "\n")
+
+    states = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            states = [lucir.load_state(Path(d) / f"{i}.{STATE_FILE}") for i in range(n)]
+    if all(p.exists() for p in state_paths):
+        own = [lucir.load_state(p) for p in state_paths]
+        own = [{k: v for k, v in st.items() if k != "partial"} if st["phase"] >= 0 else None for st in own]
+        if all(st is not None for st in own) and len({st["phase"] for st in own}) == 1 and \
+                progress_of(own[0]) > progress_of(states[0] if states else None):
+            states = own
+    cache_status = "off"
+    if states is None and base_cache:
+        cache = BaseCache(exp / "base_cache", **(cache_options or {}))
+        found = [cache.peek(c.base_key(), who=trial_id) for c in cfgs]
+        if all(st is not None for st in found):
+            states = [{**st, "config": c.identity()} for st, c in zip(found, cfgs)]
+            cache_status = "hit"
+
+    def publish(rows: list[dict], sts: list[dict]) -> None:
+        if (record.read_status(exp, ids[0]) or {}).get("status") in ("PRUNED", "TERMINATED"):
+            raise _Stopped
+        for i, (c, st) in enumerate(zip(cfgs, sts)):
+            lucir.save_state(st, state_paths[i])
+            atomic_write_json(trials / f"{ids[i]}.json",
+                              trial_doc(ids[i], f"{trial_name}_m{i}" if n > 1 else trial_name, exp.name, c, st,
+                                        "RUNNING", cache_status, fused={"array": trial_id, "index": i, "size": n}))
+        _report_array(array_metrics(rows, P), sts)
+
+    try:
+        if states is not None:
+            log.info("array %s (%d members) resumes after phase %d", trial_id, n, states[0]["phase"])
+            if cache_status == "hit":
+                publish([st["results"][0] for st in states], states)
+            if states[0]["phase"] >= P:
+                publish([st["results"][-1] for st in states], states)
+                return
+        progress(0 if states is None else states[0]["phase"] + 1)
+        for out in run_fused(cfgs, states, on_epoch=lambda ph, ep, losses: progress(ph, ep, losses)):
+            publish([r.metrics() for r, _ in out], [st for _, st in out])
+            if out[0][0].phase < P:
+                progress(out[0][0].phase + 1)
+    except _Stopped:
+        log.info("array %s already has a final status; it writes nothing more", trial_id)
 
 
 def make_trainable(exp_dir: str, *, cpus: float = 1.0, gpus: float = 0.0, base_cache: bool = True,

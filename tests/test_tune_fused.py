@@ -1,0 +1,89 @@
+"""Fused arrays in the runner (issue 11, item 5): ``lucir ablate --fuse N`` runs compatible trials as one
+Ray trial per array, and every member is a trial of its own (record, status, state, MLflow run)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import lucir
+from lucir.fused import run_fused
+from test_tune_faults import Killer
+from tune_fixtures import mlflow_child_runs, ray_local, run_lucir, trial_docs  # noqa: F401
+from tune.experiment import TrialStatusCallback
+from tune.trainable import make_trainable, runtime_overrides
+
+
+def _direct(flats: list[dict]):
+    """The members' undisturbed fused run, with the runtime a 1-CPU trial gets."""
+    cfgs = [lucir.Config.from_flat(runtime_overrides(f, 1, 0)) for f in flats]
+    return list(run_fused(cfgs))[-1]
+
+
+@pytest.mark.slow
+def test_fused_ablate_gives_every_member_its_own_trial_record_status_and_mlflow_run(tmp_path):
+    exp = tmp_path / "exp"
+    r = run_lucir(["ablate", "--presets", "finetune,cn_lf,lucir", "--epochs", "2", "--fuse", "4", "--out", "exp",
+                   "--num-cpus", "2"], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "3 trials, fused into 2 arrays of up to 4" in r.stdout
+    doc = json.loads((exp / "lucir_experiment.json").read_text())
+    assert doc["fuse"] == 4 and sorted(doc["arrays"]) == [1, 2] and doc["num_trials"] == 3
+    docs = trial_docs(exp)
+    assert sorted(d["config"]["preset"] for d in docs) == ["cn_lf", "finetune", "lucir"]
+    assert all(d["status"] == "TERMINATED" and len(d["phases"]) == d["num_phases"] + 1 for d in docs)
+    by = {d["config"]["preset"]: d for d in docs}
+    assert "fused" not in by["finetune"]  # the linear head is not fused: an array of one, an ordinary trial
+    arr = by["lucir"]["fused"]["array"]
+    assert {p: by[p]["fused"] for p in ("cn_lf", "lucir")} == {"cn_lf": {"array": arr, "index": 0, "size": 2},
+                                                                "lucir": {"array": arr, "index": 1, "size": 2}}
+    assert by["lucir"]["trial_id"] == f"{arr}_m1" and by["lucir"]["base_cache"] == "hit"  # pre-trained base
+    # each member's record holds its own run: the members' undisturbed fused run, exactly
+    direct = _direct([by["cn_lf"]["config"], by["lucir"]["config"]])
+    for i, p in enumerate(("cn_lf", "lucir")):
+        assert by[p]["acc_matrix_cnn"] == direct[i][0].acc_matrix_cnn
+        assert by[p]["acc_matrix_nme"] == direct[i][0].acc_matrix_nme
+    assert by["cn_lf"]["acc_matrix_cnn"] != by["lucir"]["acc_matrix_cnn"]
+    assert "| cn_lf" in r.stdout and "| lucir" in r.stdout  # the summary reads the members as trials
+    runs = mlflow_child_runs(exp)
+    if runs is not None:  # one MLflow run per member, every phase logged at its step
+        import mlflow
+
+        assert len(runs) == 3 and all(run.info.status == "FINISHED" for run in runs)
+        assert sorted(run.data.params["preset"] for run in runs) == ["cn_lf", "finetune", "lucir"]
+        client = mlflow.MlflowClient(doc["mlflow_uri"])
+        for run in runs:
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "avg_inc_acc_cnn"))
+            assert steps == [0, 1, 2, 3], (run.info.run_name, steps)
+
+
+@pytest.mark.slow
+def test_sigkill_of_an_array_worker_resumes_every_member_from_its_last_phase(ray_local, tmp_path):  # noqa: F811
+    from ray import tune
+
+    exp = tmp_path / "exp"
+    flats = [{"preset": "lucir", "epochs": 6}, {"preset": "cn_lf", "epochs": 6, "lambda_base": 2.0}]
+    killer = Killer(exp, at_phase=2, min_epoch=1)
+    killer.start()
+    try:
+        grid = tune.Tuner(make_trainable(str(exp), cpus=1, base_cache=False), param_space={"members": flats},
+                          tune_config=tune.TuneConfig(reuse_actors=True),
+                          run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
+                                                    failure_config=tune.FailureConfig(max_failures=2),
+                                                    callbacks=[TrialStatusCallback(str(exp))])).fit()
+    finally:
+        killer.done.set()
+        killer.join(5)
+    assert killer.killed is not None, "the worker was never killed"
+    assert not grid.errors
+    docs = sorted(trial_docs(exp), key=lambda d: d["trial_id"])
+    assert [d["fused"]["index"] for d in docs] == [0, 1]
+    assert all(d["status"] == "TERMINATED" and [p["phase"] for p in d["phases"]] == [0, 1, 2, 3] for d in docs)
+    # the retried worker started at phase 2: the completed phases were not trained again
+    after = [ph for pid, ph in killer.seen if pid != killer.killed["pid"]]
+    assert after and min(after) == 2, killer.seen
+    direct = _direct(flats)
+    for i, d in enumerate(docs):
+        assert d["acc_matrix_cnn"] == direct[i][0].acc_matrix_cnn
+        assert d["acc_matrix_nme"] == direct[i][0].acc_matrix_nme
