@@ -15,6 +15,21 @@ variant reported, ratios taken per round between neighbours in time and then the
   ``phase_loss``, backward and SGD step.  Tensor variants: fp32, bf16 autocast, channels_last,
   bf16 + channels_last (and torch.compile ones with ``--compile``); the PIL variant feeds the same
   ``train_phase`` from a DataLoader (fp32), so data pipeline + step are timed together.
+* ``fused_base`` and ``fused_inc`` (``--sections fused`` = both; not in the default sections): fused trial
+  arrays (``lucir.fused``, issue 11) for every N in ``--fuse-sizes`` (default 1,2,4,8), images/s **per
+  trial** (steps x batch x N / seconds).  ``fused N``: one ``lucir.fused.train_fused_phase`` over a
+  ``FusedNet`` of N members (``lucir.run.build_model`` nets) on one shared batch stream (1-D index);
+  in ``fused_inc`` (phase 1, CE + LF + MR, members differing in lambda_base/margin/K, the same
+  start except their new head rows) the frozen model is one shared ``IncrementalNet``
+  (``_Broadcast``), as after a shared base phase.  ``fused N stacked`` (``fused_inc`` only): each
+  member its own exemplars (N x L index matrix, N images stacked on the channel axis) and its own
+  frozen model (a ``FusedNet``), as in phase >= 2 of an array, at phase-1 shapes.  ``N separate``: the
+  same N members' ``lucir.learner.train_phase`` one after another, each with its own model, frozen
+  model and batches, the same steps.  Ratios per N: fused / separate (what an array gains), stacked /
+  separate (the grouped convolutions with nothing shared) and fused / stacked (what the shared batch
+  and frozen model save).  ``--fuse-bf16`` and ``--fuse-channels-last`` set the precision and memory
+  format of all these variants (default fp32, the Runtime's channels_last); no torch.compile
+  (``train_fused_phase`` does not compile).  ``scripts/bench_fused_gpu.sh`` runs them on a GPU.
 * ``herding``: one batched feature pass (``lucir.learner.extract``) + ``lucir.memory.herding`` per
   class, as ``lucir.run`` does, vs the reference style: a fresh DataLoader (PIL eval transform,
   ``--workers`` workers, batch 128) per class, fp32 features, the same herding.
@@ -60,6 +75,9 @@ SHAPES = {
     "digits": dict(shape=(1, 8, 8), classes=10, train_per_class=135, test_per_class=45),
 }
 
+#: every section in run order; "fused" on the command line means fused_base,fused_inc
+ALL_SECTIONS = ("data", "train_base", "train_inc", "fused_base", "fused_inc", "herding", "eval")
+
 QUICK = dict(steps=1, rounds=1, batch_size=16, eval_images=64, herd_classes=1, herd_per_class=48,
              data_batches=2, train_per_class=48, test_per_class=8)
 
@@ -91,7 +109,15 @@ def add_bench_args(p) -> None:
     p.add_argument("--only", default="",
                    help="comma-separated substrings: run only the variants whose name contains one of them")
     p.add_argument("--sections", default="data,train_base,train_inc,herding,eval",
-                   help="comma-separated subset of data,train_base,train_inc,herding,eval")
+                   help="comma-separated subset of " + ",".join(ALL_SECTIONS) + " (fused = fused_base,fused_inc; "
+                        "the fused sections are not in the default)")
+    p.add_argument("--fuse-sizes", dest="fuse_sizes", default="1,2,4,8",
+                   help="fused sections: comma-separated array sizes N (default 1,2,4,8)")
+    p.add_argument("--fuse-bf16", dest="fuse_bf16", action="store_true",
+                   help="fused sections: bf16 autocast for every variant (default fp32)")
+    p.add_argument("--fuse-channels-last", dest="fuse_channels_last", choices=["default", "on", "off"],
+                   default="default", help="fused sections: channels_last memory format for every variant "
+                                           "(default: the Runtime default, on)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (1 step of batch 16, 1 round, few images): checks that everything runs")
     p.add_argument("--peak-gflops", dest="peak_gflops", type=float, default=0.0,
@@ -169,6 +195,7 @@ class Section:
     gflop_per_image: float = 0.0  # training sections: FLOPs of one step / batch (FlopCounterMode)
     limit: float = 0.0  # compute limit, images/s: peak GFLOP/s / GFLOP per image
     profiles: dict[str, list] = field(default_factory=dict)  # --profile: variant -> top ops
+    fuse_sizes: list[int] = field(default_factory=list)  # fused sections: the array sizes N
 
     def median(self, name: str) -> float:
         return statistics.median(self.samples[name])
@@ -643,6 +670,213 @@ def eval_section(setup: Setup, sources: dict, n_images: int) -> Section:
                         f"({_config(setup).runtime.eval_batch_size} unless stated)")
 
 
+# ----------------------------------------------------------------------------- fused trial arrays
+FUSE_MEMBER_HP = ((5.0, 0.5, 2), (2.0, 0.3, 1), (10.0, 0.7, 3), (3.5, 0.4, 2))  # (lambda_base, margin, K)
+
+
+def _fuse_configs(setup: Setup, n: int, bf16: bool, cl: bool) -> list:
+    """The N members of one array: the bench's config (``_config``, preset lucir) with lambda_base, margin
+    and K differing between members (cycled from ``FUSE_MEMBER_HP``, lambda_base + 1 per cycle)."""
+    from lucir.config import Config
+
+    out = []
+    for i in range(n):
+        lam, margin, k = FUSE_MEMBER_HP[i % len(FUSE_MEMBER_HP)]
+        out.append(Config.from_flat(dataset=setup.dataset, preset="lucir", lambda_base=lam + i // len(FUSE_MEMBER_HP),
+                                    margin=margin, K=k, epochs=1, batch_size=setup.batch_size, bf16=bf16,
+                                    channels_last=cl, compile=False, device=str(setup.device),
+                                    threads=int(setup.args.threads)))
+    return out
+
+
+def _fuse_nets(setup: Setup, configs: list) -> list:
+    """One ``IncrementalNet`` per member (``lucir.run.build_model``, base-phase head, on the device)."""
+    from lucir.run import build_model
+
+    in_ch = setup.data.image_shape()[0]
+    nets = []
+    for c in configs:
+        net = build_model(c, in_ch, {"kind": "cosine", "old": 0, "new": setup.base}).to(setup.device)
+        if c.runtime.channels_last:
+            net.to(memory_format=torch.channels_last)
+        nets.append(net)
+    return nets
+
+
+def _frozen(model):
+    model.eval()
+    for q in model.parameters():
+        q.requires_grad_(False)
+    return model
+
+
+def _new_rows(setup: Setup, n: int, dim: int) -> torch.Tensor:
+    """N x n_new x D fresh new-class rows, a different draw per member (``CosineHead.expand`` style)."""
+    from lucir.heads import _uniform_rows
+
+    return torch.stack([_uniform_rows(setup.per_phase, dim, torch.Generator().manual_seed(1 + i)) for i in range(n)])
+
+
+def _exemplar_pools(setup: Setup, n: int) -> torch.Tensor:
+    """N x L train positions of phase 1 with different exemplars per member, position by position the same
+    labels: the new classes' images, then for every old class member i's ``exemplars`` images (a
+    different permutation of the class per member), as phase 2 of an array whose members herded apart."""
+    y = setup.data.train_y
+    new = torch.nonzero((y >= setup.base) & (y < setup.base + setup.per_phase)).flatten()
+    rows = []
+    for i in range(n):
+        g = torch.Generator().manual_seed(100 + i)
+        old = []
+        for c in range(setup.base):
+            pos = torch.nonzero(y == c).flatten()
+            old.append(pos[torch.randperm(len(pos), generator=g)[:setup.exemplars]])
+        rows.append(torch.cat([new, *old]))
+    return torch.stack(rows)
+
+
+def fused_section(setup: Setup, phase: int, sources: dict, sizes: list[int], bf16: bool, cl: bool) -> Section:
+    """Fused trial arrays (``lucir.fused``) vs the same members trained one after another, per N in
+    ``sizes``; every variant's images are steps x batch x N (per-trial images), so images/s is per trial.
+
+    * ``fused N``: one ``train_fused_phase`` over a ``FusedNet`` of N members on one shared batch stream
+      (1-D index); phase 1: the frozen model is one shared ``IncrementalNet`` (``_Broadcast``), as after a
+      shared base phase.
+    * ``fused N stacked`` (phase 1 only): each member its own exemplars (N x L index matrix: N images per
+      position stacked on the channel axis) and its own frozen model (a fused ``FusedNet`` ref), as in
+      phase >= 2 of an array; at phase-1 shapes, so that it differs from ``fused N`` only in the shared work.
+    * ``N separate``: the N members' ``lucir.learner.train_phase`` one after another, each with its own
+      model, frozen model and batches from ``Source.train_batches``, the same steps.
+    """
+    from lucir import learner
+    from lucir.fused import FusedNet, _Broadcast, check_array, train_fused_phase
+
+    src = sources[("tensor", cl)]
+    pool = _pool(setup, phase)
+    steps_images = setup.steps * setup.batch_size
+    n_old = setup.base if phase else 0
+    variants = []
+    for n in sizes:
+        configs = _fuse_configs(setup, n, bf16, cl)
+        check_array(configs)
+        nets = _fuse_nets(setup, configs)
+
+        # fused N: shared batch stream, shared frozen model in phase 1
+        ref = None
+        if phase:
+            ref = _frozen(_Broadcast(copy.deepcopy(nets[0])))
+        model = FusedNet(nets).to(setup.device)
+        if cl:
+            model.to(memory_format=torch.channels_last)
+        if phase:
+            model.head.expand(_new_rows(setup, n, model.feature_dim))
+            model.to(setup.device)
+
+        def run_fused(model=model, ref=ref, configs=configs, n=n):
+            idx = _draw(pool, steps_images, setup.gen)
+
+            def go():
+                train_fused_phase(model, ref, src, idx, configs, phase, n_old, setup.gen, setup.device)
+                return steps_images * n
+            return _timed(setup.device, go)
+
+        variants.append(Variant(f"fused {n}", run_fused, "fused"))
+
+        if phase:  # fused N stacked: N x L index matrix, a FusedNet ref (phase >= 2 of an array)
+            st_model = FusedNet(_fuse_nets(setup, configs)).to(setup.device)
+            if cl:
+                st_model.to(memory_format=torch.channels_last)
+            st_ref = _frozen(copy.deepcopy(st_model))
+            st_model.head.expand(_new_rows(setup, n, st_model.feature_dim))
+            st_model.to(setup.device)
+            rows = _exemplar_pools(setup, n)
+
+            def run_stacked(model=st_model, ref=st_ref, configs=configs, n=n, rows=rows):
+                pos = _draw(torch.arange(rows.shape[1]), steps_images, setup.gen)
+                idx = rows[:, pos]
+
+                def go():
+                    train_fused_phase(model, ref, src, idx, configs, phase, n_old, setup.gen, setup.device)
+                    return steps_images * n
+                return _timed(setup.device, go)
+
+            variants.append(Variant(f"fused {n} stacked", run_stacked, "fused"))
+
+        # N separate: each member its own model, frozen model and batches
+        members = []
+        for i, (c, net) in enumerate(zip(configs, _fuse_nets(setup, configs))):
+            r = None
+            if phase:
+                r = _frozen(copy.deepcopy(net))
+                net.head.expand(setup.per_phase, None, torch.Generator().manual_seed(1 + i))
+                net.to(setup.device)
+            ctx = learner.PhaseContext(phase, n_old, setup.base + (setup.per_phase if phase else 0),
+                                       c.lambda_at(1) if phase else 0.0)
+            members.append((net, r, c, ctx))
+
+        def run_separate(members=members, n=n):
+            idxs = [_draw(pool, steps_images, setup.gen) for _ in members]
+
+            def go():
+                for (net, r, c, ctx), idx in zip(members, idxs):
+                    learner.train_phase(net, r, src, idx, c, ctx, setup.gen, setup.device)
+                return steps_images * n
+            return _timed(setup.device, go)
+
+        variants.append(Variant(f"{n} separate", run_separate, "separate"))
+        del nets
+    prec = ("bf16" if bf16 else "fp32") + (" channels_last" if cl else " NCHW")
+    if phase == 0:
+        title = f"fused trial arrays, base-phase step ({setup.base} classes, CE), images/s per trial, {prec}"
+    else:
+        title = (f"fused trial arrays, incremental step ({setup.base} frozen old + {setup.per_phase} new rows, "
+                 f"CE + LF + MR, members differ in lambda_base/margin/K), images/s per trial, {prec}")
+    note = (f"N in {','.join(map(str, sizes))}; {setup.steps} steps of batch {setup.batch_size} per member and "
+            f"measurement, images counted x N; fused N: one train_fused_phase on a shared batch"
+            + (" and one shared frozen model; stacked: N x L index matrix + FusedNet frozen model"
+               if phase else "") + "; N separate: N train_phase calls one after another; no torch.compile "
+            "(train_fused_phase does not compile)")
+    return Section("fused_base" if phase == 0 else "fused_inc", title, variants, note=note, fuse_sizes=list(sizes))
+
+
+def fused_summary(s: Section) -> list[dict]:
+    """Per N of a fused section: per-trial images/s of fused N / fused N stacked / N separate and the paired
+    median ratios fused/separate, stacked/separate (grouped convolutions alone, nothing shared) and
+    fused/stacked (what the shared batch and frozen model save)."""
+    out = []
+    for n in s.fuse_sizes:
+        f, st, sep = f"fused {n}", f"fused {n} stacked", f"{n} separate"
+        if f not in s.samples or sep not in s.samples:
+            continue
+        row = {"N": n, "fused_images_per_s": s.median(f), "separate_images_per_s": s.median(sep),
+               "fused_vs_separate": s.ratio(f, sep)}
+        if st in s.samples:
+            row.update(stacked_images_per_s=s.median(st), stacked_vs_separate=s.ratio(st, sep),
+                       fused_vs_stacked=s.ratio(f, st))
+        out.append(row)
+    return out
+
+
+def fused_table(s: Section) -> str:
+    from tabulate import tabulate
+
+    rows = fused_summary(s)
+    if not rows:
+        return ""
+    stacked = any("stacked_images_per_s" in r for r in rows)
+    headers = ["N", "fused images/s per trial", "separate images/s per trial", "fused / separate"]
+    if stacked:
+        headers += ["stacked images/s per trial", "stacked / separate", "fused / stacked"]
+    body = []
+    for r in rows:
+        line = [r["N"], f"{r['fused_images_per_s']:.1f}", f"{r['separate_images_per_s']:.1f}",
+                f"{r['fused_vs_separate']:.2f}x"]
+        if stacked:
+            line += ([f"{r['stacked_images_per_s']:.1f}", f"{r['stacked_vs_separate']:.2f}x",
+                      f"{r['fused_vs_stacked']:.2f}x"] if "stacked_images_per_s" in r else ["", "", ""])
+        body.append(line)
+    return tabulate(body, headers=headers, tablefmt="github")
+
+
 # ----------------------------------------------------------------------------- report
 def _ratios(secs: dict[str, Section], workers: int, default: str = "tensor channels_last") -> list[dict]:
     out = []
@@ -677,6 +911,15 @@ def _ratios(secs: dict[str, Section], workers: int, default: str = "tensor chann
             for v in dict.fromkeys(x for x in (default, best) if x in secs[sec].samples):
                 out.append({"section": sec, "label": f"{what}: {v} / compute limit ({secs[sec].limit:.0f} images/s)",
                             "a": v, "b": "compute limit", "ratio": secs[sec].median(v) / secs[sec].limit})
+    for sec, what in (("fused_base", "fused base step"), ("fused_inc", "fused incremental step")):
+        if sec not in secs:
+            continue
+        for n in secs[sec].fuse_sizes:
+            f, st, sep = f"fused {n}", f"fused {n} stacked", f"{n} separate"
+            add(sec, f, sep, f"{what}, N={n}: fused {n} / {n} separate (images/s per trial)")
+            add(sec, st, sep, f"{what}, N={n}: fused {n} stacked / {n} separate (grouped convs, nothing shared)")
+            add(sec, f, st, f"{what}, N={n}: fused {n} / fused {n} stacked (what the shared batch + frozen "
+                            "model save)")
     herd_ref = f"per-class DataLoader fp32 ({workers} workers, batch 128)"
     add("herding", "tensor fp32: one batched pass", herd_ref, "herding: one batched pass fp32 vs per-class loaders")
     add("herding", "tensor bf16: one batched pass", "tensor fp32: one batched pass", "herding: bf16 vs fp32")
@@ -708,10 +951,15 @@ def format_report(meta: dict, secs: dict[str, Section], ratios: list[dict], rss:
              f"{'yes' if meta['cpu']['bf16_hw'] else 'no'}; oneDNN bf16: {meta['cpu']['onednn_bf16']}); "
              f"OMP_WAIT_POLICY={meta['omp_wait_policy']}; load average {meta['loadavg_start']} at the start, "
              f"{meta['loadavg_end']} at the end",
-             f"Compute limit: fp32 peak {meta['peak_gflops']:.0f} GFLOP/s ({meta['peak_source']}); "
-             + "; ".join(f"{k}: {v['gflop_per_image']:.3f} GFLOP/image -> {v['limit']:.0f} images/s"
-                         for k, v in meta["compute_limit"].items())
-             + f"; the default variant is {meta['default_variant']!r}"]
+             "; ".join([f"Compute limit: fp32 peak {meta['peak_gflops']:.0f} GFLOP/s ({meta['peak_source']})"]
+                       + [f"{k}: {v['gflop_per_image']:.3f} GFLOP/image -> {v['limit']:.0f} images/s"
+                          for k, v in meta["compute_limit"].items()]
+                       + [f"the default variant is {meta['default_variant']!r}"])]
+    if meta.get("fuse_sections"):
+        lines.append(f"Fused sections: N in {','.join(map(str, meta['fuse_sizes']))}, "
+                     f"{'bf16' if meta['fuse_bf16'] else 'fp32'}, "
+                     f"{'channels_last' if meta['fuse_channels_last'] else 'NCHW'}; images/s per trial = "
+                     "steps x batch x N / seconds")
     for s in secs.values():
         lines.append("")
         lines.append(section_table(s))
@@ -746,6 +994,8 @@ def section_table(s: Section) -> str:
     headers = ["variant", "images/s (median)", "min", "max", "rounds", "images/meas."] + (
         ["of limit"] if s.limit else [])
     out = head + "\n" + tabulate(rows, headers=headers, tablefmt="github")
+    if s.fuse_sizes and fused_table(s):
+        out += "\n\nper trial, by array size N (paired median ratios):\n" + fused_table(s)
     for name, ops in s.profiles.items():
         out += f"\n\nprofile of {name} (self time per step, top {len(ops)}):\n" + tabulate(
             [[o["op"], f"{o['self_ms_per_step']:.1f}", f"{100 * o['share']:.1f}%", f"{o['calls_per_step']:.0f}"]
@@ -760,9 +1010,18 @@ def cmd_bench(args) -> int:
 
     t_start = time.perf_counter()
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = sorted(set(wanted) - {"data", "train_base", "train_inc", "herding", "eval"})
+    if "fused" in wanted:
+        wanted += ["fused_base", "fused_inc"]
+    unknown = sorted(set(wanted) - set(ALL_SECTIONS) - {"fused"})
     if unknown:
-        raise SystemExit(f"lucir bench: --sections {unknown} unknown: allowed data,train_base,train_inc,herding,eval")
+        raise SystemExit(f"lucir bench: --sections {unknown} unknown: allowed {','.join(ALL_SECTIONS)},fused")
+    try:
+        fuse_sizes = [int(x) for x in args.fuse_sizes.split(",") if x.strip()]
+    except ValueError:
+        fuse_sizes = []
+    if not fuse_sizes or min(fuse_sizes) < 1:
+        raise SystemExit(f"lucir bench: --fuse-sizes {args.fuse_sizes!r}: comma-separated integers >= 1")
+    fuse_sizes = list(dict.fromkeys(fuse_sizes))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -796,15 +1055,18 @@ def cmd_bench(args) -> int:
     herd_classes = list(range(p.base_classes, p.base_classes + min(herd_k, shp["classes"] - p.base_classes)))
     herd_pc = q.get("herd_per_class", train_pc)
     data_batches = q.get("data_batches", max(4, steps))
+    fuse_cl = {"on": True, "off": False}.get(args.fuse_channels_last, cfg0.runtime.channels_last)
     builders = {
         "data": lambda: data_section(setup, sources, data_batches),
         "train_base": lambda: train_section(setup, 0, sources),
         "train_inc": lambda: train_section(setup, 1, sources),
         "herding": lambda: herding_section(setup, sources, herd_classes, herd_pc),
         "eval": lambda: eval_section(setup, sources, eval_n),
+        "fused_base": lambda: fused_section(setup, 0, sources, fuse_sizes, args.fuse_bf16, fuse_cl),
+        "fused_inc": lambda: fused_section(setup, 1, sources, fuse_sizes, args.fuse_bf16, fuse_cl),
     }
     secs: dict[str, Section] = {}
-    for name in ("data", "train_base", "train_inc", "herding", "eval"):
+    for name in ALL_SECTIONS:
         if name not in wanted:
             continue
         log(f"lucir bench: section {name}")
@@ -814,7 +1076,7 @@ def cmd_bench(args) -> int:
         if only:
             sec.variants = [v for v in sec.variants if any(o in v.name for o in only)]
         warm = (args.warmup == "on" or (args.warmup == "auto" and (device.type == "cuda" or args.compile)))
-        secs[name] = run_section(sec, rounds, warm and name.startswith("train"), args.max_seconds, log)
+        secs[name] = run_section(sec, rounds, warm and name.startswith(("train", "fused")), args.max_seconds, log)
         if args.profile > 0 and name.startswith("train"):
             for v in sec.variants:
                 if v.group == "tensor":
@@ -852,6 +1114,8 @@ def cmd_bench(args) -> int:
         "compute_limit": {k: {"gflop_per_image": s.gflop_per_image, "limit": s.limit}
                           for k, s in secs.items() if s.limit},
         "default_variant": default,
+        "fuse_sections": [k for k in secs if k.startswith("fused")],
+        "fuse_sizes": fuse_sizes, "fuse_bf16": bool(args.fuse_bf16), "fuse_channels_last": fuse_cl,
     }
     print("Summary")
     print(format_report(meta, {}, ratios, rss))
@@ -860,6 +1124,7 @@ def cmd_bench(args) -> int:
                "sections": {k: {"title": s.title, "note": s.note, "seconds": s.seconds,
                                 "gflop_per_image": s.gflop_per_image, "limit_images_per_s": s.limit,
                                 "profiles": s.profiles,
+                                **({"fuse_sizes": s.fuse_sizes, "per_n": fused_summary(s)} if s.fuse_sizes else {}),
                                 "variants": [{"name": v.name, "group": v.group,
                                               "images_per_s": s.median(v.name),
                                               "samples": s.samples[v.name], "images": s.images[v.name]}

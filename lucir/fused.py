@@ -224,6 +224,7 @@ class FusedSGD:
         self.lr, self.weight_decay = lr.clone(), weight_decay
         self.scale = scale or {}
         self.buffers: dict[str, torch.Tensor] = {}
+        self._factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (lr, wd) on the device
 
     def zero_grad(self) -> None:
         for p in self.params.values():
@@ -232,24 +233,32 @@ class FusedSGD:
     def _per_member(self, v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return v.to(like.device, like.dtype).view(self.n, *([1] * (like.dim() - 1)))
 
+    def _factors_of(self, name: str, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self._factors.get(name)
+        if f is None:  # copied to the device once per learning rate, not per step
+            lr = self.lr * self.scale[name] if name in self.scale else self.lr
+            f = self._factors[name] = (self._per_member(lr, w), self._per_member(self.weight_decay, w))
+        return f
+
     @torch.no_grad()
     def step(self) -> None:
         for name, p in self.params.items():
             if p.grad is None:
                 continue
             w, g = p.unflatten(0, (self.n, -1)), p.grad.unflatten(0, (self.n, -1))
-            d = g + self._per_member(self.weight_decay, w) * w
+            lr, wd = self._factors_of(name, w)
+            d = g + wd * w
             buf = self.buffers.get(name)
             if buf is None:
                 buf = self.buffers[name] = d.clone()
             else:
                 buf.mul_(self.momentum).add_(d)
-            lr = self.lr * self.scale[name] if name in self.scale else self.lr
-            w.sub_(self._per_member(lr, w) * buf)
+            w.sub_(lr * buf)
 
     def decay(self, gamma: float) -> None:
         """A ``MultiStepLR`` milestone: every member's learning rate times ``gamma``."""
         self.lr = self.lr * gamma
+        self._factors.clear()
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -263,21 +272,31 @@ class ArrayParams:
     margin: torch.Tensor
     K: torch.Tensor
     ms: torch.Tensor
+    # decided on the host once per phase (no device sync per step): which terms any member has, max K
+    has_lam: bool = False
+    has_mr: bool = False
+    has_ms: bool = False
+    kmax: int = 1
 
     @classmethod
     def of(cls, configs: list[Config], phase: int, device: torch.device) -> "ArrayParams":
-        def vec(f, dtype=torch.float64):
-            return torch.tensor([f(c) for c in configs], dtype=dtype, device=device)
+        def vals(f):
+            return [f(c) for c in configs]
 
-        return cls(lam=vec(lambda c: c.lambda_at(phase) if phase and c.method.less_forget else 0.0),
-                   mr=vec(lambda c: c.method.mr_weight if c.method.margin_ranking else 0.0),
-                   margin=vec(lambda c: c.method.margin),
-                   K=vec(lambda c: c.method.K, torch.int64),
-                   ms=vec(lambda c: c.method.ms_weight if c.method.mimic_scores else 0.0))
+        lam = vals(lambda c: c.lambda_at(phase) if phase and c.method.less_forget else 0.0)
+        mr = vals(lambda c: c.method.mr_weight if c.method.margin_ranking else 0.0)
+        ms = vals(lambda c: c.method.ms_weight if c.method.mimic_scores else 0.0)
+        K = vals(lambda c: c.method.K)
+
+        def vec(v, dtype=torch.float64):
+            return torch.tensor(v, dtype=dtype, device=device)
+
+        return cls(lam=vec(lam), mr=vec(mr), margin=vec(vals(lambda c: c.method.margin)), K=vec(K, torch.int64),
+                   ms=vec(ms), has_lam=any(lam), has_mr=any(mr), has_ms=any(ms), kmax=max(K))
 
 
 def margin_ranking_fused(scores: torch.Tensor, y: torch.Tensor, n_old: int, margin: torch.Tensor,
-                         K: torch.Tensor) -> torch.Tensor:
+                         K: torch.Tensor, kmax: int | None = None) -> torch.Tensor:
     """``losses.margin_ranking`` per member (N-vector): top-max(K) new-class cosines, member n masked to
     its own K; mean over (old samples x K_n) of max(0, m_n - s_y + s_k)."""
     n = scores.shape[0]
@@ -286,7 +305,7 @@ def margin_ranking_fused(scores: torch.Tensor, y: torch.Tensor, n_old: int, marg
         return scores.sum((1, 2)) * 0.0
     s = scores[:, old]
     gt = s.gather(2, y[old].view(1, -1, 1).expand(n, -1, 1))
-    kmax = int(K.max())
+    kmax = int(K.max()) if kmax is None else kmax
     hard = s[:, :, n_old:].topk(kmax, dim=2).values
     mask = (torch.arange(kmax, device=s.device)[None, :] < K[:, None]).to(s.dtype)[:, None, :]
     hinge = F.relu(margin.to(s.dtype)[:, None, None] - gt + hard) * mask
@@ -304,14 +323,14 @@ def fused_loss(hp: ArrayParams, phase: int, n_old: int, out, ref_out, y: torch.T
     dt = loss.dtype
     if ref_out is not None:
         f_ref, s_ref, _ = ref_out
-        if bool(hp.lam.any()):
+        if hp.has_lam:
             cos = F.cosine_similarity(f.float(), f_ref.float().expand(n, -1, -1), dim=2)
             loss = loss + hp.lam.to(dt) * (1.0 - cos).mean(1)
-        if bool(hp.ms.any()):
+        if hp.has_ms:
             diff = scores[:, :, :n_old].float() - s_ref[..., :n_old].float()
             loss = loss + hp.ms.to(dt) * diff.pow(2).mean((1, 2)) * n_old
-    if bool(hp.mr.any()):
-        loss = loss + hp.mr.to(dt) * margin_ranking_fused(scores.float(), y, n_old, hp.margin, hp.K)
+    if hp.has_mr:
+        loss = loss + hp.mr.to(dt) * margin_ranking_fused(scores.float(), y, n_old, hp.margin, hp.K, hp.kmax)
     return loss
 
 
@@ -358,11 +377,16 @@ def train_fused_phase(model: FusedNet, ref: nn.Module | None, source, idx: torch
     _check_labels(source, idx)
     hp = ArrayParams.of(configs, phase, device)
     frozen = torch.tensor([float(phase > 0 and c.method.less_forget) for c in configs], dtype=torch.float64)
-    opt = FusedSGD(dict(model.named_parameters()), model.n,
+    all_frozen = bool(frozen.all())  # every member freezes the old rows: no gradient for them at all
+    params = {k: v for k, v in model.named_parameters() if not (all_frozen and k == "head.old")}
+    if all_frozen:
+        model.head.old.requires_grad_(False)
+    opt = FusedSGD(params, model.n,
                    torch.tensor([c.schedule.lr for c in configs], dtype=torch.float64), s.momentum,
                    torch.tensor([c.schedule.weight_decay for c in configs], dtype=torch.float64),
                    scale={"head.old": 1.0 - frozen})
     milestones = set(s.milestones)
+    fwd = torch.compile(model) if cfg.runtime.compile else model
     t0 = time.perf_counter()
     for epoch in range(s.epochs):
         model.train()
@@ -375,7 +399,7 @@ def train_fused_phase(model: FusedNet, ref: nn.Module | None, source, idx: torch
                     with torch.inference_mode():
                         ref_out = ref(x)
                     ref_out = tuple(t.clone() for t in ref_out)
-                out = model(x)
+                out = fwd(x)
             loss = fused_loss(hp, phase, n_old, out, ref_out, y)
             opt.zero_grad()
             loss.sum().backward()
@@ -391,6 +415,7 @@ def train_fused_phase(model: FusedNet, ref: nn.Module | None, source, idx: torch
                                                 f"epoch {epoch + 1}; lower lr or check the data")
         if on_epoch is not None:
             on_epoch(epoch, mean)
+    model.head.old.requires_grad_(True)
     return time.perf_counter() - t0
 
 
@@ -416,8 +441,8 @@ def fused_class_balanced_finetune(model: FusedNet, source, exemplars: torch.Tens
             scores, logits = head(f.float())
             n, b, c = logits.shape
             loss = F.cross_entropy(logits.reshape(n * b, c), y.repeat(n), reduction="none").view(n, b).mean(1)
-            if bool(hp.mr.any()):
-                loss = loss + hp.mr.to(loss.dtype) * margin_ranking_fused(scores, y, n_old, hp.margin, hp.K)
+            if hp.has_mr:
+                loss = loss + hp.mr.to(loss.dtype) * margin_ranking_fused(scores, y, n_old, hp.margin, hp.K, hp.kmax)
             loss = loss * on.to(loss.device, loss.dtype)  # members without CBF: no update, no divergence check
             opt.zero_grad()
             loss.sum().backward()

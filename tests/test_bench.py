@@ -76,6 +76,39 @@ def test_bench_profile_and_stated_peak(tmp_path, capsys):
     assert len(ops) == 3 and all(o["self_ms_per_step"] >= 0 and 0 <= o["share"] <= 1 for o in ops)
 
 
+def test_bench_fused_sections(tmp_path, capsys):
+    """``--sections fused``: fused N arrays vs N separate trials per N, per-trial images/s, paired ratios."""
+    out = tmp_path / "fused.json"
+    rc = main(["bench", "--quick", "--dataset", "digits", "--threads", "1", "--sections", "fused", "--fuse-sizes",
+               "1,2", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "[fused_base]" in printed and "[fused_inc]" in printed and "[train_base]" not in printed
+    assert "fused incremental step, N=2: fused 2 / 2 separate" in printed
+    res = json.loads(out.read_text())
+    assert set(res["sections"]) == {"fused_base", "fused_inc"}
+    assert res["meta"]["fuse_sizes"] == [1, 2] and res["meta"]["fuse_channels_last"] is True
+    expected = {"fused_base": {"fused 1", "1 separate", "fused 2", "2 separate"},
+                "fused_inc": {"fused 1", "fused 1 stacked", "1 separate", "fused 2", "fused 2 stacked", "2 separate"}}
+    batch = res["meta"]["batch_size"] * res["meta"]["steps"]
+    for sec, names in expected.items():
+        s = res["sections"][sec]
+        assert {v["name"] for v in s["variants"]} == names
+        for v in s["variants"]:
+            assert v["images_per_s"] > 0 and math.isfinite(v["images_per_s"]), (sec, v)
+            n = int(v["name"].split()[1 if v["name"].startswith("fused") else 0])
+            assert v["images"] == batch * n  # per-trial images: steps x batch x N
+        per_n = {r["N"]: r for r in s["per_n"]}
+        assert set(per_n) == {1, 2}
+        assert per_n[2]["fused_images_per_s"] > 0 and per_n[2]["separate_images_per_s"] > 0
+        assert per_n[2]["fused_vs_separate"] > 0
+        ratios = {(r["a"], r["b"]): r["ratio"] for r in res["ratios"] if r["section"] == sec}
+        assert ratios[("fused 2", "2 separate")] > 0 and ratios[("fused 1", "1 separate")] > 0
+        if sec == "fused_inc":
+            assert ratios[("fused 2 stacked", "2 separate")] > 0 and ratios[("fused 2", "fused 2 stacked")] > 0
+            assert per_n[2]["stacked_vs_separate"] > 0
+
+
 def test_pil_path_is_the_reference_pipeline():
     """The reference's CIFAR-100 transforms (class_incremental_cosine_cifar100.py): RandomCrop(32, padding=4),
     RandomHorizontalFlip(), ToTensor(), Normalize with its mean/std; eval: ToTensor(), Normalize; the
@@ -99,3 +132,6 @@ def test_pil_path_is_the_reference_pipeline():
 def test_bench_rejects_unknown_section():
     with pytest.raises(SystemExit, match="unknown"):
         main(["bench", "--quick", "--dataset", "digits", "--threads", "1", "--sections", "train_base,nope"])
+    with pytest.raises(SystemExit, match="fuse-sizes"):
+        main(["bench", "--quick", "--dataset", "digits", "--threads", "1", "--sections", "fused", "--fuse-sizes",
+              "0,2"])

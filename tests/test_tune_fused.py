@@ -87,3 +87,53 @@ def test_sigkill_of_an_array_worker_resumes_every_member_from_its_last_phase(ray
     for i, d in enumerate(docs):
         assert d["acc_matrix_cnn"] == direct[i][0].acc_matrix_cnn
         assert d["acc_matrix_nme"] == direct[i][0].acc_matrix_nme
+
+
+@pytest.mark.slow
+def test_fused_search_tells_optuna_each_member_s_own_value_and_confirms_in_arrays(tmp_path):
+    """``lucir search --fuse 3``: 5 Optuna trials in arrays of 3 and 2; each member is its own Optuna trial
+    (value = its own validation objective at the last phase, one intermediate value per phase), record and
+    MLflow run; the confirm stage fuses the candidates of each seed."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    exp = tmp_path / "exp"
+    r = run_lucir(["search", "--trials", "5", "--fuse", "3", "--epochs", "2", "--confirm-top", "1",
+                   "--confirm-seeds", "2", "--out", "exp", "--num-cpus", "2"], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    docs = trial_docs(exp)
+    assert sorted(d["fused"]["size"] for d in docs) == [2, 2, 3, 3, 3]
+    assert all(d["status"] == "TERMINATED" for d in docs)
+    study = optuna.load_study(study_name="exp", storage=JournalStorage(JournalFileBackend(
+        str(exp / "optuna_journal.log"))))
+    trials = study.get_trials()
+    assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
+    assert all(len(t.intermediate_values) == 4 for t in trials)
+    mine = sorted(d["phases"][-1]["val_avg_inc_acc_cnn"] for d in docs)
+    assert sorted(t.value for t in trials) == pytest.approx(mine)
+    assert len(set(mine)) == 5  # every member told its own value, not the array's best
+    params = sorted((t.params["margin"], t.params["lambda_base"]) for t in trials)
+    assert params == sorted((d["config"]["margin"], d["config"]["lambda_base"]) for d in docs)
+    confirm = trial_docs(exp / "confirm")
+    assert len(confirm) == 4 and sorted(d["fused"]["size"] for d in confirm) == [2, 2, 2, 2]
+    assert "winner (best confirmed mean)" in r.stdout
+    runs = mlflow_child_runs(exp)
+    if runs is not None:
+        assert len(runs) == 5 + 4 and all(run.info.status == "FINISHED" for run in runs)  # search + confirm
+
+
+def test_fuse_with_asha_or_an_unfusable_preset_fails_before_ray(tmp_path, monkeypatch, capsys):
+    import ray
+
+    from lucir.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--trials", "4", "--fuse", "2", "--asha", "--epochs", "2", "--out", "exp"]) == 2
+    assert "--asha is not supported" in capsys.readouterr().err
+    assert main(["search", "--trials", "4", "--fuse", "2", "--preset", "finetune", "--epochs", "2",
+                 "--out", "exp"]) == 2
+    assert "linear head" in capsys.readouterr().err
+    assert main(["ablate", "--fuse", "0", "--epochs", "2", "--out", "exp"]) == 2
+    assert "--fuse=0 is invalid" in capsys.readouterr().err
+    assert not ray.is_initialized() and not (tmp_path / "exp").exists()

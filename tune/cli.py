@@ -76,6 +76,10 @@ def add_tune_commands(sub, add_config_args, config_overrides) -> None:
                    help="after the search, re-run the top-k configs and the paper defaults on the full training "
                         "set with --confirm-seeds seeds and report test accuracy (default 3; 0: no confirm stage)")
     p.add_argument("--confirm-seeds", type=int, default=3, help="seeds of the confirm stage (default 3)")
+    p.add_argument("--fuse", type=int, default=None,
+                   help="ask Optuna for N trials at once and train them as one fused model, one Ray trial per "
+                        "array; each member is its own Optuna trial, record and MLflow run (default 1 on the "
+                        "CPU, 8 with --gpus-per-trial; not with --asha)")
     _runner_args(p)
     p.set_defaults(func=lambda a: cmd_search(a, config_overrides))
 
@@ -245,10 +249,10 @@ def cmd_ablate(args, config_overrides) -> int:
     points = grid_points(space)
     cfgs = validate_points(points, [k for k, v in space.items() if is_grid(v)])
     _check_datasets(cfgs, args.address)
-    fuse = args.fuse if args.fuse is not None else (8 if float(args.gpus_per_trial) > 0 else 1)
+    runner = runner_options(args)
+    fuse = runner.fuse
     arrays = fuse_points(points, cfgs, fuse)
     exp = _prepare_folder(args, "ablate", str(datasets[0]))
-    runner = runner_options(args)
     fused = f", fused into {len(arrays)} arrays of up to {fuse}" if len(arrays) < len(points) else ""
     print(f"lucir ablate: {len(points)} trials{fused} (grid {args.grid}: "
           + ", ".join(f"{k}={v['grid_search']}" for k, v in space.items() if is_grid(v)) + f") -> {exp}",
@@ -302,6 +306,14 @@ def cmd_search(args, config_overrides) -> int:
     _check_datasets([base], args.address)
     exp = _prepare_folder(args, "search", base.protocol.dataset)
     runner = runner_options(args).replace(max_concurrent=args.concurrency)
+    if runner.fuse > 1 and args.asha:
+        raise ConfigError(f"--fuse={runner.fuse} with --asha is not supported: ASHA stops whole Ray trials, "
+                          "and a fused array is one; use --fuse 1 with --asha")
+    if runner.fuse > 1:
+        from lucir.fused import unfusable_reason
+
+        if unfusable_reason(base) is not None:
+            raise ConfigError(f"--fuse={runner.fuse}: {unfusable_reason(base)}")
     print(f"lucir search: {args.trials} trials, {args.sampler} seed {args.search_seed}, objective {metric}, "
           f"{'ASHA on phase, ' if args.asha else ''}space {text} -> {exp}", flush=True)
     callbacks, uri, mlexp = _callbacks(args, exp, {"kind": "search"})
@@ -311,15 +323,19 @@ def cmd_search(args, config_overrides) -> int:
                                  "search_seed": args.search_seed, "optuna_study": exp.name, "metric": metric,
                                  "sampler": args.sampler, "fixed": fixed, "searched": searched,
                                  "confirm": {"top": args.confirm_top, "seeds": args.confirm_seeds}})
+    domains = {k: v for k, v in space.items() if hasattr(v, "sample")}
     searcher = make_searcher(exp, exp.name, args.search_seed, points, metric=metric, sampler=args.sampler,
-                             trials=args.trials)
+                             trials=args.trials, fuse=runner.fuse, domains=domains)
+    tune_space = None
+    if runner.fuse > 1:  # the searcher owns the domains; every member gets the fixed fields
+        tune_space = {k: v for k, v in space.items() if k not in domains}
     scheduler = None
     if args.asha:
         from tune.asha import RecordedASHA
 
         scheduler = RecordedASHA(str(exp), time_attr="phase", metric=metric, mode=MODE, max_t=base.protocol.phases,
                                  grace_period=1, reduction_factor=2)
-    tc = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.trials,
+    tc = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-(-args.trials // runner.fuse),
                          max_concurrent_trials=args.concurrency, reuse_actors=True)
     # the base phases the search can use: one per eta_init choice once the budget must reuse one (more
     # trials than choices), else the paper defaults' one (the first trial's)
@@ -328,7 +344,7 @@ def cmd_search(args, config_overrides) -> int:
     etas = ETA_CHOICES if "eta_init" not in fixed and args.trials > len(ETA_CHOICES) else \
         [fixed.get("eta_init", points[0].get("eta_init", base.method.eta_init))]
     pre = [Config.from_flat({**fixed, **points[0], "eta_init": e}) for e in etas]
-    _tuner_fit(exp, runner, space, callbacks, tc, pretrain=pre, min_share=1)
+    _tuner_fit(exp, runner, space, callbacks, tc, pretrain=pre, min_share=1, tune_space=tune_space)
     _confirm(exp)
     return _finish("search", exp)
 
@@ -377,6 +393,12 @@ def _confirm(exp: Path) -> None:
                                        resume_errored=True)
         else:
             points = cdoc["points"]
+            if runner.fuse > 1:  # the candidates of one seed share everything but the searched fields
+                from lucir.record import ARRAY_KEY
+                from tune.spaces import fuse_points
+
+                points = [{ARRAY_KEY: a} for a in fuse_points(points, [Config.from_flat(p) for p in points],
+                                                              runner.fuse)]
             space = {k: points[0][k] for k in points[0]}
             tuner = tune.Tuner(build_trainable(folder, runner), param_space=space,
                                tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=points),

@@ -222,14 +222,16 @@ except ImportError:  # pragma: no cover - optuna is a dependency
     pass
 
 
-def make_sampler(kind: str, seed: int, trials: int):
+def make_sampler(kind: str, seed: int, trials: int, batch: int = 1):
     """``tpe`` (TPESampler), ``gp`` (GPSampler) or ``random``, seeded per trial (``_TrialSeeded``), start-up
-    draws scaled to the budget."""
+    draws scaled to the budget.  ``batch`` > 1 (fused arrays ask that many trials at once): TPE's constant
+    liar, so the trials of one array are not drawn from one unchanged model."""
     if kind not in SAMPLERS:
         raise ConfigError(f"--sampler {kind!r} is invalid: allowed one of {list(SAMPLERS)}")
 
     if kind == "tpe":
-        sampler = TrialSeededTPESampler(seed=seed, n_startup_trials=n_startup_trials(trials))
+        sampler = TrialSeededTPESampler(seed=seed, n_startup_trials=n_startup_trials(trials),
+                                        constant_liar=batch > 1)
     elif kind == "gp":
         sampler = TrialSeededGPSampler(seed=seed, n_startup_trials=n_startup_trials(trials))
     else:
@@ -239,13 +241,23 @@ def make_sampler(kind: str, seed: int, trials: int):
 
 
 def make_searcher(exp: Path, name: str, seed: int, points: list[dict], metric: str = METRIC,
-                  sampler: str = "tpe", trials: int = 12):
+                  sampler: str = "tpe", trials: int = 12, fuse: int = 1, domains: dict | None = None):
+    """The Optuna search (journal storage in the experiment folder); with ``fuse`` > 1 wrapped in
+    ``tune.arrays.ArraySearch``: each Tune trial is an array of up to ``fuse`` Optuna trials, the searched
+    ``domains`` (Tune domains) are the Optuna searcher's own space and the Tuner's param space is the
+    fixed fields."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     storage = JournalStorage(JournalFileBackend(str(exp / JOURNAL_FILE)))
-    return PrunedAwareOptunaSearch(metric=metric, mode=MODE, sampler=make_sampler(sampler, seed, trials),
-                                   study_name=name, storage=storage, points_to_evaluate=points)
+    inner = PrunedAwareOptunaSearch(space=domains if fuse > 1 else None, metric=metric, mode=MODE,
+                                    sampler=make_sampler(sampler, seed, trials, fuse),
+                                    study_name=name, storage=storage, points_to_evaluate=points)
+    if fuse == 1:
+        return inner
+    from tune.arrays import ArraySearch
+
+    return ArraySearch(inner, size=fuse, trials=trials)
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -282,6 +294,7 @@ class RunnerOptions:
     address: str | None = None
     num_cpus: int | None = None
     cache_stale_after: float = 60.0
+    fuse: int = 1  # members per fused array (lucir.fused); 1: every trial trains alone
 
     def __post_init__(self):
         if not self.cpus_per_trial > 0:  # NaN too
@@ -296,15 +309,21 @@ class RunnerOptions:
             raise ConfigError(f"--max-concurrent={self.max_concurrent} is invalid: allowed an integer >= 1")
         if self.num_cpus is not None and (not isinstance(self.num_cpus, int) or self.num_cpus < 1):
             raise ConfigError(f"--num-cpus={self.num_cpus} is invalid: allowed an integer >= 1")
+        if not isinstance(self.fuse, int) or isinstance(self.fuse, bool) or self.fuse < 1:
+            raise ConfigError(f"--fuse={self.fuse!r} is invalid: allowed an integer >= 1 (1: no fusion)")
         if not self.cache_stale_after > 0:
             raise ConfigError(f"--cache-stale-after={self.cache_stale_after} is invalid: allowed seconds > 0")
 
     @classmethod
     def from_args(cls, args, **overrides) -> "RunnerOptions":
+        """``--fuse`` unset: 1 on the CPU (fusion is not faster there, docs/PERFORMANCE.md), 8 with GPUs."""
+        fuse = getattr(args, "fuse", None)
+        if fuse is None:
+            fuse = 8 if float(args.gpus_per_trial) > 0 else 1
         return cls(cpus_per_trial=float(args.cpus_per_trial), gpus_per_trial=float(args.gpus_per_trial),
                    base_cache=not args.no_base_cache, max_failures=int(args.max_failures),
                    max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus,
-                   cache_stale_after=float(args.cache_stale_after), **overrides)
+                   cache_stale_after=float(args.cache_stale_after), fuse=fuse, **overrides)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunnerOptions":

@@ -204,11 +204,16 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
 
 
 def array_metrics(rows: list[dict], num_phases: int) -> dict:
-    """The report of a fused array's phase from its members' metrics rows: ``phase``, ``num_phases`` and
+    """The report of a fused array's phase from its members' metrics rows: ``phase``, ``num_phases``,
     member i's metrics under ``members/<i>`` (the driver's callbacks log member i as trial
-    ``record.member_ids(...)[i]``)."""
-    return {"phase": rows[0]["phase"], "num_phases": num_phases, "array_size": len(rows),
-            record.ARRAY_KEY: {str(i): dict(r) for i, r in enumerate(rows)}}
+    ``record.member_ids(...)[i]``), and the best member's ``LEADING_METRICS``."""
+    out = {k: max(r[k] for r in rows) for k in LEADING_METRICS
+           if k != "phase" and all(record.number(r.get(k)) is not None for r in rows)}
+    # ^ the best member's value of the leading metrics: Tune's live table, and its check that a search's
+    #   metric is in every result; the searcher (tune/arrays.py) and the callbacks read each member's own
+    out.update({"phase": rows[0]["phase"], "num_phases": num_phases, "array_size": len(rows),
+                record.ARRAY_KEY: {str(i): dict(r) for i, r in enumerate(rows)}})
+    return out
 
 
 def _report_array(metrics: dict, states: list[dict]) -> None:
