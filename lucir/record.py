@@ -133,6 +133,23 @@ def member_ids(array_id: str, n: int) -> list[str]:
     return [array_id] if n == 1 else [f"{array_id}_m{i}" for i in range(n)]
 
 
+#: ``trials/<array id>.pruned.json``: the members of a fused array that ASHA stopped (``{"members": [ids]}``),
+#: written only by the driver's scheduler (tune/asha.py), read by the array's worker, which stops their slice
+PRUNED_SUFFIX = ".pruned.json"
+
+
+def pruned_path(folder, array_id: str):
+    from pathlib import Path
+
+    return Path(folder) / TRIALS_DIR / f"{array_id}{PRUNED_SUFFIX}"
+
+
+def read_pruned(folder, array_id: str) -> set[str]:
+    """The member ids of a fused array that its scheduler stopped (empty: none, or no file)."""
+    doc = read_json_dict(pruned_path(folder, array_id)) or {}
+    return {str(m) for m in doc.get("members") or []}
+
+
 def trial_members(trial_id: str, config: dict) -> list[tuple[str, dict]]:
     """(trial id, flat config) of every trial a Tune trial runs: itself, or each member of a fused array."""
     members = config.get(ARRAY_KEY) if isinstance(config, dict) else None
@@ -198,6 +215,8 @@ def trial_ids(folder) -> list[str]:
     ids = set()
     for p in d.glob("*.json"):
         name = p.name
+        if name.endswith(PRUNED_SUFFIX):
+            continue
         ids.add(name[:-len(STATUS_SUFFIX)] if name.endswith(STATUS_SUFFIX) else name[:-len(RECORD_SUFFIX)])
     return sorted(ids)
 

@@ -123,17 +123,46 @@ def test_fused_search_tells_optuna_each_member_s_own_value_and_confirms_in_array
         assert len(runs) == 5 + 4 and all(run.info.status == "FINISHED" for run in runs)  # search + confirm
 
 
-def test_fuse_with_asha_or_an_unfusable_preset_fails_before_ray(tmp_path, monkeypatch, capsys):
-    import ray
-
+def test_fuse_with_an_unfusable_preset_or_a_bad_size_fails_before_ray(tmp_path, monkeypatch, capsys):
     from lucir.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["search", "--trials", "4", "--fuse", "2", "--asha", "--epochs", "2", "--out", "exp"]) == 2
-    assert "--asha is not supported" in capsys.readouterr().err
     assert main(["search", "--trials", "4", "--fuse", "2", "--preset", "finetune", "--epochs", "2",
                  "--out", "exp"]) == 2
     assert "linear head" in capsys.readouterr().err
     assert main(["ablate", "--fuse", "0", "--epochs", "2", "--out", "exp"]) == 2
     assert "--fuse=0 is invalid" in capsys.readouterr().err
-    assert not ray.is_initialized() and not (tmp_path / "exp").exists()
+    assert not (tmp_path / "exp").exists()  # refused before the folder (and Ray) was started
+
+
+@pytest.mark.slow
+def test_fused_asha_search_stops_a_member_s_slice_and_the_array_goes_on(tmp_path):
+    """``lucir search --fuse 3 --asha``: ASHA judges each member on its own metric; a stopped member's
+    record ends at the rung it was stopped at (PRUNED, and PRUNED in Optuna), while the other members of
+    its array train every phase."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from lucir import record
+
+    exp = tmp_path / "exp"
+    r = run_lucir(["search", "--trials", "6", "--fuse", "3", "--asha", "--epochs", "2", "--confirm-top", "0",
+                   "--out", "exp", "--num-cpus", "2"], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    docs = {d["trial_id"]: d for d in trial_docs(exp)}
+    assert len(docs) == 6
+    pruned = {mid for d in docs.values() for mid in record.read_pruned(exp, d["fused"]["array"])}
+    assert pruned, "ASHA stopped no member"
+    assert {t for t, d in docs.items() if d["status"] == "PRUNED"} == pruned
+    for mid in pruned:
+        d = docs[mid]
+        assert len(d["phases"]) < d["num_phases"] + 1
+        mates = [o for o in docs.values() if o["fused"]["array"] == d["fused"]["array"] and o["trial_id"] != mid]
+        # the array went on without it: some member of the same array trained further
+        assert max(len(o["phases"]) for o in mates) > len(d["phases"]), (mid, [len(o["phases"]) for o in mates])
+    assert any(d["status"] == "TERMINATED" and len(d["phases"]) == 4 for d in docs.values())
+    study = optuna.load_study(study_name="exp", storage=JournalStorage(JournalFileBackend(
+        str(exp / "optuna_journal.log"))))
+    states = sorted(t.state.name for t in study.get_trials())
+    assert states.count("PRUNED") == len(pruned) and states.count("COMPLETE") == 6 - len(pruned)

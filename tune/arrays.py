@@ -5,7 +5,8 @@ trial it asks Optuna for up to N trials at once, one per member, under the membe
 (``lucir.record.member_ids``), and returns them as one array config ``{ARRAY_KEY: [member configs]}``.
 Each phase's result and the final result are told to each member's Optuna trial with that member's own
 metrics, so the study holds N trials per array, each with its own value, intermediate values and state
-(COMPLETE, PRUNED, FAIL), exactly as if they had run alone.  The search budget counts members: ``trials``
+(COMPLETE, PRUNED, FAIL), exactly as if they had run alone; with ``--asha`` (tune/asha.py) each member is
+judged alone and a stopped member is told PRUNED with its last result.  The search budget counts members: ``trials``
 Optuna trials in ``ceil(trials / N)`` Tune trials (the last array may be smaller).  Ray's
 ``ConcurrencyLimiter`` (``max_concurrent_trials``) counts arrays, each of which uses one trial's resources.
 """
@@ -26,6 +27,7 @@ class ArraySearch(Searcher):
         self.asked = 0  # member trials handed out
         self.members: dict[str, list[str]] = {}  # Tune trial id -> its members' trial ids
         self.fixed: dict = {}
+        self.last: dict[str, dict] = {}  # member id -> its last result (a stopped member's is older)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         """``config`` is the Tuner's param space: the fixed fields every member gets (the searched domains
@@ -73,21 +75,29 @@ class ArraySearch(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         for mid, r in zip(self.members.get(trial_id, []), self._member_results(trial_id, result)):
-            self.inner.on_trial_result(mid, r)
+            if r is not None and "phase" in r:  # a member ASHA stopped reports no more
+                self.last[mid] = r
+                self.inner.on_trial_result(mid, r)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Each member is told its own last result: every phase (COMPLETE), fewer (stopped by ASHA: PRUNED),
+        or an error (FAIL)."""
         for mid, r in zip(self.members.get(trial_id, []), self._member_results(trial_id, result)):
+            if r is None or "phase" not in r:
+                r = self.last.get(mid)
             self.inner.on_trial_complete(mid, r, error)
+            self.last.pop(mid, None)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as fh:
-            pickle.dump({"asked": self.asked, "members": self.members, "fixed": self.fixed,
+            pickle.dump({"asked": self.asked, "members": self.members, "fixed": self.fixed, "last": self.last,
                          "inner": self.inner.__dict__.copy()}, fh)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as fh:
             saved = pickle.load(fh)
         self.asked, self.members, self.fixed = saved["asked"], saved["members"], saved["fixed"]
+        self.last = saved.get("last", {})
         self.inner.__dict__.update(saved["inner"])
         if hasattr(self.inner, "find_orphans"):  # Optuna trials asked after Tune's last snapshot
             self.inner._orphans = self.inner.find_orphans()

@@ -7,17 +7,32 @@ the interruption would be compared with nothing and pruned less than in an unint
 the first time a trial is added after it was created or unpickled: a trial that reported phase ``m``
 is recorded at the rung of milestone ``m`` with its metric at that phase, exactly what ASHA records
 when that result arrives live (the first result at or past a milestone; phases come one by one).
+
+Fused arrays (``lucir.fused``, ``lucir search --fuse N --asha``): every member is an ASHA trial of its own
+under its member id, in its array's bracket, judged on its own metric (``members/<i>/<metric>`` of the
+array's flattened result).  A member that falls below its rung's cutoff is written to
+``trials/<array id>.pruned.json`` (``lucir.record.pruned_path``; this scheduler is its one writer) and the
+array's worker stops that member's slice at its next phase end; the array stops when every member is.
 """
 
 from __future__ import annotations
 
 import logging
 
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from lucir.checkpoint import atomic_write_json
 
 from lucir import record
 
 log = logging.getLogger("lucir.tune")
+
+
+class _Member:
+    """What an ASHA bracket reads of a trial: its id."""
+
+    def __init__(self, trial_id: str):
+        self.trial_id = trial_id
 
 
 class RecordedASHA(ASHAScheduler):
@@ -53,3 +68,47 @@ class RecordedASHA(ASHAScheduler):
             if n:
                 log.info("ASHA: %d rung entries rebuilt from the trial records of %s", n, self.exp_dir)
         super().on_trial_add(tune_controller, trial)
+        members = record.trial_members(trial.trial_id, dict(trial.config))
+        if record.ARRAY_KEY in trial.config:
+            for mid, _ in members:
+                self._trial_info[mid] = self._trial_info[trial.trial_id]
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if record.ARRAY_KEY not in trial.config:
+            return super().on_trial_result(tune_controller, trial, result)
+        t = result.get(self._time_attr)
+        if t is None:
+            return TrialScheduler.CONTINUE
+        ids = [mid for mid, _ in record.trial_members(trial.trial_id, dict(trial.config))]
+        pruned = record.read_pruned(self.exp_dir, trial.trial_id)
+        stopped = set(pruned)
+        for i, mid in enumerate(ids):
+            value = record.number(result.get(f"{record.ARRAY_KEY}/{i}/{self._metric}"))
+            if mid in stopped or value is None or t >= self._max_t:
+                continue
+            bracket = self._trial_info.get(mid, self._trial_info.get(trial.trial_id, self._brackets[0]))
+            if bracket.on_result(_Member(mid), t, self._metric_op * value) == TrialScheduler.STOP:
+                stopped.add(mid)
+                self._num_stopped += 1
+        if stopped != pruned:
+            atomic_write_json(record.pruned_path(self.exp_dir, trial.trial_id), {"members": sorted(stopped)})
+            log.info("ASHA: array %s stops member(s) %s at %s %s", trial.trial_id, sorted(stopped - pruned),
+                     self._time_attr, t)
+        if all(mid in stopped for mid in ids):
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        if record.ARRAY_KEY not in trial.config:
+            return super().on_trial_complete(tune_controller, trial, result)
+        self._forget(trial)
+
+    def on_trial_remove(self, tune_controller, trial):
+        if record.ARRAY_KEY not in trial.config:
+            return super().on_trial_remove(tune_controller, trial)
+        self._forget(trial)
+
+    def _forget(self, trial) -> None:
+        self._trial_info.pop(trial.trial_id, None)
+        for mid, _ in record.trial_members(trial.trial_id, dict(trial.config)):
+            self._trial_info.pop(mid, None)

@@ -79,7 +79,7 @@ def add_tune_commands(sub, add_config_args, config_overrides) -> None:
     p.add_argument("--fuse", type=int, default=None,
                    help="ask Optuna for N trials at once and train them as one fused model, one Ray trial per "
                         "array; each member is its own Optuna trial, record and MLflow run (default 1 on the "
-                        "CPU, 8 with --gpus-per-trial; not with --asha)")
+                        "CPU, 8 with --gpus-per-trial; with --asha each member is judged and stopped alone)")
     _runner_args(p)
     p.set_defaults(func=lambda a: cmd_search(a, config_overrides))
 
@@ -306,9 +306,6 @@ def cmd_search(args, config_overrides) -> int:
     _check_datasets([base], args.address)
     exp = _prepare_folder(args, "search", base.protocol.dataset)
     runner = runner_options(args).replace(max_concurrent=args.concurrency)
-    if runner.fuse > 1 and args.asha:
-        raise ConfigError(f"--fuse={runner.fuse} with --asha is not supported: ASHA stops whole Ray trials, "
-                          "and a fused array is one; use --fuse 1 with --asha")
     if runner.fuse > 1:
         from lucir.fused import unfusable_reason
 

@@ -203,26 +203,27 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
             claim.release()
 
 
-def array_metrics(rows: list[dict], num_phases: int) -> dict:
-    """The report of a fused array's phase from its members' metrics rows: ``phase``, ``num_phases``,
-    member i's metrics under ``members/<i>`` (the driver's callbacks log member i as trial
-    ``record.member_ids(...)[i]``), and the best member's ``LEADING_METRICS``."""
-    out = {k: max(r[k] for r in rows) for k in LEADING_METRICS
-           if k != "phase" and all(record.number(r.get(k)) is not None for r in rows)}
+def array_metrics(rows: dict[int, dict], num_phases: int) -> dict:
+    """The report of a fused array's phase from its active members' metrics rows (member index -> row):
+    ``phase``, ``num_phases``, member i's metrics under ``members/<i>`` (the driver's callbacks log member
+    i as trial ``record.member_ids(...)[i]``), and the best member's ``LEADING_METRICS``."""
+    vals = list(rows.values())
+    out = {k: max(r[k] for r in vals) for k in LEADING_METRICS
+           if k != "phase" and all(record.number(r.get(k)) is not None for r in vals)}
     # ^ the best member's value of the leading metrics: Tune's live table, and its check that a search's
-    #   metric is in every result; the searcher (tune/arrays.py) and the callbacks read each member's own
-    out.update({"phase": rows[0]["phase"], "num_phases": num_phases, "array_size": len(rows),
-                record.ARRAY_KEY: {str(i): dict(r) for i, r in enumerate(rows)}})
+    #   metric is in every result; the searcher (tune/arrays.py), ASHA and the callbacks read each member's
+    out.update({"phase": vals[0]["phase"], "num_phases": num_phases, "array_size": len(rows),
+                record.ARRAY_KEY: {str(i): dict(r) for i, r in rows.items()}})
     return out
 
 
-def _report_array(metrics: dict, states: list[dict]) -> None:
+def _report_array(metrics: dict, states: dict[int, dict]) -> None:
     from lucir.checkpoint import save_state
     from ray import tune
 
     d = tempfile.mkdtemp(prefix="lucir-ckpt-")
     try:
-        for i, st in enumerate(states):
+        for i, st in states.items():
             save_state(st, Path(d) / f"{i}.{STATE_FILE}")
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     finally:
@@ -233,10 +234,12 @@ def _array_trainable(members: list[dict], exp: Path, trial_id: str, trial_name: 
                      base_cache: bool, cache_options: dict) -> None:
     """A fused array (``lucir.fused.run_fused``) as one Tune trial: each member keeps its own record
     ``trials/<member id>.json`` and state ``trials/<member id>.state.pt``; every phase is one report with
-    all members' metrics and states.  It resumes from the further along of Tune's checkpoint and the
-    members' own state files (all members at one phase), takes its base phase from the shared cache when
-    every member's base key is there (the sweep pre-trains them, tune/pretrain.py), and otherwise trains it
-    itself (``run_fused`` trains a base phase the members share once)."""
+    the active members' metrics and states.  Members that ASHA stopped (``lucir.record.read_pruned``, read
+    at every phase end) are neither published nor trained further: the array goes on with the others
+    (``run_fused`` restarted from their states).  It resumes from the further along of Tune's checkpoint
+    and the active members' own state files (all at one phase), takes its base phase from the shared cache
+    when every member's base key is there (the sweep pre-trains them, tune/pretrain.py), and otherwise
+    trains it itself (``run_fused`` trains a base phase the members share once)."""
     import torch
     from ray import tune
 
@@ -253,53 +256,79 @@ def _array_trainable(members: list[dict], exp: Path, trial_id: str, trial_name: 
     state_paths = [trials / f"{i}.state.pt" for i in ids]
     progress_path = trials / f"{trial_id}.progress"
 
+    def live() -> list[int]:
+        gone = record.read_pruned(exp, trial_id)
+        return [i for i in range(n) if ids[i] not in gone]
+
     def progress(phase: int, epoch: int = -1, losses=None) -> None:
         atomic_write_text(progress_path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                      "phase": phase, "epoch": epoch, "loss": losses,
                                                      "members": ids, "time": time.time()}) + "\n")
 
+    active = live()
+    if not active:
+        return
     states = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            states = [lucir.load_state(Path(d) / f"{i}.{STATE_FILE}") for i in range(n)]
-    if all(p.exists() for p in state_paths):
-        own = [lucir.load_state(p) for p in state_paths]
-        own = [{k: v for k, v in st.items() if k != "partial"} if st["phase"] >= 0 else None for st in own]
-        if all(st is not None for st in own) and len({st["phase"] for st in own}) == 1 and \
-                progress_of(own[0]) > progress_of(states[0] if states else None):
+            if all((Path(d) / f"{i}.{STATE_FILE}").exists() for i in active):
+                states = {i: lucir.load_state(Path(d) / f"{i}.{STATE_FILE}") for i in active}
+    if all(state_paths[i].exists() for i in active):
+        own = {i: lucir.load_state(state_paths[i]) for i in active}
+        own = {i: {k: v for k, v in st.items() if k != "partial"} for i, st in own.items() if st["phase"] >= 0}
+        if len(own) == len(active) and len({st["phase"] for st in own.values()}) == 1 and \
+                progress_of(own[active[0]]) > progress_of(states[active[0]] if states else None):
             states = own
     cache_status = "off"
     if states is None and base_cache:
         cache = BaseCache(exp / "base_cache", **(cache_options or {}))
-        found = [cache.peek(c.base_key(), who=trial_id) for c in cfgs]
-        if all(st is not None for st in found):
-            states = [{**st, "config": c.identity()} for st, c in zip(found, cfgs)]
+        found = {i: cache.peek(cfgs[i].base_key(), who=trial_id) for i in active}
+        if all(st is not None for st in found.values()):
+            states = {i: {**st, "config": cfgs[i].identity()} for i, st in found.items()}
             cache_status = "hit"
 
-    def publish(rows: list[dict], sts: list[dict]) -> None:
+    def publish(rows: dict[int, dict], sts: dict[int, dict]) -> None:
         if (record.read_status(exp, ids[0]) or {}).get("status") in ("PRUNED", "TERMINATED"):
             raise _Stopped
-        for i, (c, st) in enumerate(zip(cfgs, sts)):
+        for i, st in sts.items():
             lucir.save_state(st, state_paths[i])
             atomic_write_json(trials / f"{ids[i]}.json",
-                              trial_doc(ids[i], f"{trial_name}_m{i}" if n > 1 else trial_name, exp.name, c, st,
-                                        "RUNNING", cache_status, fused={"array": trial_id, "index": i, "size": n}))
+                              trial_doc(ids[i], f"{trial_name}_m{i}" if n > 1 else trial_name, exp.name, cfgs[i],
+                                        st, "RUNNING", cache_status, fused={"array": trial_id, "index": i, "size": n}))
         _report_array(array_metrics(rows, P), sts)
 
     try:
         if states is not None:
-            log.info("array %s (%d members) resumes after phase %d", trial_id, n, states[0]["phase"])
+            first = states[active[0]]
+            log.info("array %s (%d of %d members) resumes after phase %d", trial_id, len(active), n, first["phase"])
             if cache_status == "hit":
-                publish([st["results"][0] for st in states], states)
-            if states[0]["phase"] >= P:
-                publish([st["results"][-1] for st in states], states)
+                publish({i: st["results"][0] for i, st in states.items()}, states)
+            if first["phase"] >= P:
+                publish({i: st["results"][-1] for i, st in states.items()}, states)
                 return
-        progress(0 if states is None else states[0]["phase"] + 1)
-        for out in run_fused(cfgs, states, on_epoch=lambda ph, ep, losses: progress(ph, ep, losses)):
-            publish([r.metrics() for r, _ in out], [st for _, st in out])
-            if out[0][0].phase < P:
-                progress(out[0][0].phase + 1)
+        while active:
+            progress(0 if states is None else states[active[0]]["phase"] + 1)
+            run = run_fused([cfgs[i] for i in active], None if states is None else [states[i] for i in active],
+                            on_epoch=lambda ph, ep, losses: progress(ph, ep, losses))
+            for out in run:
+                phase = out[0][0].phase
+                keep = set(live())  # ASHA's word on the last report: stop those members' slices now
+                done = {i: o for i, o in zip(active, out) if i in keep}
+                if done:
+                    publish({i: r.metrics() for i, (r, _) in done.items()}, {i: st for i, (_, st) in done.items()})
+                if len(done) < len(active):
+                    run.close()
+                    active, states = list(done), {i: st for i, (_, st) in done.items()}
+                    if active and phase < P:
+                        log.info("array %s goes on with members %s", trial_id, [ids[i] for i in active])
+                    break
+                if phase < P:
+                    progress(phase + 1)
+            else:
+                break
+            if phase >= P:
+                break
     except _Stopped:
         log.info("array %s already has a final status; it writes nothing more", trial_id)
 
