@@ -35,6 +35,10 @@ class _Member:
         self.trial_id = trial_id
 
 
+def _config(trial) -> dict:
+    return dict(getattr(trial, "config", None) or {})
+
+
 class RecordedASHA(ASHAScheduler):
     def __init__(self, exp_dir: str, **kwargs):
         super().__init__(**kwargs)
@@ -68,18 +72,17 @@ class RecordedASHA(ASHAScheduler):
             if n:
                 log.info("ASHA: %d rung entries rebuilt from the trial records of %s", n, self.exp_dir)
         super().on_trial_add(tune_controller, trial)
-        members = record.trial_members(trial.trial_id, dict(trial.config))
-        if record.ARRAY_KEY in trial.config:
-            for mid, _ in members:
+        if record.ARRAY_KEY in _config(trial):
+            for mid, _ in record.trial_members(trial.trial_id, _config(trial)):
                 self._trial_info[mid] = self._trial_info[trial.trial_id]
 
     def on_trial_result(self, tune_controller, trial, result):
-        if record.ARRAY_KEY not in trial.config:
+        if record.ARRAY_KEY not in _config(trial):
             return super().on_trial_result(tune_controller, trial, result)
         t = result.get(self._time_attr)
         if t is None:
             return TrialScheduler.CONTINUE
-        ids = [mid for mid, _ in record.trial_members(trial.trial_id, dict(trial.config))]
+        ids = [mid for mid, _ in record.trial_members(trial.trial_id, _config(trial))]
         pruned = record.read_pruned(self.exp_dir, trial.trial_id)
         stopped = set(pruned)
         for i, mid in enumerate(ids):
@@ -99,16 +102,16 @@ class RecordedASHA(ASHAScheduler):
         return TrialScheduler.CONTINUE
 
     def on_trial_complete(self, tune_controller, trial, result):
-        if record.ARRAY_KEY not in trial.config:
+        if record.ARRAY_KEY not in _config(trial):
             return super().on_trial_complete(tune_controller, trial, result)
         self._forget(trial)
 
     def on_trial_remove(self, tune_controller, trial):
-        if record.ARRAY_KEY not in trial.config:
+        if record.ARRAY_KEY not in _config(trial):
             return super().on_trial_remove(tune_controller, trial)
         self._forget(trial)
 
     def _forget(self, trial) -> None:
         self._trial_info.pop(trial.trial_id, None)
-        for mid, _ in record.trial_members(trial.trial_id, dict(trial.config)):
+        for mid, _ in record.trial_members(trial.trial_id, _config(trial)):
             self._trial_info.pop(mid, None)
