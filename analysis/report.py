@@ -283,6 +283,12 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
             f"objective: {objective} ({mode}) at the last phase",
             f"source: {exp.source}" + (f" ({exp.path})" if exp.path else ""),
             "NME class means averaged with: " + _flip_note(df)]
+    fused = [t.fused for t in exp.trials if getattr(t, "fused", None)]
+    if fused:
+        arrays = {f.get("array") for f in fused}
+        info.append(f"fused arrays: {len(fused)} of {len(exp.trials)} trials trained in {len(arrays)} fused "
+                    f"array{'s' if len(arrays) != 1 else ''} of up to {max(int(f.get('size', 1)) for f in fused)} (`--fuse`); their train and phase "
+                    "seconds are each member's share of its array's")
     lines += ["- " + i for i in info] + [""]
     lines += [f"**Trials: {n}**: {n_fin} finished (counted in the tables), "
               + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("TERMINATED", "PRUNED", "RUNNING", "ERROR")

@@ -28,8 +28,9 @@ variant reported, ratios taken per round between neighbours in time and then the
   model and batches, the same steps.  Ratios per N: fused / separate (what an array gains), stacked /
   separate (the grouped convolutions with nothing shared) and fused / stacked (what the shared batch
   and frozen model save).  ``--fuse-bf16`` and ``--fuse-channels-last`` set the precision and memory
-  format of all these variants (default fp32, the Runtime's channels_last); no torch.compile
-  (``train_fused_phase`` does not compile).  ``scripts/bench_fused_gpu.sh`` runs them on a GPU.
+  format of all these variants (default fp32, the Runtime's channels_last), ``--fuse-backend`` the fused
+  model's backend (``lucir.fused.BACKENDS``: grouped convolutions, or the members' backbones one after
+  another; default as ``run_fused``: loop on the CPU, grouped on CUDA); no torch.compile variant.  ``scripts/bench_fused_gpu.sh`` runs them on a GPU.
 * ``herding``: one batched feature pass (``lucir.learner.extract``) + ``lucir.memory.herding`` per
   class, as ``lucir.run`` does, vs the reference style: a fresh DataLoader (PIL eval transform,
   ``--workers`` workers, batch 128) per class, fp32 features, the same herding.
@@ -118,6 +119,9 @@ def add_bench_args(p) -> None:
     p.add_argument("--fuse-channels-last", dest="fuse_channels_last", choices=["default", "on", "off"],
                    default="default", help="fused sections: channels_last memory format for every variant "
                                            "(default: the Runtime default, on)")
+    p.add_argument("--fuse-backend", dest="fuse_backend", choices=["auto", "grouped", "loop"], default="auto",
+                   help="fused sections: how the fused model runs its backbones (lucir.fused.BACKENDS; default "
+                        "auto = what run_fused uses: loop on the CPU, grouped on CUDA)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (1 step of batch 16, 1 round, few images): checks that everything runs")
     p.add_argument("--peak-gflops", dest="peak_gflops", type=float, default=0.0,
@@ -734,7 +738,8 @@ def _exemplar_pools(setup: Setup, n: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def fused_section(setup: Setup, phase: int, sources: dict, sizes: list[int], bf16: bool, cl: bool) -> Section:
+def fused_section(setup: Setup, phase: int, sources: dict, sizes: list[int], bf16: bool, cl: bool,
+                  backend: str = "auto") -> Section:
     """Fused trial arrays (``lucir.fused``) vs the same members trained one after another, per N in
     ``sizes``; every variant's images are steps x batch x N (per-trial images), so images/s is per trial.
 
@@ -750,6 +755,8 @@ def fused_section(setup: Setup, phase: int, sources: dict, sizes: list[int], bf1
     from lucir import learner
     from lucir.fused import FusedNet, _Broadcast, check_array, train_fused_phase
 
+    if backend == "auto":
+        backend = "loop" if setup.device.type == "cpu" else "grouped"
     src = sources[("tensor", cl)]
     pool = _pool(setup, phase)
     steps_images = setup.steps * setup.batch_size
@@ -764,7 +771,7 @@ def fused_section(setup: Setup, phase: int, sources: dict, sizes: list[int], bf1
         ref = None
         if phase:
             ref = _frozen(_Broadcast(copy.deepcopy(nets[0])))
-        model = FusedNet(nets).to(setup.device)
+        model = FusedNet(nets, backend).to(setup.device)
         if cl:
             model.to(memory_format=torch.channels_last)
         if phase:
@@ -782,7 +789,7 @@ def fused_section(setup: Setup, phase: int, sources: dict, sizes: list[int], bf1
         variants.append(Variant(f"fused {n}", run_fused, "fused"))
 
         if phase:  # fused N stacked: N x L index matrix, a FusedNet ref (phase >= 2 of an array)
-            st_model = FusedNet(_fuse_nets(setup, configs)).to(setup.device)
+            st_model = FusedNet(_fuse_nets(setup, configs), backend).to(setup.device)
             if cl:
                 st_model.to(memory_format=torch.channels_last)
             st_ref = _frozen(copy.deepcopy(st_model))
@@ -824,7 +831,7 @@ def fused_section(setup: Setup, phase: int, sources: dict, sizes: list[int], bf1
 
         variants.append(Variant(f"{n} separate", run_separate, "separate"))
         del nets
-    prec = ("bf16" if bf16 else "fp32") + (" channels_last" if cl else " NCHW")
+    prec = ("bf16" if bf16 else "fp32") + (" channels_last" if cl else " NCHW") + f", {backend} backend"
     if phase == 0:
         title = f"fused trial arrays, base-phase step ({setup.base} classes, CE), images/s per trial, {prec}"
     else:
@@ -833,8 +840,7 @@ def fused_section(setup: Setup, phase: int, sources: dict, sizes: list[int], bf1
     note = (f"N in {','.join(map(str, sizes))}; {setup.steps} steps of batch {setup.batch_size} per member and "
             f"measurement, images counted x N; fused N: one train_fused_phase on a shared batch"
             + (" and one shared frozen model; stacked: N x L index matrix + FusedNet frozen model"
-               if phase else "") + "; N separate: N train_phase calls one after another; no torch.compile "
-            "(train_fused_phase does not compile)")
+               if phase else "") + "; N separate: N train_phase calls one after another; no torch.compile variant")
     return Section("fused_base" if phase == 0 else "fused_inc", title, variants, note=note, fuse_sizes=list(sizes))
 
 
@@ -958,7 +964,8 @@ def format_report(meta: dict, secs: dict[str, Section], ratios: list[dict], rss:
     if meta.get("fuse_sections"):
         lines.append(f"Fused sections: N in {','.join(map(str, meta['fuse_sizes']))}, "
                      f"{'bf16' if meta['fuse_bf16'] else 'fp32'}, "
-                     f"{'channels_last' if meta['fuse_channels_last'] else 'NCHW'}; images/s per trial = "
+                     f"{'channels_last' if meta['fuse_channels_last'] else 'NCHW'}, backend "
+                     f"{meta.get('fuse_backend', 'grouped')}; images/s per trial = "
                      "steps x batch x N / seconds")
     for s in secs.values():
         lines.append("")
@@ -1062,8 +1069,8 @@ def cmd_bench(args) -> int:
         "train_inc": lambda: train_section(setup, 1, sources),
         "herding": lambda: herding_section(setup, sources, herd_classes, herd_pc),
         "eval": lambda: eval_section(setup, sources, eval_n),
-        "fused_base": lambda: fused_section(setup, 0, sources, fuse_sizes, args.fuse_bf16, fuse_cl),
-        "fused_inc": lambda: fused_section(setup, 1, sources, fuse_sizes, args.fuse_bf16, fuse_cl),
+        "fused_base": lambda: fused_section(setup, 0, sources, fuse_sizes, args.fuse_bf16, fuse_cl, args.fuse_backend),
+        "fused_inc": lambda: fused_section(setup, 1, sources, fuse_sizes, args.fuse_bf16, fuse_cl, args.fuse_backend),
     }
     secs: dict[str, Section] = {}
     for name in ALL_SECTIONS:
@@ -1116,6 +1123,8 @@ def cmd_bench(args) -> int:
         "default_variant": default,
         "fuse_sections": [k for k in secs if k.startswith("fused")],
         "fuse_sizes": fuse_sizes, "fuse_bf16": bool(args.fuse_bf16), "fuse_channels_last": fuse_cl,
+        "fuse_backend": args.fuse_backend if args.fuse_backend != "auto" else
+        ("loop" if device.type == "cpu" else "grouped"),
     }
     print("Summary")
     print(format_report(meta, {}, ratios, rss))

@@ -164,19 +164,59 @@ class FusedCosineHead(nn.Module):
         self.new = nn.Parameter(rows.to(self.old.device, self.old.dtype).clone())
 
 
+class MemberBackbones(nn.Module):
+    """The ``loop`` backend: the N backbones kept apart and run one after another, each on its own slice
+    of the B x (N C) batch (or all on the shared B x C batch), features concatenated to B x (N D) as the
+    grouped backbone gives them.  Every member computes exactly what it computes alone; the array still
+    shares the batch, the frozen model's forward, the head, the loss and the evaluation passes.  On the CPU
+    this is faster than grouped convolutions over N-times larger activations (docs/PERFORMANCE.md)."""
+
+    def __init__(self, backbones: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(copy.deepcopy(b) for b in backbones)
+        first = next(m for m in backbones[0].modules() if isinstance(m, nn.Conv2d))
+        self.member_in = first.in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.members)
+        if n > 1 and x.shape[1] == n * self.member_in:
+            cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            xs = [c.contiguous(memory_format=fmt) for c in x.chunk(n, 1)]
+        else:
+            xs = [x] * n
+        return torch.cat([m(xi) for m, xi in zip(self.members, xs)], 1)
+
+
+#: how a ``FusedNet`` runs its N backbones: one grouped model, or one after another ("auto": loop on the
+#: CPU, grouped on CUDA)
+BACKENDS = ("auto", "grouped", "loop")
+
+
 class FusedNet(nn.Module):
     """N ``IncrementalNet``s with cosine heads as one model; ``forward`` returns member-major
-    (features N x B x D, cosines N x B x C, logits N x B x C) for a B x C or B x (N C) image batch."""
+    (features N x B x D, cosines N x B x C, logits N x B x C) for a B x C or B x (N C) image batch.
+    ``backend`` "grouped": ``fuse_backbone`` (grouped convolutions, one BatchNorm over N C channels);
+    "loop": ``MemberBackbones``."""
 
-    def __init__(self, nets: list[IncrementalNet]):
+    def __init__(self, nets: list[IncrementalNet], backend: str = "grouped"):
         super().__init__()
         for net in nets:
             if not isinstance(net.head, CosineHead):
                 raise FusionError("fused arrays fuse cosine heads only")
-        self.n = len(nets)
-        self.backbone = fuse_backbone([net.backbone for net in nets])
+        if backend not in ("grouped", "loop"):
+            raise FusionError(f"backend={backend!r} is invalid: allowed 'grouped' or 'loop'")
+        self.n, self.backend = len(nets), backend
+        self.backbone = (fuse_backbone([net.backbone for net in nets]) if backend == "grouped"
+                         else MemberBackbones([net.backbone for net in nets]))
         self.head = FusedCosineHead([net.head for net in nets])
         self.feature_dim = nets[0].backbone.feature_dim
+
+    def member_of(self) -> dict[str, int]:
+        """Parameter name -> member, for the parameters that belong to one member (the loop backend's)."""
+        if self.backend != "loop":
+            return {}
+        return {k: int(k.split(".")[2]) for k, _ in self.named_parameters() if k.startswith("backbone.members.")}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         f = self.backbone(x)
@@ -190,7 +230,12 @@ class FusedNet(nn.Module):
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
         """Member ``i``'s ``IncrementalNet`` state dict (CPU copies)."""
         out = {}
+        if self.backend == "loop":
+            for k, v in self.backbone.members[i].state_dict().items():
+                out[f"backbone.{k}"] = v.detach().to("cpu", copy=True).contiguous()
         for k, v in self.state_dict().items():
+            if k.startswith("backbone.members."):
+                continue
             if k.endswith("num_batches_tracked"):
                 t = v
             elif k.startswith("head."):
@@ -202,11 +247,10 @@ class FusedNet(nn.Module):
 
     def members_equal(self) -> bool:
         """Whether every member holds the same weights and statistics (e.g. copies of one base model)."""
-        for k, v in self.state_dict().items():
-            if k.endswith("num_batches_tracked"):
-                continue
-            rows = v if k.startswith("head.") else v.unflatten(0, (self.n, -1))
-            if not all(torch.equal(rows[0], rows[i]) for i in range(1, self.n)):
+        first = self.member_state(0)
+        for i in range(1, self.n):
+            other = self.member_state(i)
+            if any(not torch.equal(v, other[k]) for k, v in first.items() if not k.endswith("num_batches_tracked")):
                 return False
         return True
 
@@ -219,10 +263,12 @@ class FusedSGD:
     optimiser: the reference's lr-0 group for the old rows, LUCIR_REFERENCE §3)."""
 
     def __init__(self, params: dict[str, nn.Parameter], n: int, lr: torch.Tensor, momentum: float,
-                 weight_decay: torch.Tensor, scale: dict[str, torch.Tensor] | None = None):
+                 weight_decay: torch.Tensor, scale: dict[str, torch.Tensor] | None = None,
+                 member_of: dict[str, int] | None = None):
         self.params, self.n, self.momentum = params, n, momentum
         self.lr, self.weight_decay = lr.clone(), weight_decay
         self.scale = scale or {}
+        self.member_of = member_of or {}  # parameters of one member (loop backend): that member's scalars
         self.buffers: dict[str, torch.Tensor] = {}
         self._factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (lr, wd) on the device
 
@@ -244,6 +290,17 @@ class FusedSGD:
     def step(self) -> None:
         for name, p in self.params.items():
             if p.grad is None:
+                continue
+            if name in self.member_of:  # torch.optim.SGD's single-tensor update, operation for operation
+                i = self.member_of[name]
+                lr = float(self.lr[i] * (self.scale[name][i] if name in self.scale else 1.0))
+                d = p.grad.add(p, alpha=float(self.weight_decay[i])) if float(self.weight_decay[i]) else p.grad
+                buf = self.buffers.get(name)
+                if buf is None:
+                    buf = self.buffers[name] = torch.clone(d).detach()
+                else:
+                    buf.mul_(self.momentum).add_(d)
+                p.add_(buf, alpha=-lr)
                 continue
             w, g = p.unflatten(0, (self.n, -1)), p.grad.unflatten(0, (self.n, -1))
             lr, wd = self._factors_of(name, w)
@@ -384,7 +441,7 @@ def train_fused_phase(model: FusedNet, ref: nn.Module | None, source, idx: torch
     opt = FusedSGD(params, model.n,
                    torch.tensor([c.schedule.lr for c in configs], dtype=torch.float64), s.momentum,
                    torch.tensor([c.schedule.weight_decay for c in configs], dtype=torch.float64),
-                   scale={"head.old": 1.0 - frozen})
+                   scale={"head.old": 1.0 - frozen}, member_of=model.member_of())
     milestones = set(s.milestones)
     fwd = torch.compile(model) if cfg.runtime.compile else model
     t0 = time.perf_counter()
@@ -466,13 +523,16 @@ def _member_net(cfg: Config, env: RunEnv, state: dict | None) -> IncrementalNet:
 
 
 def run_fused(configs: list[Config], states: list[dict | None] | None = None, *, data=None, progress: bool = False,
-              on_epoch: Callable[[int, int, list[float]], None] | None = None
+              on_epoch: Callable[[int, int, list[float]], None] | None = None, backend: str = "auto"
               ) -> Iterator[list[tuple[PhaseResult, dict]]]:
     """``lucir.run`` for an array of configs (``check_array``): yields, for every phase, the list of the
     members' ``(PhaseResult, state)``; each state is the one ``lucir.run`` would give that member and
     resumes it fused or alone.  ``states`` (one per member, all at the same completed phase, or None)
     continue an array; a member state's training in progress (``partial``) is dropped: the array redoes
-    that phase (mid-phase checkpoints are a single-trial feature)."""
+    that phase (mid-phase checkpoints are a single-trial feature).  ``backend`` (``BACKENDS``): how the
+    backbones run, "auto" = loop on the CPU, grouped on CUDA."""
+    if backend not in BACKENDS:
+        raise FusionError(f"backend={backend!r} is invalid: allowed one of {list(BACKENDS)}")
     check_array(configs)
     n = len(configs)
     cfg = configs[0]
@@ -503,7 +563,9 @@ def run_fused(configs: list[Config], states: list[dict | None] | None = None, *,
         states, start = member_states, 1
 
     nets = [_member_net(c, env, st) for c, st in zip(configs, states)]
-    model = FusedNet(nets).to(device)
+    if backend == "auto":
+        backend = "loop" if device.type == "cpu" else "grouped"
+    model = FusedNet(nets, backend).to(device)
     del nets
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -53,9 +53,10 @@ def _unfused_steps(cfg, net, ref, xs, y, phase, n_old, steps):
         opt.step()
 
 
+@pytest.mark.parametrize("backend", ["grouped", "loop"])
 @pytest.mark.parametrize("backbone,size,in_ch", [("convnet", 8, 1), ("resnet32", 16, 3)])
 @pytest.mark.parametrize("phase,shared", [(0, True), (1, True), (2, False)])
-def test_fused_sgd_steps_equal_each_members_own_steps_in_fp64(backbone, size, in_ch, phase, shared):
+def test_fused_sgd_steps_equal_each_members_own_steps_in_fp64(backbone, size, in_ch, phase, shared, backend):
     """Property (issue 11, item 4): after 3 SGD steps, every fused member's weights, BN statistics and eta
     equal those of the same member trained alone (fp64, tight tolerance), for members that differ in
     switches (cn / cn_lf / lucir / lucir_cbf), lambda_base, margin, K, eta_init, lr and weight decay, with a
@@ -80,19 +81,19 @@ def test_fused_sgd_steps_equal_each_members_own_steps_in_fp64(backbone, size, in
     xs = [torch.randn(b, in_ch, size, size, dtype=torch.float64) for _ in range(3)]
     per_member = [[torch.randn(b, in_ch, size, size, dtype=torch.float64) for _ in range(3)] for _ in nets]
 
-    fused = FusedNet(nets)
+    fused = FusedNet(nets, backend)
     if phase == 0:
         ref = None
     elif phase == 1:
         ref = _Broadcast(refs[0])
     else:
-        ref = FusedNet(refs).eval()
+        ref = FusedNet(refs, backend).eval()
     hp = ArrayParams.of(configs, phase, torch.device("cpu"))
     frozen = torch.tensor([float(phase > 0 and c.method.less_forget) for c in configs], dtype=torch.float64)
     opt = FusedSGD(dict(fused.named_parameters()), len(nets),
                    torch.tensor([c.schedule.lr for c in configs], dtype=torch.float64), 0.9,
                    torch.tensor([c.schedule.weight_decay for c in configs], dtype=torch.float64),
-                   scale={"head.old": 1.0 - frozen})
+                   scale={"head.old": 1.0 - frozen}, member_of=fused.member_of())
     fused.train()
     for s in range(3):
         x = xs[s] if shared else torch.cat([per_member[i][s] for i in range(len(nets))], 1)
@@ -118,7 +119,8 @@ def _digits(**kw):
     return Config.from_flat(dict(dataset="digits", epochs=6, cbf_epochs=3, threads=2, device="cpu", **kw))
 
 
-def test_fused_digits_run_gives_every_rung_its_own_run_s_accuracy_matrices():
+@pytest.mark.parametrize("backend", ["grouped", "loop"])
+def test_fused_digits_run_gives_every_rung_its_own_run_s_accuracy_matrices(backend):
     """Property (issue 11, item 4): a fused array of the four cosine rungs over a reduced digits run gives
     each rung the accuracy matrices and average incremental accuracy of its own ``lucir.run``; grouped
     convolutions sum in another order, so cells may differ by a few test images (a digits class group
@@ -126,7 +128,7 @@ def test_fused_digits_run_gives_every_rung_its_own_run_s_accuracy_matrices():
     configs = [_digits(preset=p) for p in PRESETS]
     data = load_dataset_for(configs[0])
     single = [list(lucir.run(c, data=data)) for c in configs]
-    fused = list(run_fused(configs, data=data))
+    fused = list(run_fused(configs, data=data, backend=backend))
     assert len(fused) == configs[0].protocol.phases + 1
     for i, p in enumerate(PRESETS):
         (r_s, st_s), (r_f, st_f) = single[i][-1], fused[-1][i]

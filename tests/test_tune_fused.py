@@ -46,6 +46,11 @@ def test_fused_ablate_gives_every_member_its_own_trial_record_status_and_mlflow_
         assert by[p]["acc_matrix_nme"] == direct[i][0].acc_matrix_nme
     assert by["cn_lf"]["acc_matrix_cnn"] != by["lucir"]["acc_matrix_cnn"]
     assert "| cn_lf" in r.stdout and "| lucir" in r.stdout  # the summary reads the members as trials
+    from analysis.report import build_report
+
+    build_report(exp, tmp_path / "report", formats=("csv",), mlflow=False, echo=lambda *a: None)
+    index = (tmp_path / "report" / "index.md").read_text()
+    assert "fused arrays: 2 of 3 trials trained in 1 fused array of up to 2" in index
     runs = mlflow_child_runs(exp)
     if runs is not None:  # one MLflow run per member, every phase logged at its step
         import mlflow
