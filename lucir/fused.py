@@ -99,6 +99,11 @@ def check_array(configs: list[Config]) -> None:
                               f"{first[diff[0]]!r}); only {list(FUSABLE_FIELDS)} may differ within an array")
 
 
+def member_keys(configs: list[Config]) -> list[str]:
+    """What an array checkpoint records of its members (their identities): it resumes only the same array."""
+    return [json.dumps(c.identity(), sort_keys=True) for c in configs]
+
+
 # ---------------------------------------------------------------------------------------------- model
 class FusedConv2d(nn.Conv2d):
     """N convolutions as one grouped convolution: weight (N C_out, C_in / g, k, k), N g groups.  A B x C_in
@@ -317,6 +322,18 @@ class FusedSGD:
         self.lr = self.lr * gamma
         self._factors.clear()
 
+    def state_dict(self) -> dict:
+        """Learning rates and momentum buffers (CPU copies), for a mid-phase checkpoint."""
+        return {"lr": self.lr.clone(), "buffers": {k: v.detach().to("cpu", copy=True) for k, v in self.buffers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lr = state["lr"].clone()
+        self._factors.clear()
+        self.buffers = {}
+        for k, v in state["buffers"].items():
+            like = self.params[k].unflatten(0, (self.n, -1)) if k not in self.member_of else self.params[k]
+            self.buffers[k] = v.to(like.device, like.dtype).reshape(like.shape).clone()
+
 
 # ---------------------------------------------------------------------------------------------- losses
 @dataclass
@@ -425,11 +442,14 @@ def _check_labels(source, idx: torch.Tensor) -> None:
 
 def train_fused_phase(model: FusedNet, ref: nn.Module | None, source, idx: torch.Tensor, configs: list[Config],
                       phase: int, n_old: int, gen: torch.Generator, device: torch.device,
-                      on_epoch: Callable[[int, list[float]], None] | None = None) -> float:
+                      on_epoch: Callable[[int, list[float]], None] | None = None, resume: dict | None = None,
+                      on_checkpoint: Callable[[int, dict], None] | None = None) -> float:
     """``learner.train_phase`` for an array: one batch stream (``gen``) for every member, per-member
     loss weights, learning rates and old-row freezing.  ``ref`` is the frozen model: a ``FusedNet`` or,
     when all members start the phase from the same model and batch, one ``IncrementalNet`` whose outputs
-    every member reads.  Returns wall seconds."""
+    every member reads.  ``resume`` ({"epoch", "optimizer"}) goes on after that epoch (with the model
+    weights and ``gen`` restored by the caller: as an uninterrupted phase); ``on_checkpoint(epoch,
+    optimizer state)`` is called every ``checkpoint_every`` epochs and after the last.  Returns wall seconds."""
     cfg, s = configs[0], configs[0].schedule
     _check_labels(source, idx)
     hp = ArrayParams.of(configs, phase, device)
@@ -443,9 +463,14 @@ def train_fused_phase(model: FusedNet, ref: nn.Module | None, source, idx: torch
                    torch.tensor([c.schedule.weight_decay for c in configs], dtype=torch.float64),
                    scale={"head.old": 1.0 - frozen}, member_of=model.member_of())
     milestones = set(s.milestones)
+    start = 0
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        start = int(resume["epoch"])
+    every = cfg.runtime.checkpoint_every
     fwd = torch.compile(model) if cfg.runtime.compile else model
     t0 = time.perf_counter()
-    for epoch in range(s.epochs):
+    for epoch in range(start, s.epochs):
         model.train()
         total = torch.zeros(model.n, dtype=torch.float64, device=device)
         steps = 0
@@ -472,6 +497,8 @@ def train_fused_phase(model: FusedNet, ref: nn.Module | None, source, idx: torch
                                                 f"epoch {epoch + 1}; lower lr or check the data")
         if on_epoch is not None:
             on_epoch(epoch, mean)
+        if on_checkpoint is not None and every and ((epoch + 1) % every == 0 or epoch + 1 == s.epochs):
+            on_checkpoint(epoch + 1, opt.state_dict())
     model.head.old.requires_grad_(True)
     return time.perf_counter() - t0
 
@@ -523,14 +550,22 @@ def _member_net(cfg: Config, env: RunEnv, state: dict | None) -> IncrementalNet:
 
 
 def run_fused(configs: list[Config], states: list[dict | None] | None = None, *, data=None, progress: bool = False,
-              on_epoch: Callable[[int, int, list[float]], None] | None = None, backend: str = "auto"
+              on_epoch: Callable[[int, int, list[float]], None] | None = None, backend: str = "auto",
+              partial: dict | None = None, on_checkpoint: Callable[[dict], None] | None = None
               ) -> Iterator[list[tuple[PhaseResult, dict]]]:
     """``lucir.run`` for an array of configs (``check_array``): yields, for every phase, the list of the
     members' ``(PhaseResult, state)``; each state is the one ``lucir.run`` would give that member and
     resumes it fused or alone.  ``states`` (one per member, all at the same completed phase, or None)
     continue an array; a member state's training in progress (``partial``) is dropped: the array redoes
     that phase (mid-phase checkpoints are a single-trial feature).  ``backend`` (``BACKENDS``): how the
-    backbones run, "auto" = loop on the CPU, grouped on CUDA."""
+    backbones run, "auto" = loop on the CPU, grouped on CUDA.
+
+    Mid-phase checkpoints of the array (``Runtime.checkpoint_every``): ``on_checkpoint(partial)`` gets
+    {"phase", "epoch", "backend", "model" (the FusedNet state), "optimizer" (``FusedSGD``), "gen",
+    "train_seconds", "config_ids" (``member_keys``)} every k epochs of a fused phase and after its last
+    (a shared base phase, trained once unfused, has none); ``run_fused(configs,
+    states, partial=that)`` with the states the phase started from goes on from that epoch, with the
+    result of an uninterrupted array on the CPU."""
     if backend not in BACKENDS:
         raise FusionError(f"backend={backend!r} is invalid: allowed one of {list(BACKENDS)}")
     check_array(configs)
@@ -566,6 +601,7 @@ def run_fused(configs: list[Config], states: list[dict | None] | None = None, *,
     if backend == "auto":
         backend = "loop" if device.type == "cpu" else "grouped"
     model = FusedNet(nets, backend).to(device)
+    ids = member_keys(configs)
     del nets
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -613,7 +649,24 @@ def run_fused(configs: list[Config], states: list[dict | None] | None = None, *,
             if on_epoch is not None:
                 on_epoch(_phase, ep, losses)
 
-        train_s = train_fused_phase(model, ref, source, idx, configs, phase, n_old, gen, device, _on_epoch)
+        resume, before_s = None, 0.0
+        if partial is not None and partial["phase"] == phase:  # the phase in progress: its last checkpoint
+            if partial.get("config_ids") != ids or partial.get("backend") != backend:
+                raise FusionError("the array checkpoint belongs to other members or another backend")
+            model.load_state_dict(partial["model"])
+            gen.set_state(partial["gen"])
+            resume, before_s = {"epoch": partial["epoch"], "optimizer": partial["optimizer"]}, partial["train_seconds"]
+        partial = None
+        checkpoint = None
+        if on_checkpoint is not None:
+            def checkpoint(epoch, opt_state, _phase=phase, _t0=time.perf_counter(), _before=before_s):
+                on_checkpoint({"phase": _phase, "epoch": epoch, "backend": backend, "config_ids": ids,
+                               "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                               "optimizer": opt_state, "gen": gen.get_state(),
+                               "train_seconds": _before + time.perf_counter() - _t0})
+
+        train_s = before_s + train_fused_phase(model, ref, source, idx, configs, phase, n_old, gen, device,
+                                               _on_epoch, resume=resume, on_checkpoint=checkpoint)
         del ref
 
         quota = cfg.quota(phase)

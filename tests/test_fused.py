@@ -172,3 +172,24 @@ def test_arrays_group_only_compatible_configs_with_a_clear_reason():
     with pytest.raises(FusionError, match="different phases"):
         st = next(lucir.run(a))[1]
         list(run_fused([a, a], [st, None]))
+
+
+def test_an_array_resumed_inside_a_phase_equals_the_uninterrupted_array_bitwise():
+    """Property (issue 11: resume as for single trials): an array's epoch checkpoint inside phase 2, given
+    back with the states phase 2 started from, continues to exactly the uninterrupted array's result."""
+    configs = [_digits(preset="lucir", checkpoint_every=1), _digits(preset="cn_lf", lambda_base=2.0,
+                                                                      checkpoint_every=1)]
+    data = load_dataset_for(configs[0])
+    partials = []
+    full = list(run_fused(configs, data=data, on_checkpoint=partials.append))
+    inside = [p for p in partials if p["phase"] == 2 and p["epoch"] == 3]
+    assert len(inside) == 1 and all(0 < p["epoch"] <= 6 for p in partials)
+    rest = list(run_fused(configs, [full[1][i][1] for i in range(2)], data=data, partial=inside[0]))
+    assert [out[0][0].phase for out in rest] == [2, 3]
+    for i in range(2):
+        assert rest[-1][i][0].acc_matrix_cnn == full[-1][i][0].acc_matrix_cnn
+        assert rest[-1][i][0].acc_matrix_nme == full[-1][i][0].acc_matrix_nme
+        for k, v in full[-1][i][1]["model"].items():
+            assert torch.equal(rest[-1][i][1]["model"][k], v), k
+    with pytest.raises(FusionError, match="other members"):
+        list(run_fused(configs[::-1], [full[1][i][1] for i in (1, 0)], data=data, partial=inside[0]))

@@ -64,12 +64,13 @@ def test_fused_ablate_gives_every_member_its_own_trial_record_status_and_mlflow_
 
 
 @pytest.mark.slow
-def test_sigkill_of_an_array_worker_resumes_every_member_from_its_last_phase(ray_local, tmp_path):  # noqa: F811
+def test_sigkill_of_an_array_worker_resumes_every_member_from_its_last_epoch_checkpoint(ray_local, tmp_path):  # noqa: F811
     from ray import tune
 
     exp = tmp_path / "exp"
-    flats = [{"preset": "lucir", "epochs": 6}, {"preset": "cn_lf", "epochs": 6, "lambda_base": 2.0}]
-    killer = Killer(exp, at_phase=2, min_epoch=1)
+    flats = [{"preset": "lucir", "epochs": 8, "checkpoint_every": 1},
+             {"preset": "cn_lf", "epochs": 8, "lambda_base": 2.0, "checkpoint_every": 1}]
+    killer = Killer(exp, at_phase=2, min_epoch=2)
     killer.start()
     try:
         grid = tune.Tuner(make_trainable(str(exp), cpus=1, base_cache=False), param_space={"members": flats},
@@ -88,6 +89,9 @@ def test_sigkill_of_an_array_worker_resumes_every_member_from_its_last_phase(ray
     # the retried worker started at phase 2: the completed phases were not trained again
     after = [ph for pid, ph in killer.seen if pid != killer.killed["pid"]]
     assert after and min(after) == 2, killer.seen
+    # ... and inside phase 2 from the array's epoch checkpoint before the kill, not from the phase start
+    (new_pid,) = {pid for pid, _ in killer.seen if pid != killer.killed["pid"]}
+    assert killer.first_epoch[(new_pid, 2)] >= killer.killed["epoch"] >= 2, (killer.killed, killer.first_epoch)
     direct = _direct(flats)
     for i, d in enumerate(docs):
         assert d["acc_matrix_cnn"] == direct[i][0].acc_matrix_cnn

@@ -244,7 +244,7 @@ def _array_trainable(members: list[dict], exp: Path, trial_id: str, trial_name: 
     from ray import tune
 
     import lucir
-    from lucir.fused import run_fused
+    from lucir.fused import member_keys, run_fused
     from tune.base_cache import BaseCache
 
     cfgs = [lucir.Config.from_flat(runtime_overrides(m, cpus, gpus)) for m in members]
@@ -255,6 +255,7 @@ def _array_trainable(members: list[dict], exp: Path, trial_id: str, trial_name: 
     trials.mkdir(parents=True, exist_ok=True)
     state_paths = [trials / f"{i}.state.pt" for i in ids]
     progress_path = trials / f"{trial_id}.progress"
+    partial_path = trials / f"{trial_id}.partial.pt"  # the array's last epoch checkpoint inside a phase
 
     def live() -> list[int]:
         gone = record.read_pruned(exp, trial_id)
@@ -288,9 +289,25 @@ def _array_trainable(members: list[dict], exp: Path, trial_id: str, trial_name: 
             states = {i: {**st, "config": cfgs[i].identity()} for i, st in found.items()}
             cache_status = "hit"
 
-    def publish(rows: dict[int, dict], sts: dict[int, dict]) -> None:
+    def check_not_stopped() -> None:
         if (record.read_status(exp, ids[0]) or {}).get("status") in ("PRUNED", "TERMINATED"):
             raise _Stopped
+
+    def save_epoch_checkpoint(partial: dict) -> None:
+        check_not_stopped()
+        lucir.save_state(partial, partial_path)
+
+    def own_partial() -> dict | None:
+        """The array's epoch checkpoint of the phase after ``states`` for exactly the active members."""
+        if not partial_path.exists():
+            return None
+        p = lucir.load_state(partial_path)
+        done = -1 if states is None else states[active[0]]["phase"]
+        ok = p.get("phase") == done + 1 and p.get("config_ids") == member_keys([cfgs[i] for i in active])
+        return p if ok else None
+
+    def publish(rows: dict[int, dict], sts: dict[int, dict]) -> None:
+        check_not_stopped()
         for i, st in sts.items():
             lucir.save_state(st, state_paths[i])
             atomic_write_json(trials / f"{ids[i]}.json",
@@ -309,8 +326,12 @@ def _array_trainable(members: list[dict], exp: Path, trial_id: str, trial_name: 
                 return
         while active:
             progress(0 if states is None else states[active[0]]["phase"] + 1)
+            part = own_partial()
+            if part is not None:
+                log.info("array %s goes on inside phase %d after epoch %d", trial_id, part["phase"], part["epoch"])
             run = run_fused([cfgs[i] for i in active], None if states is None else [states[i] for i in active],
-                            on_epoch=lambda ph, ep, losses: progress(ph, ep, losses))
+                            on_epoch=lambda ph, ep, losses: progress(ph, ep, losses), partial=part,
+                            on_checkpoint=save_epoch_checkpoint)
             for out in run:
                 phase = out[0][0].phase
                 keep = set(live())  # ASHA's word on the last report: stop those members' slices now
