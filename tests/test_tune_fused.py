@@ -146,9 +146,9 @@ def test_fuse_with_an_unfusable_preset_or_a_bad_size_fails_before_ray(tmp_path, 
 
 @pytest.mark.slow
 def test_fused_asha_search_stops_a_member_s_slice_and_the_array_goes_on(tmp_path):
-    """``lucir search --fuse 3 --asha``: ASHA judges each member on its own metric; a stopped member's
-    record ends at the rung it was stopped at (PRUNED, and PRUNED in Optuna), while the other members of
-    its array train every phase."""
+    """``lucir search --fuse 3 --asha --concurrency 1``: ASHA judges each member on its own metric; a stopped
+    member's record ends at the rung it was stopped at (PRUNED, and PRUNED in Optuna), while the other
+    members of its array train every phase; Ray's ConcurrencyLimiter counts arrays (one at a time here)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -157,7 +157,7 @@ def test_fused_asha_search_stops_a_member_s_slice_and_the_array_goes_on(tmp_path
 
     exp = tmp_path / "exp"
     r = run_lucir(["search", "--trials", "6", "--fuse", "3", "--asha", "--epochs", "2", "--confirm-top", "0",
-                   "--out", "exp", "--num-cpus", "2"], tmp_path)
+                   "--concurrency", "1", "--out", "exp", "--num-cpus", "2"], tmp_path)  # ConcurrencyLimiter: arrays
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     docs = {d["trial_id"]: d for d in trial_docs(exp)}
     assert len(docs) == 6
@@ -171,6 +171,7 @@ def test_fused_asha_search_stops_a_member_s_slice_and_the_array_goes_on(tmp_path
         # the array went on without it: some member of the same array trained further
         assert max(len(o["phases"]) for o in mates) > len(d["phases"]), (mid, [len(o["phases"]) for o in mates])
     assert any(d["status"] == "TERMINATED" and len(d["phases"]) == 4 for d in docs.values())
+    assert len({d["fused"]["array"] for d in docs.values()}) == 2  # 6 trials in 2 arrays of 3
     study = optuna.load_study(study_name="exp", storage=JournalStorage(JournalFileBackend(
         str(exp / "optuna_journal.log"))))
     states = sorted(t.state.name for t in study.get_trials())
