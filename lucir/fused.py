@@ -45,7 +45,7 @@ from lucir.config import Config
 from lucir.heads import CosineHead, _uniform_rows, imprint_rows
 from lucir.memory import Memory, class_means, herding
 from lucir.models import IncrementalNet
-from lucir.run import (PhaseResult, RunEnv, _phase_gen, build_model, check_state, phase_state, prepare, run,
+from lucir.run import (PhaseResult, RunEnv, build_model, check_state, phase_inputs, phase_state, prepare, run,
                        score_phase)
 
 #: config fields that may differ between the members of one array (everything else must be equal)
@@ -613,11 +613,7 @@ def run_fused(configs: list[Config], states: list[dict | None] | None = None, *,
 
     for phase in range(start, p.phases + 1):
         t_phase = time.perf_counter()
-        gen = _phase_gen(p.seed, phase)
-        new_classes = groups[phase]
-        n_old = p.seen_classes(phase - 1) if phase else 0
-        n_seen = p.seen_classes(phase)
-        new_idx = pool[torch.isin(train_y[pool], torch.tensor(new_classes))]
+        gen, new_classes, n_old, n_seen, new_idx = phase_inputs(cfg, env, phase)
         ref = None
         idx = _rows([torch.cat([new_idx, mem.indices(cfg.quota(phase - 1))]) if phase else new_idx
                      for mem in memories])

@@ -204,6 +204,16 @@ def prepare(cfg: Config, data=None, progress: bool = False) -> RunEnv:
                   [int(sum((test_y == c).sum() for c in g)) for g in groups])
 
 
+def phase_inputs(cfg: Config, env: RunEnv, phase: int):
+    """(generator, new classes, old and seen class counts, the new classes' trainable images) of a phase:
+    every random draw of phase t comes from the generator seeded with (seed, t)."""
+    p = cfg.protocol
+    new_classes = env.groups[phase]
+    pool, train_y = env.pool, env.source.train_y
+    return (_phase_gen(p.seed, phase), new_classes, p.seen_classes(phase - 1) if phase else 0, p.seen_classes(phase),
+            pool[torch.isin(train_y[pool], torch.tensor(new_classes))])
+
+
 def run(config: Config, state: dict | None = None, *, data=None, progress: bool = False,
         on_epoch: Callable[[int, int, float], None] | None = None,
         on_checkpoint: Callable[[dict], None] | None = None) -> Iterator[tuple[PhaseResult, dict]]:
@@ -241,12 +251,8 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
 
     for phase in range(start, p.phases + 1):
         t_phase = time.perf_counter()
-        gen = _phase_gen(p.seed, phase)
-        new_classes = groups[phase]
-        n_old = p.seen_classes(phase - 1) if phase else 0
-        n_seen = p.seen_classes(phase)
+        gen, new_classes, n_old, n_seen, new_idx = phase_inputs(cfg, env, phase)
         ctx = learner.PhaseContext(phase, n_old, n_seen, cfg.lambda_at(phase) if phase else 0.0)
-        new_idx = pool[torch.isin(train_y[pool], torch.tensor(new_classes))]
         ref_model = None
         resume = None
         if phase > 0 and learner.needs_reference(cfg, phase):

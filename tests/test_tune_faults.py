@@ -62,24 +62,31 @@ class Killer(threading.Thread):
             time.sleep(0.002)
 
 
-@pytest.mark.slow
-def test_sigkill_of_trial_worker_resumes_from_its_last_epoch_checkpoint(ray_local, tmp_path):  # noqa: F811
+def fit_killed(exp: Path, param_space: dict, at_phase: int = 2, min_epoch: int = 2):
+    """One Tune trial of ``param_space`` (1 CPU, no base cache, 2 retries) whose worker a ``Killer`` SIGKILLs
+    inside phase ``at_phase``; returns (killer, result grid) once the retried trial ended."""
     from ray import tune
 
-    exp = tmp_path / "exp"
-    flat = {"epochs": 12, "checkpoint_every": 1}
-    killer = Killer(exp, at_phase=2, min_epoch=2)
+    killer = Killer(exp, at_phase=at_phase, min_epoch=min_epoch)
     killer.start()
     try:
-        grid = tune.Tuner(make_trainable(str(exp), cpus=1, base_cache=False), param_space=flat,
+        grid = tune.Tuner(make_trainable(str(exp), cpus=1, base_cache=False), param_space=param_space,
                           tune_config=tune.TuneConfig(reuse_actors=True),
-                          run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
+                          run_config=tune.RunConfig(name=exp.name, storage_path=str(exp.parent), verbose=0,
                                                     failure_config=tune.FailureConfig(max_failures=2),
                                                     callbacks=[TrialStatusCallback(str(exp))])).fit()
     finally:
         killer.done.set()
         killer.join(5)
     assert killer.killed is not None, "the worker was never killed"
+    return killer, grid
+
+
+@pytest.mark.slow
+def test_sigkill_of_trial_worker_resumes_from_its_last_epoch_checkpoint(ray_local, tmp_path):  # noqa: F811
+    exp = tmp_path / "exp"
+    flat = {"epochs": 12, "checkpoint_every": 1}
+    killer, grid = fit_killed(exp, flat)
     assert killer.killed["phases_done"] == 2  # killed inside phase 2, phases 0 and 1 done
     assert not grid.errors
     (doc,) = trial_docs(exp)

@@ -9,10 +9,9 @@ import pytest
 
 import lucir
 from lucir.fused import run_fused
-from test_tune_faults import Killer
+from test_tune_faults import fit_killed
 from tune_fixtures import mlflow_child_runs, ray_local, run_lucir, trial_docs  # noqa: F401
-from tune.experiment import TrialStatusCallback
-from tune.trainable import make_trainable, runtime_overrides
+from tune.trainable import runtime_overrides
 
 
 def _direct(flats: list[dict]):
@@ -65,23 +64,10 @@ def test_fused_ablate_gives_every_member_its_own_trial_record_status_and_mlflow_
 
 @pytest.mark.slow
 def test_sigkill_of_an_array_worker_resumes_every_member_from_its_last_epoch_checkpoint(ray_local, tmp_path):  # noqa: F811
-    from ray import tune
-
     exp = tmp_path / "exp"
     flats = [{"preset": "lucir", "epochs": 8, "checkpoint_every": 1},
              {"preset": "cn_lf", "epochs": 8, "lambda_base": 2.0, "checkpoint_every": 1}]
-    killer = Killer(exp, at_phase=2, min_epoch=2)
-    killer.start()
-    try:
-        grid = tune.Tuner(make_trainable(str(exp), cpus=1, base_cache=False), param_space={"members": flats},
-                          tune_config=tune.TuneConfig(reuse_actors=True),
-                          run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
-                                                    failure_config=tune.FailureConfig(max_failures=2),
-                                                    callbacks=[TrialStatusCallback(str(exp))])).fit()
-    finally:
-        killer.done.set()
-        killer.join(5)
-    assert killer.killed is not None, "the worker was never killed"
+    killer, grid = fit_killed(exp, {"members": flats})
     assert not grid.errors
     docs = sorted(trial_docs(exp), key=lambda d: d["trial_id"])
     assert [d["fused"]["index"] for d in docs] == [0, 1]
