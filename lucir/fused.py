@@ -631,8 +631,11 @@ def run_fused(configs: list[Config], states: list[dict | None] | None = None, *,
             ref.eval()
             for q in ref.parameters():
                 q.requires_grad_(False)
+        resuming = partial is not None and partial["phase"] == phase
         if phase > 0:
-            if cfg.method.imprint:
+            if resuming:  # rows of the right shape only: the checkpoint's weights and generator replace them
+                rows = model.head.new.new_zeros(n, len(new_classes), model.feature_dim)
+            elif cfg.method.imprint:
                 f, _, y = extract_fused(model, source, "train", new_idx, cfg, device)
                 w = model.head.weight().detach()
                 rows = torch.stack([imprint_rows([f[i][y == c] for c in new_classes], w[i]) for i in range(n)])
@@ -646,7 +649,7 @@ def run_fused(configs: list[Config], states: list[dict | None] | None = None, *,
                 on_epoch(_phase, ep, losses)
 
         resume, before_s = None, 0.0
-        if partial is not None and partial["phase"] == phase:  # the phase in progress: its last checkpoint
+        if resuming:  # the phase in progress: its last checkpoint
             if partial.get("config_ids") != ids or partial.get("backend") != backend:
                 raise FusionError("the array checkpoint belongs to other members or another backend")
             model.load_state_dict(partial["model"])

@@ -86,16 +86,24 @@ def report_metrics(result_metrics: dict, num_phases: int) -> dict:
     return m
 
 
-def _report(metrics: dict, state: dict) -> None:
+def _report(metrics: dict, states: dict[str, dict]) -> None:
+    """``tune.report`` with a checkpoint folder holding each state under its file name."""
     from lucir.checkpoint import save_state
     from ray import tune
 
     d = tempfile.mkdtemp(prefix="lucir-ckpt-")
     try:
-        save_state(state, Path(d) / STATE_FILE)
+        for name, st in states.items():
+            save_state(st, Path(d) / name)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _write_progress(path: Path, **fields) -> None:
+    """``trials/<id>.progress``: where the worker is (pid, host, phase, epoch, ...); readers ignore it."""
+    atomic_write_text(path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), **fields,
+                                        "time": time.time()}) + "\n")
 
 
 def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus: float = 1.0,
@@ -125,9 +133,7 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
     P = cfg.protocol.phases
 
     def progress(phase: int, epoch: int = -1, loss: float | None = None) -> None:
-        atomic_write_text(progress_path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                     "phase": phase, "epoch": epoch, "loss": loss,
-                                                     "time": time.time()}) + "\n")
+        _write_progress(progress_path, phase=phase, epoch=epoch, loss=loss)
 
     def check_not_stopped() -> None:
         # A trial stopped by the scheduler (PRUNED) or finished (TERMINATED) has a final status set by the
@@ -166,7 +172,7 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
         log.info("trial %s resumes after phase %d (epoch %d of the next)", trial_id, *progress_of(state))
         if state["phase"] >= P:  # finished, but the driver did not record it: report the last phase again
             atomic_write_json(doc_path, trial_doc(trial_id, trial_name, sweep, cfg, state, "RUNNING", cache_status))
-            _report(report_metrics(state["results"][-1], P), state)
+            _report(report_metrics(state["results"][-1], P), {STATE_FILE: state})
             return
 
     claim = None
@@ -181,7 +187,7 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
                 state["config"] = cfg.identity()
                 metrics = report_metrics(state["results"][0], P)
                 publish_phase(state, metrics)
-                _report(metrics, state)
+                _report(metrics, {STATE_FILE: state})
             else:
                 claim = look.claim
         start = state["phase"] + 1 if state is not None else 0
@@ -195,7 +201,7 @@ def lucir_trainable(config: dict, *, exp_dir: str, base_cache: bool = True, cpus
                 claim = None
             if result.phase < P:
                 progress(result.phase + 1)
-            _report(metrics, st)
+            _report(metrics, {STATE_FILE: st})
     except _Stopped:
         log.info("trial %s already has a final status (stopped by the driver); it writes nothing more", trial_id)
     finally:
@@ -215,19 +221,6 @@ def array_metrics(rows: dict[int, dict], num_phases: int) -> dict:
     out.update({"phase": vals[0]["phase"], "num_phases": num_phases, "array_size": len(rows),
                 record.ARRAY_KEY: {str(i): dict(r) for i, r in rows.items()}})
     return out
-
-
-def _report_array(metrics: dict, states: dict[int, dict]) -> None:
-    from lucir.checkpoint import save_state
-    from ray import tune
-
-    d = tempfile.mkdtemp(prefix="lucir-ckpt-")
-    try:
-        for i, st in states.items():
-            save_state(st, Path(d) / f"{i}.{STATE_FILE}")
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _array_trainable(members: list[dict], exp: Path, trial_id: str, trial_name: str, cpus: float, gpus: float,
@@ -262,9 +255,7 @@ def _array_trainable(members: list[dict], exp: Path, trial_id: str, trial_name: 
         return [i for i in range(n) if ids[i] not in gone]
 
     def progress(phase: int, epoch: int = -1, losses=None) -> None:
-        atomic_write_text(progress_path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                     "phase": phase, "epoch": epoch, "loss": losses,
-                                                     "members": ids, "time": time.time()}) + "\n")
+        _write_progress(progress_path, phase=phase, epoch=epoch, loss=losses, members=ids)
 
     active = live()
     if not active:
@@ -313,7 +304,7 @@ def _array_trainable(members: list[dict], exp: Path, trial_id: str, trial_name: 
             atomic_write_json(trials / f"{ids[i]}.json",
                               trial_doc(ids[i], f"{trial_name}_m{i}" if n > 1 else trial_name, exp.name, cfgs[i],
                                         st, "RUNNING", cache_status, fused={"array": trial_id, "index": i, "size": n}))
-        _report_array(array_metrics(rows, P), sts)
+        _report(array_metrics(rows, P), {f"{i}.{STATE_FILE}": st for i, st in sts.items()})
 
     try:
         if states is not None:
