@@ -37,6 +37,7 @@ from analysis import paired, plots, tables
 from analysis.confirm import confirm_summary
 from analysis.scoreboard import report_section as scoreboard_section
 from analysis.results import Experiment, ExperimentError, read_experiment, trial_overview, utc
+from lucir import record
 
 FORMATS = ("csv", "md", "tex")
 FIGURE_FORMATS = ("png", "pdf", "svg")  # index.md embeds the PNG
@@ -291,7 +292,7 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
                     "seconds are each member's share of its array's")
     lines += ["- " + i for i in info] + [""]
     lines += [f"**Trials: {n}**: {n_fin} finished (counted in the tables), "
-              + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("TERMINATED", "PRUNED", "RUNNING", "ERROR")
+              + ", ".join(f"{counts.get(s, 0)} {s}" for s in record.STATUSES
                           if counts.get(s, 0)) + ".", ""]
     lines += ["## Summary (mean ± std over seeds, finished trials only)", "",
               "Average incremental accuracy includes the base phase (DESIGN §4); *last acc* and *forgetting* "

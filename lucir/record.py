@@ -31,7 +31,11 @@ OBJECTIVE = "avg_inc_acc_cnn"
 VAL_OBJECTIVE = "val_avg_inc_acc_cnn"
 MODE = "max"
 
-STATUSES = ("TERMINATED", "RUNNING", "PRUNED", "ERROR")
+#: ABANDONED: a trial a killed driver started after Tune's last snapshot and that the resumed sweep does not own
+#: (its Optuna trial, if unfinished, was run again under another trial id); it never counts
+STATUSES = ("TERMINATED", "RUNNING", "PRUNED", "ERROR", "ABANDONED")
+#: statuses whose records never count, whatever phases they hold
+DISCARDED = ("ERROR", "ABANDONED")
 
 
 def objective(val_fraction: float | None) -> str:
@@ -52,11 +56,11 @@ def phases_done(record: dict[str, Any]) -> int:
 
 def is_finished(record: dict[str, Any]) -> bool:
     """A trial record is finished when it holds every phase (the base phase included: ``num_phases + 1``
-    rows) and did not fail; only finished trials count in tables and searches."""
+    rows) and was neither failed nor abandoned; only finished trials count in tables and searches."""
     n = record.get("num_phases", (record.get("config") or {}).get("phases"))
     if not isinstance(n, (int, float)) or isinstance(n, bool):
         return False
-    return phases_done(record) == int(n) + 1 and record.get("status") != "ERROR"
+    return phases_done(record) == int(n) + 1 and record.get("status") not in DISCARDED
 
 
 # ------------------------------------------------------------------------------ the trial record

@@ -194,13 +194,13 @@ def test_a_killed_fused_search_resumes_without_losing_or_repeating_an_optuna_tri
         proc.wait(30)
     r = run_lucir(["resume", str(exp), "--num-cpus", "2"], tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    docs = trial_docs(exp)
+    docs = [d for d in trial_docs(exp) if d["status"] != "ABANDONED"]  # cut members whose trial ran again
     assert all(d["status"] == "TERMINATED" for d in docs)
     study = optuna.load_study(study_name="exp", storage=JournalStorage(JournalFileBackend(
         str(exp / "optuna_journal.log"))))
     trials = study.get_trials()
     assert not [t for t in trials if t.state.name == "RUNNING"]
-    # 4 members; a driver killed between asking Optuna and Tune's snapshot can leave one extra array
-    assert len(docs) in (4, 6) and len(trials) == len(docs), (len(docs), len(trials))
+    # the budget of 4 members, each once: a member asked after Tune's last snapshot is kept or run again
+    assert len(docs) == 4 and len(trials) == 4, (len(docs), len(trials))
     assert sorted(t.value for t in trials) == pytest.approx(sorted(d["phases"][-1]["val_avg_inc_acc_cnn"]
                                                                    for d in docs))

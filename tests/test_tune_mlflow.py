@@ -402,6 +402,50 @@ def test_failed_trial_ends_its_run_failed_and_nan_is_logged(tmp_path, tmp_path_f
     assert parents[0].info.status == "FINISHED"
 
 
+def test_runs_of_trials_a_killed_driver_started_after_its_snapshot_are_ended_on_resume(tmp_path, tmp_path_factory):
+    """Driver 1 starts a, b and c and is killed; Tune's snapshot knew only a.  b had finished every phase (the
+    resumed search keeps it), c was cut and its config runs again as d.  After driver 2's sweep no run is left
+    RUNNING: b's ends FINISHED (TERMINATED), c's KILLED (ABANDONED), a's and d's FINISHED."""
+    from tune.experiment import TrialStatusCallback
+
+    exp = tmp_path / "exp"
+    (exp / "trials").mkdir(parents=True)
+    shutil.copy(_template(tmp_path_factory), exp / "mlflow.db")
+    uri = default_tracking_uri(exp)
+    cfg = {t: {**BASE, "seed": i} for i, t in enumerate("abc")}
+
+    def rec(tid, config, n):
+        (exp / "trials" / f"{tid}.json").write_text(json.dumps({
+            "trial_id": tid, "config": config, "num_phases": 2, "status": "RUNNING",
+            "phases": [{"phase": i, "avg_inc_acc_cnn": 90.0 - i} for i in range(n)]}))
+
+    cb = MLflowCallback(uri, MLFLOW_EXPERIMENT, SWEEP, str(exp))
+    cb.setup()
+    first = [StubTrial(t, cfg[t]) for t in "abc"]
+    for t in first:
+        cb.on_trial_start(0, first, t)
+    cb.flush()
+    for t, n in zip("abc", (3, 3, 1)):
+        rec(t, cfg[t], n)
+    # driver 2: a restored, d runs c's config again
+    trials = [StubTrial("a", cfg["a"], "TERMINATED"), StubTrial("d", cfg["c"], "TERMINATED")]
+    rec("d", cfg["c"], 3)
+    cb2 = pickle.loads(pickle.dumps(cb))
+    cb2.setup()
+    status = TrialStatusCallback(str(exp))
+    for t in trials:
+        cb2.on_trial_start(0, trials, t)
+        status.on_trial_complete(0, trials, t)
+        cb2.on_trial_complete(0, trials, t)
+    status.on_experiment_end(trials)
+    cb2.on_experiment_end(trials)
+    c, parents, children = _runs_named(uri, MLFLOW_EXPERIMENT)
+    got = {r.data.tags["lucir.trial_id"]: (r.info.status, r.data.tags.get("lucir.status")) for r in children}
+    assert got == {"a": ("FINISHED", "TERMINATED"), "b": ("FINISHED", "TERMINATED"),
+                   "c": ("KILLED", "ABANDONED"), "d": ("FINISHED", "TERMINATED")}
+    assert [p.info.status for p in parents] == ["FINISHED"]
+
+
 def _runs_named(uri, name):
     from mlflow import MlflowClient
 

@@ -101,3 +101,5 @@ class ArraySearch(Searcher):
         self.inner.__dict__.update(saved["inner"])
         if hasattr(self.inner, "find_orphans"):  # Optuna trials asked after Tune's last snapshot
             self.inner._orphans = self.inner.find_orphans()
+            # members asked after the snapshot count against the budget, except those handed out again
+            self.asked = max(self.asked, len(self.inner._asked()) - len(self.inner._orphans))

@@ -7,6 +7,9 @@ the interruption would be compared with nothing and pruned less than in an unint
 the first time a trial is added after it was created or unpickled: a trial that reported phase ``m``
 is recorded at the rung of milestone ``m`` with its metric at that phase, exactly what ASHA records
 when that result arrives live (the first result at or past a milestone; phases come one by one).
+A rebuilt trial that had not ended and whose config a newly added trial runs again (an Optuna trial
+asked after Tune's last snapshot and handed out again, ``tune.experiment.PrunedAwareOptunaSearch``)
+leaves the rungs when that trial is added, so that its results are counted once, as live.
 
 Fused arrays (``lucir.fused``, ``lucir search --fuse N --asha``): every member is an ASHA trial of its own
 under its member id, in its array's bracket, judged on its own metric (``members/<i>/<metric>`` of the
@@ -24,6 +27,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from lucir.checkpoint import atomic_write_json
 
 from lucir import record
+from tune.spaces import config_key
 
 log = logging.getLogger("lucir.tune")
 
@@ -44,10 +48,12 @@ class RecordedASHA(ASHAScheduler):
         super().__init__(**kwargs)
         self.exp_dir = str(exp_dir)
         self._rebuilt = False
+        self._open: dict[str, str] = {}  # config key -> id of a rebuilt trial that had not ended
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._rebuilt = False  # unpickled (Tuner.restore): rebuild the rungs from the records
+        self._open = {}
 
     def rebuild(self, records: list[dict]) -> int:
         """Record every (trial, milestone) the trial records show; returns how many were recorded."""
@@ -57,6 +63,8 @@ class RecordedASHA(ASHAScheduler):
             rows = {int(p["phase"]): p for p in rec.get("phases") or [] if isinstance(p, dict) and "phase" in p}
             if not tid or not rows:
                 continue
+            if rec.get("status") == "RUNNING":
+                self._open[config_key(rec.get("config") or {})] = tid
             bracket = self._trial_info.get(tid, self._brackets[0])
             for milestone, recorded in bracket._rungs:
                 value = record.number(rows.get(int(milestone), {}).get(self._metric))
@@ -71,6 +79,12 @@ class RecordedASHA(ASHAScheduler):
             n = self.rebuild(record.read_trials(self.exp_dir))
             if n:
                 log.info("ASHA: %d rung entries rebuilt from the trial records of %s", n, self.exp_dir)
+        for tid, config in record.trial_members(trial.trial_id, _config(trial)):
+            old = self._open.pop(config_key(config), tid)
+            if old != tid:  # run again under a new id: the live results replace the rebuilt ones
+                for bracket in self._brackets:
+                    for _, recorded in bracket._rungs:
+                        recorded.pop(old, None)
         super().on_trial_add(tune_controller, trial)
         if record.ARRAY_KEY in _config(trial):
             for mid, _ in record.trial_members(trial.trial_id, _config(trial)):

@@ -26,6 +26,7 @@ from lucir.config import Config, ConfigError
 from lucir.record import CONFIRM_DIR, EXPERIMENT_FILE, JOURNAL_FILE, MODE, is_finished, objective  # noqa: F401 (re-exported)
 from lucir.record import OBJECTIVE as METRIC
 from lucir import record
+from tune.spaces import config_key
 
 log = logging.getLogger("lucir.tune")
 
@@ -33,10 +34,11 @@ SAMPLERS = ("tpe", "gp", "random")
 
 try:  # the driver-side callbacks subclass tune.Callback; tune/ may be imported without Ray work
     from ray.tune import Callback as _Callback
+    from ray.tune.search import Searcher as _Searcher
     from ray.tune.search.optuna import OptunaSearch as _OptunaSearch
 except ImportError:  # pragma: no cover - ray is a dependency
     _Callback = object
-    _OptunaSearch = object
+    _OptunaSearch = _Searcher = object
 
 
 # ---------------------------------------------------------------------------------------- folder
@@ -105,6 +107,30 @@ class TrialStatusCallback(_Callback):
         self._update(trial, "ERROR", (text or "trial failed").strip()[-4000:])
 
 
+    def on_experiment_end(self, trials, **info):
+        """Give a final status to the records no trial of this sweep owns: those of trials a killed driver
+        started after Tune's last snapshot, which the resumed sweep does not restore.  One whose config a
+        trial of the sweep runs again (an unfinished Optuna trial handed out again, a grid point generated
+        again) is ABANDONED; one that finished every phase alone (its Optuna trial was told its value on
+        restore) is TERMINATED; any other is ABANDONED."""
+        owned, running = set(), set()
+        for t in trials:
+            for tid, config in record.trial_members(t.trial_id, dict(t.config)):
+                owned.add(tid)
+                running.add(config_key(config))
+        for tid in record.trial_ids(self.exp_dir):
+            if tid in owned or record.read_status(self.exp_dir, tid) is not None:
+                continue
+            rec = record.read_json_dict(record.record_path(self.exp_dir, tid)) or {}
+            config = rec.get("config") or {}
+            again = config_key(config) in running
+            status = "TERMINATED" if is_finished(rec) and not again else "ABANDONED"
+            log.info("trial %s was started by a driver killed before Tune saved it: %s", tid, status)
+            why = "its config was run again by another trial" if again else "no trial resumed it"
+            self._write(tid, rec.get("trial_name", tid), config, status, None if status == "TERMINATED" else
+                        f"started by a driver killed before Tune's last snapshot; {why}")
+
+
 class ExperimentInfoCallback(_Callback):
     """No longer used: the MLflow callback records ``parent_run_id`` itself (one writer).  Kept so that the
     ``tuner.pkl`` of a sweep started before 2026-12-02 still unpickles on ``lucir resume``."""
@@ -127,17 +153,34 @@ def mlflow_callback(uri: str, experiment_name: str, sweep: str, exp_dir: Path, t
 
 # ---------------------------------------------------------------------------------------- optuna
 class PrunedAwareOptunaSearch(_OptunaSearch):
-    """Ray's OptunaSearch, told the truth about trials that did not finish (DESIGN §6).
+    """Ray's OptunaSearch, told the truth about trials that did not finish (DESIGN §6), and exact on resume.
 
     Ray 2.60's ``OptunaSearch.on_trial_complete`` tells Optuna COMPLETE with the *last reported*
     metric whenever a result exists: a trial stopped early by ASHA (its average incremental accuracy
     over fewer phases looks better), and even a trial that crashed after some phases, would count as
     a finished trial.  Here a trial counts as COMPLETE only when its last result is the last phase;
-    a trial stopped early is PRUNED, a failed one FAIL.  On restore, Optuna trials left RUNNING by a
-    driver that died between asking Optuna and saving Tune's state (no Tune trial owns them) are
-    handed out again to the next new Tune trial (same parameters, same Optuna trial number), so the
-    study holds neither a phantom nor a duplicated trial.
+    a trial stopped early is PRUNED, a failed one FAIL.
+
+    Resume.  A driver killed between asking Optuna and Tune's next experiment snapshot leaves Optuna
+    trials that no restored Tune trial owns.  Each Optuna trial carries the id of the trial it was
+    handed to (user attribute :data:`TRIAL_ATTR`), so on restore (:meth:`find_orphans`) one whose
+    record (``trials/<id>.json``) holds every phase is told COMPLETE with the record's objective
+    (its work is kept), and one left unfinished is handed out again to the next new Tune trial (same
+    parameters, same Optuna trial number).  ``budget`` (the search's ``--trials``): once the study holds
+    that many asked trials, :meth:`suggest` says FINISHED, so trials finished after the snapshot count
+    against it and a resumed search runs exactly ``budget`` trials.
     """
+
+    TRIAL_ATTR = "lucir.trial_id"
+    _exp_dir: str | None = None   # class defaults: a searcher pickled by an older version lacks them
+    _budget: int | None = None
+    _orphans: list[int] = ()
+
+    def __init__(self, *args, exp_dir: str | os.PathLike | None = None, budget: int | None = None, **kw):
+        super().__init__(*args, **kw)
+        self._exp_dir = None if exp_dir is None else str(exp_dir)
+        self._budget = budget
+        self._orphans: list[int] = []
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         from optuna.trial import TrialState
@@ -159,26 +202,50 @@ class PrunedAwareOptunaSearch(_OptunaSearch):
         super().restore(checkpoint_path)
         self._orphans = self.find_orphans()
 
+    def _asked(self) -> list:
+        """The study's trials that were asked (enqueued warm-start points still WAITING are not)."""
+        from optuna.trial import TrialState
+
+        return [t for t in self._ot_study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+
     def find_orphans(self) -> list[int]:
-        """Optuna trials left RUNNING that no Tune trial owns (asked after Tune's last snapshot)."""
+        """Optuna trials left RUNNING that no Tune trial owns (asked after Tune's last snapshot): those whose
+        trial finished every phase are told COMPLETE from its record; the storage ids of the others are
+        returned, to be handed out again."""
         from optuna.trial import TrialState
 
         if self._ot_study is None:
             return []
         owned = {t.number for t in self._ot_trials.values()}
-        orphans = [t._trial_id for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.number not in owned]
+        orphans = []
+        for t in self._asked():
+            if t.state != TrialState.RUNNING or t.number in owned:
+                continue
+            tid = t.user_attrs.get(self.TRIAL_ATTR)
+            doc = record.read_trial(self._exp_dir, tid) if self._exp_dir and tid else None
+            value = record.number(doc["phases"][-1].get(self._metric)) if doc and is_finished(doc) else None
+            if value is not None:
+                self._ot_study.tell(t.number, value)
+                log.info("Optuna trial %d finished as %s after the driver's last snapshot: told %s = %.4g",
+                         t.number, tid, self._metric, value)
+            else:
+                orphans.append(t._trial_id)
         if orphans:
-            log.info("%d Optuna trial(s) were asked but never started; they are handed out again", len(orphans))
+            log.info("%d Optuna trial(s) were asked but never finished; they are handed out again", len(orphans))
         return orphans
 
     def suggest(self, trial_id: str):
-        orphans = getattr(self, "_orphans", None)
-        if orphans and trial_id not in self._ot_trials and self._ot_study is not None:
+        fresh = trial_id not in self._ot_trials and self._ot_study is not None
+        if fresh and self._orphans:
             from optuna.trial import Trial
 
-            self._ot_trials[trial_id] = Trial(self._ot_study, orphans.pop(0))
-        return super().suggest(trial_id)
+            self._ot_trials[trial_id] = Trial(self._ot_study, self._orphans.pop(0))
+        elif fresh and self._budget is not None and len(self._asked()) >= self._budget:
+            return _Searcher.FINISHED
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials and isinstance(params, dict):
+            self._ot_trials[trial_id].set_user_attr(self.TRIAL_ATTR, trial_id)
+        return params
 
 
 def n_startup_trials(trials: int) -> int:
@@ -252,7 +319,8 @@ def make_searcher(exp: Path, name: str, seed: int, points: list[dict], metric: s
     storage = JournalStorage(JournalFileBackend(str(exp / JOURNAL_FILE)))
     inner = PrunedAwareOptunaSearch(space=domains if fuse > 1 else None, metric=metric, mode=MODE,
                                     sampler=make_sampler(sampler, seed, trials, fuse),
-                                    study_name=name, storage=storage, points_to_evaluate=points)
+                                    study_name=name, storage=storage, points_to_evaluate=points,
+                                    exp_dir=exp, budget=trials if fuse == 1 else None)
     if fuse == 1:
         return inner
     from tune.arrays import ArraySearch
@@ -430,7 +498,7 @@ def print_ablation_summary(exp: str | os.PathLike, file=None) -> None:
 
 def ranked_trials(exp: str | os.PathLike, metric: str = METRIC) -> list[dict]:
     """Trials that finished every phase (never a pruned or partial one), best ``metric`` first."""
-    docs = [d for d in read_trials(exp) if is_finished(d) and d.get("status") != "ERROR"]
+    docs = [d for d in read_trials(exp) if is_finished(d)]
     docs = [d for d in docs if record.number(d["phases"][-1].get(metric)) is not None]
     return sorted(docs, key=lambda d: -d["phases"][-1][metric])
 

@@ -63,7 +63,7 @@ TAG_ROLE = "lucir.role"            # "sweep" (parent run) or "trial" (child run)
 TAG_SWEEP = "lucir.sweep"
 TAG_TRIAL = "lucir.trial_id"
 TAG_EXP_DIR = "lucir.experiment_dir"
-TAG_STATUS = "lucir.status"        # TERMINATED / PRUNED / ERROR (same words as trials/<id>.json)
+TAG_STATUS = "lucir.status"        # a word of lucir.record.STATUSES, as the trial's status file says
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 TRIAL_TAG_FIELDS = ("preset", "dataset", "base_classes", "phases", "seed")
@@ -284,6 +284,16 @@ class _Member:
 
     def __str__(self) -> str:
         return self._name
+
+
+class _Orphan:
+    """A trial no Tune trial of the sweep owns any more, as ``_finish`` reads it: its id and config."""
+
+    def __init__(self, trial_id: str, config: dict):
+        self.trial_id, self.config, self.status = trial_id, config, "TERMINATED"
+
+    def __str__(self) -> str:
+        return self.trial_id
 
 
 def _views(trial) -> list:
@@ -660,6 +670,7 @@ class MLflowCallback(Callback):
                     if run is not None and run.info.status == "RUNNING":
                         self._finish(t, "FINISHED" if t.status == "TERMINATED" else "FAILED")
             if self.parent_run_id is not None:
+                self._end_unowned({v.trial_id for trial in trials for v in _views(trial)})
                 c = self.client
                 c.set_tag(self.parent_run_id, "lucir.trials", str(len(trials)))
                 c.set_tag(self.parent_run_id, "lucir.trials_error",
@@ -668,6 +679,24 @@ class MLflowCallback(Callback):
 
         self._safely(f"end of sweep {self.sweep_name}", end)
         self.flush()
+
+    def _end_unowned(self, owned: set[str]) -> None:
+        """End the runs left RUNNING by trials a killed driver started after Tune's last snapshot (no trial of
+        this sweep owns them): with the final status the driver's status callback gave their records
+        (``tune.experiment.TrialStatusCallback.on_experiment_end``), FINISHED or KILLED (ABANDONED)."""
+        c = self.client
+        runs = c.search_runs([self.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = {_quote(self.parent_run_id)}"
+                                                               " and attributes.status = 'RUNNING'", max_results=1000)
+        for run in runs:
+            tid = run.data.tags.get(TAG_TRIAL)
+            if not tid or tid in owned:
+                continue
+            doc = record.read_trial(self.experiment_dir, tid) or {}
+            if doc.get("status") == "TERMINATED":
+                self._finish(_Orphan(tid, doc.get("config") or {}), "FINISHED")
+            else:
+                c.set_tag(run.info.run_id, TAG_STATUS, doc.get("status", "ABANDONED"))
+                c.set_terminated(run.info.run_id, status="KILLED")
 
     def _existing_run(self, trial):
         rid = self._runs.get(trial.trial_id)

@@ -28,6 +28,17 @@ GRIDS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_SEEDS = {"digits": 1, "paper-cifar": 1, "paper-imagenet": 1}
 
+def config_key(flat: dict) -> str:
+    """A trial's config as the trainer resolves it, as text, without the device (a CPU-only worker sets its
+    own): two trials with equal keys run the same experiment."""
+    try:
+        full = Config.from_flat({k: v for k, v in flat.items() if k in FIELD_SECTION}).to_flat()
+    except Exception:  # noqa: BLE001 - an invalid config is compared as given
+        full = dict(flat)
+    full.pop("device", None)
+    return json.dumps(full, sort_keys=True, default=str)
+
+
 # the columns that tell a protocol apart in the summary table
 PROTOCOL_KEYS = ("dataset", "base_classes", "phases", "exemplars_per_class", "memory_total")
 
