@@ -119,23 +119,40 @@ def _digits(**kw):
     return Config.from_flat(dict(dataset="digits", epochs=6, cbf_epochs=3, threads=2, device="cpu", **kw))
 
 
-@pytest.mark.parametrize("backend", ["grouped", "loop"])
-def test_fused_digits_run_gives_every_rung_its_own_run_s_accuracy_matrices(backend):
-    """Property (issue 11, item 4): a fused array of the four cosine rungs over a reduced digits run gives
-    each rung the accuracy matrices and average incremental accuracy of its own ``lucir.run``; grouped
-    convolutions sum in another order, so cells may differ by a few test images (a digits class group
-    holds ~90 test images: one image is 1.1 points); the exemplar sets (herding) are identical."""
+def _gap(a, b) -> tuple[float, float, float]:
+    """Largest CNN accuracy-matrix cell difference and the CNN / NME average incremental accuracy differences."""
+    cells = [abs(x - y) for ra, rb in zip(a.acc_matrix_cnn, b.acc_matrix_cnn) for x, y in zip(ra, rb)]
+    return max(cells), abs(a.avg_inc_acc_cnn - b.avg_inc_acc_cnn), abs(a.avg_inc_acc_nme - b.avg_inc_acc_nme)
+
+
+@pytest.fixture(scope="module")
+def digits_rungs():
+    """Each cosine rung run alone (2 threads), and again with 1 thread: the second differs from the first only
+    in the order its sums are taken, which bounds what a fused run (another order again) may differ by."""
     configs = [_digits(preset=p) for p in PRESETS]
     data = load_dataset_for(configs[0])
     single = [list(lucir.run(c, data=data)) for c in configs]
+    reordered = [list(lucir.run(c.replace(threads=1), data=data))[-1][0] for c in configs]
+    floor = [_gap(s[-1][0], r) for s, r in zip(single, reordered)]
+    # never tighter than a few test images per cell (a digits class group holds ~90: one image is 1.1 points)
+    bound = (max(2.5, *(f[0] for f in floor)), max(0.5, *(f[1] for f in floor)), max(0.5, *(f[2] for f in floor)))
+    return configs, data, single, bound
+
+
+@pytest.mark.parametrize("backend", ["grouped", "loop"])
+def test_fused_digits_run_gives_every_rung_its_own_run_s_accuracy_matrices(backend, digits_rungs):
+    """Property (issue 11, item 4): a fused array of the four cosine rungs over a reduced digits run gives
+    each rung the accuracy matrices and average incremental accuracy of its own ``lucir.run`` up to summation
+    order: no further from it than the same run with 1 thread instead of 2 is (on an Intel Xeon with AMX
+    that reordering alone moves cells by up to 10 points and averages by up to 1.1 over 6 epochs; fused runs
+    stayed within 3.9 and 0.28); the exemplar sets (herding) are identical."""
+    configs, data, single, bound = digits_rungs
     fused = list(run_fused(configs, data=data, backend=backend))
     assert len(fused) == configs[0].protocol.phases + 1
     for i, p in enumerate(PRESETS):
         (r_s, st_s), (r_f, st_f) = single[i][-1], fused[-1][i]
-        cells = [abs(a - b) for ra, rb in zip(r_s.acc_matrix_cnn, r_f.acc_matrix_cnn) for a, b in zip(ra, rb)]
-        assert max(cells) <= 2.5, (p, r_s.acc_matrix_cnn, r_f.acc_matrix_cnn)
-        assert abs(r_s.avg_inc_acc_cnn - r_f.avg_inc_acc_cnn) <= 0.5, p
-        assert abs(r_s.avg_inc_acc_nme - r_f.avg_inc_acc_nme) <= 0.5, p
+        gap = _gap(r_s, r_f)
+        assert all(g <= b for g, b in zip(gap, bound)), (p, gap, bound, r_s.acc_matrix_cnn, r_f.acc_matrix_cnn)
         assert st_f["config"] == configs[i].identity()
         assert single[i][1][1]["memory"] == fused[1][i][1]["memory"]  # phase 1 herding: the same exemplars
     # the rungs are not one result copied four times
