@@ -106,7 +106,6 @@ class TrialStatusCallback(_Callback):
             text = Path(trial.error_file).read_text()
         self._update(trial, "ERROR", (text or "trial failed").strip()[-4000:])
 
-
     def on_experiment_end(self, trials, **info):
         """Give a final status to the records no trial of this sweep owns: those of trials a killed driver
         started after Tune's last snapshot, which the resumed sweep does not restore.  One whose config a
@@ -174,7 +173,7 @@ class PrunedAwareOptunaSearch(_OptunaSearch):
     TRIAL_ATTR = "lucir.trial_id"
     _exp_dir: str | None = None   # class defaults: a searcher pickled by an older version lacks them
     _budget: int | None = None
-    _orphans: list[int] = ()
+    _orphans: list[int] | tuple = ()
 
     def __init__(self, *args, exp_dir: str | os.PathLike | None = None, budget: int | None = None, **kw):
         super().__init__(*args, **kw)
