@@ -345,6 +345,7 @@ def test_trial_record_round_trips_through_json():
                       acc_matrix_cnn=[[99.0], [98.0, 97.0], [97.0, 96.0, 95.0]])
     d = rec.to_json()
     assert d["num_phases"] == 2 and rec.finished and is_finished(d)
+    assert not is_finished({**d, "status": "ABANDONED"}) and not is_finished({**d, "status": "ERROR"})
     assert TrialRecord.from_json(json.loads(json.dumps(d))) == rec
     assert TrialRecord.from_json({"trial_id": "old", "extra_key": 1}).phases == []  # older files still load
 
