@@ -337,6 +337,51 @@ def test_a_resumed_asha_search_prunes_exactly_the_trials_an_uninterrupted_one_pr
     assert resumed == full
 
 
+@pytest.mark.slow
+def test_a_resume_from_a_tune_snapshot_older_than_the_study_runs_exactly_the_budget(tmp_path):
+    """Tune's experiment state is copied while the first trials run; the search then finishes, and its Tune state
+    is put back to that copy, as if the driver had been killed right after the last trial ended but before Tune
+    saved again.  `lucir resume` must neither ask Optuna for the trials Tune forgot (they are in the study) nor
+    die on a restored trial reporting to an Optuna trial that was already told: exactly 5 trials, each once."""
+    import shutil
+    import time
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from tune_fixtures import popen_lucir
+
+    exp, old = tmp_path / "exp", tmp_path / "snapshot"
+    mine = ("lucir_experiment", "optuna_", "trials", "base_cache")  # lucir's files, not Tune's
+    proc = popen_lucir(["search", "--trials", "5", "--epochs", "4", "--concurrency", "1", "--confirm-top", "0",
+                        "--no-mlflow", "--num-cpus", "2", "--no-base-cache", "--out", str(exp)], tmp_path,
+                       tmp_path / "driver.log")
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(exp.glob("trials/*.status.json")):  # the first trial ended
+        time.sleep(0.05)
+    time.sleep(0.5)
+    old.mkdir()
+    for f in exp.iterdir():
+        if not f.name.startswith(mine):
+            (shutil.copytree if f.is_dir() else shutil.copy2)(f, old / f.name)
+    assert proc.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    assert len(trial_docs(exp)) == 5
+    for f in exp.iterdir():
+        if not f.name.startswith(mine):
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    for f in old.iterdir():
+        (shutil.copytree if f.is_dir() else shutil.copy2)(f, exp / f.name)
+    r = run_lucir(["resume", str(exp), "--num-cpus", "2"], tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    docs = trial_docs(exp)
+    assert len(docs) == 5 and all(d["status"] == "TERMINATED" for d in docs), [(d["trial_id"], d["status"]) for d in docs]
+    trials = optuna.load_study(study_name="exp", storage=JournalStorage(JournalFileBackend(
+        str(exp / "optuna_journal.log")))).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 5
+    assert sorted(t.value for t in trials) == pytest.approx(sorted(d["phases"][-1]["val_avg_inc_acc_cnn"] for d in docs))
+
+
 def test_trial_record_round_trips_through_json():
     from lucir.record import TrialRecord, is_finished
 

@@ -79,6 +79,11 @@ class TrialStatusCallback(_Callback):
 
     def _write(self, trial_id: str, name: str, config: dict, status: str, error: str | None) -> None:
         rec = record.read_trial(self.exp_dir, trial_id) or {}
+        if status == "ERROR" and rec.get("status") == "TERMINATED" and is_finished(rec):
+            # a finished trial restored from an older snapshot that failed to start again: its result stands
+            log.warning("trial %s failed after it had finished every phase; it stays TERMINATED: %s", trial_id,
+                        (error or "")[-500:])
+            return
         if status in ("TERMINATED", "PRUNED"):
             status = "TERMINATED" if is_finished({**rec, "status": status}) else "PRUNED"
         try:
@@ -160,7 +165,8 @@ class PrunedAwareOptunaSearch(_OptunaSearch):
     a finished trial.  Here a trial counts as COMPLETE only when its last result is the last phase;
     a trial stopped early is PRUNED, a failed one FAIL.
 
-    Resume.  A driver killed between asking Optuna and Tune's next experiment snapshot leaves Optuna
+    Resume.  A trial that ended after Tune's last snapshot is restored as running and reports its last
+    phase again; its Optuna trial was already told, so those reports are not passed on (:meth:`_told`).  A driver killed between asking Optuna and Tune's next experiment snapshot leaves Optuna
     trials that no restored Tune trial owns.  Each Optuna trial carries the id of the trial it was
     handed to (user attribute :data:`TRIAL_ATTR`), so on restore (:meth:`find_orphans`) one whose
     record (``trials/<id>.json``) holds every phase is told COMPLETE with the record's objective
@@ -181,9 +187,24 @@ class PrunedAwareOptunaSearch(_OptunaSearch):
         self._budget = budget
         self._orphans: list[int] = []
 
+    def _told(self, trial_id: str) -> bool:
+        """``trial_id``'s Optuna trial already holds a final state in the storage: a trial that ended after
+        Tune's last snapshot, restored as running and reporting its last phase again on resume."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or self._ot_study is None:
+            return False
+        return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if not self._told(trial_id):  # Optuna refuses (and Tune's loop would die on) reports to a told trial
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         from optuna.trial import TrialState
 
+        if trial_id not in self._completed_trials and self._told(trial_id):
+            self._completed_trials.add(trial_id)
+            return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         finished = bool(result) and result.get("phase", -1) >= result.get("num_phases", math.inf)
