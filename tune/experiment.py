@@ -166,8 +166,9 @@ class PrunedAwareOptunaSearch(_OptunaSearch):
     a trial stopped early is PRUNED, a failed one FAIL.
 
     Resume.  A trial that ended after Tune's last snapshot is restored as running and reports its last
-    phase again; its Optuna trial was already told, so those reports are not passed on (:meth:`_told`).  A driver killed between asking Optuna and Tune's next experiment snapshot leaves Optuna
-    trials that no restored Tune trial owns.  Each Optuna trial carries the id of the trial it was
+    phase again; its Optuna trial was already told, so those reports are not passed on (:meth:`_told`).
+    A driver killed between asking Optuna and Tune's next experiment snapshot leaves Optuna trials that
+    no restored Tune trial owns.  Each Optuna trial carries the id of the trial it was
     handed to (user attribute :data:`TRIAL_ATTR`), so on restore (:meth:`find_orphans`) one whose
     record (``trials/<id>.json``) holds every phase is told COMPLETE with the record's objective
     (its work is kept), and one left unfinished is handed out again to the next new Tune trial (same
