@@ -231,13 +231,10 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def _resolved_config(config: dict) -> dict[str, Any]:
     """The flat ``lucir.Config`` a trial's config resolves to ({} when the trainer refuses it)."""
-    flat = _flatten(dict(config))
-    try:
-        from lucir.config import FIELD_SECTION, Config
+    from tune.spaces import trial_config
 
-        return Config.from_flat({k: v for k, v in flat.items() if k in FIELD_SECTION}).to_flat()
-    except Exception:  # noqa: BLE001 - a config the trainer refuses still gets its literal params logged
-        return {}
+    cfg = trial_config(_flatten(dict(config)))
+    return {} if cfg is None else cfg.to_flat()  # a config the trainer refuses still gets its literal params
 
 
 def trial_params(config: dict) -> dict[str, Any]:

@@ -28,15 +28,20 @@ GRIDS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_SEEDS = {"digits": 1, "paper-cifar": 1, "paper-imagenet": 1}
 
-def config_key(flat: dict) -> str:
-    """A trial's config as the trainer resolves it, as text, without the device (a CPU-only worker sets its
-    own): two trials with equal keys run the same experiment."""
+def trial_config(flat: dict) -> Config | None:
+    """The ``Config`` a trial's flat config resolves to (keys the trainer does not know are ignored); None
+    when the trainer refuses it."""
     try:
-        full = Config.from_flat({k: v for k, v in flat.items() if k in FIELD_SECTION}).to_flat()
-    except Exception:  # noqa: BLE001 - an invalid config is compared as given
-        full = dict(flat)
-    full.pop("device", None)
-    return json.dumps(full, sort_keys=True, default=str)
+        return Config.from_flat({k: v for k, v in flat.items() if k in FIELD_SECTION})
+    except Exception:  # noqa: BLE001 - the caller falls back to the config as given
+        return None
+
+
+def config_key(flat: dict) -> str:
+    """What decides a trial's result (``Config.identity``: no runtime fields, no data path), as text: two
+    trials with equal keys run the same experiment."""
+    cfg = trial_config(flat)
+    return json.dumps(cfg.identity() if cfg is not None else dict(flat), sort_keys=True, default=str)
 
 
 # the columns that tell a protocol apart in the summary table
