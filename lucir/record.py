@@ -11,18 +11,39 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # ------------------------------------------------------------------------------ experiment folder
-EXPERIMENT_FILE = "lucir_experiment.json"  # the sweep's metadata, written by the driver before any trial
-TRIALS_DIR = "trials"                      # trials/<trial_id>.json: one record per trial, written by its worker
-JOURNAL_FILE = "optuna_journal.log"        # Optuna's journal storage of a search
+EXPERIMENT_FILE = "lucir_experiment.json"  # the sweep: its slots and options, written once by the driver
+TRIALS_DIR = "trials"                      # trials/<slot>.json: one record per slot, written by its worker
+JOURNAL_FILE = "optuna_journal.log"        # Optuna's journal storage of a search (the study, in the folder)
 BASE_CACHE_DIR = "base_cache"              # the shared base-phase cache
 CONFIRM_DIR = "confirm"                    # a search's confirm stage: an experiment folder of its own
+LOCK_FILE = "driver.lock"                  # the driver's exclusive lock on the folder (pid, host, token)
+MLFLOW_RUNS_FILE = "mlflow_runs.json"      # MLflow run ids per tracking URI and slot, written only by the driver
+RAY_DIR = "ray"                            # Ray Tune's own files: disposable, never read back
+#: the Optuna user attribute naming the slot a study trial belongs to
+SLOT_ATTR = "lucir.slot"
+
+
+def slot_id(i: int) -> str:
+    """The id of slot ``i`` of a sweep: names its record, state file, Optuna trial and MLflow run."""
+    return f"s{int(i):04d}"
+
+
+def array_id(i: int) -> str:
+    """The id of fused array ``i`` of a sweep (its members are slots)."""
+    return f"a{int(i):03d}"
+
 
 # ------------------------------------------------------------------------------ metrics (DESIGN §4)
 #: per phase, in this order
 METRICS = ("acc_cnn", "acc_nme", "acc_old_cnn", "acc_new_cnn", "avg_inc_acc_cnn", "avg_inc_acc_nme",
            "forgetting_cnn", "train_seconds")
-#: other per-phase values the trainer reports
-EXTRA_METRICS = ("phase_seconds", "eta", "lambda", "exemplars")
+#: other per-phase values the trainer reports (``lambda_t``: the phase's less-forget weight, 0 when off)
+EXTRA_METRICS = ("phase_seconds", "eta", "lambda_t", "exemplars")
+#: per-phase imbalance diagnostics the trainer reports (old/new, top-5, ambiguity, magnitudes, BWT), defined
+#: in ``lucir.metrics``; NaN (JSON null) in phase 0 where they need old classes
+DIAGNOSTIC_METRICS = ("acc_old_nme", "acc_new_nme", "top5_cnn", "top5_nme", "old_as_new_cnn", "new_as_old_cnn",
+                      "old_as_new_nme", "new_as_old_nme", "weight_norm_old", "weight_norm_new",
+                      "feature_norm_old", "feature_norm_new", "forgetting_nme", "bwt_cnn", "bwt_nme")
 #: on the held-out validation split (``Protocol.val_fraction`` > 0 only)
 VAL_METRICS = ("val_acc_cnn", "val_acc_nme", "val_avg_inc_acc_cnn", "val_avg_inc_acc_nme")
 #: the paper's headline metric, at the last phase; a search's objective without a validation split
@@ -31,11 +52,19 @@ OBJECTIVE = "avg_inc_acc_cnn"
 VAL_OBJECTIVE = "val_avg_inc_acc_cnn"
 MODE = "max"
 
-#: ABANDONED: a trial a killed driver started after Tune's last snapshot and that the resumed sweep does not own
-#: (its Optuna trial, if unfinished, was run again under another trial id); it never counts
+#: RUNNING: written by the worker after every phase; TERMINATED (every phase) and PRUNED (stopped by the
+#: search's pruner) are final and written by the worker; ERROR: the driver's word on a slot whose worker failed
+#: for good in this driver's run (``lucir resume`` runs it again); ABANDONED: only in folders of runner v2
 STATUSES = ("TERMINATED", "RUNNING", "PRUNED", "ERROR", "ABANDONED")
 #: statuses whose records never count, whatever phases they hold
 DISCARDED = ("ERROR", "ABANDONED")
+#: a slot whose record holds one of these is done: no driver runs it again
+FINAL = ("TERMINATED", "PRUNED")
+
+
+def is_final(record: dict[str, Any] | None) -> bool:
+    """The slot is done (finished every phase, or pruned); anything else is run (again) by the next driver."""
+    return bool(record) and record.get("status") in FINAL
 
 
 def objective(val_fraction: float | None) -> str:
@@ -82,8 +111,15 @@ class TrialRecord:
     base_cache: str = ""
     acc_matrix_cnn: list[list[float]] = field(default_factory=list)
     acc_matrix_nme: list[list[float]] = field(default_factory=list)
-    #: a member of a fused array (``lucir.fused``): {"array": Tune trial id, "index": i, "size": N}; else {}
+    #: a member of a fused array (``lucir.fused``): {"array": array id, "index": i, "size": N}; else {}
     fused: dict[str, Any] = field(default_factory=dict)
+    #: every time a worker started (or resumed) training: {"phase", "epoch" (first epoch it trains), "time",
+    #: "host", "pid"}; a finished phase never appears again after its row (the runner's chaos test counts them)
+    starts: list[dict[str, Any]] = field(default_factory=list)
+    #: unix time at which each phase row was written (MLflow's timestamp of that phase)
+    ended: list[float] = field(default_factory=list)
+    #: the Optuna trial number of a search slot (None: not a search)
+    optuna_trial: int | None = None
 
     @property
     def num_phases(self) -> int | None:
@@ -105,6 +141,10 @@ class TrialRecord:
             d["error"] = self.error
         if self.fused:
             d["fused"] = dict(self.fused)
+        d["starts"] = [dict(x) for x in self.starts]
+        d["ended"] = list(self.ended)
+        if self.optuna_trial is not None:
+            d["optuna_trial"] = self.optuna_trial
         return d
 
     @classmethod
@@ -116,50 +156,19 @@ class TrialRecord:
                    status=str(d.get("status") or "RUNNING").upper(), error=str(d.get("error") or ""),
                    base_cache=str(d.get("base_cache") or ""), acc_matrix_cnn=d.get("acc_matrix_cnn") or [],
                    acc_matrix_nme=d.get("acc_matrix_nme") or [],
-                   fused=dict(d.get("fused") or {}) if isinstance(d.get("fused"), dict) else {}, **extra)
+                   fused=dict(d.get("fused") or {}) if isinstance(d.get("fused"), dict) else {},
+                   starts=[x for x in d.get("starts") or [] if isinstance(x, dict)],
+                   ended=[float(x) for x in d.get("ended") or [] if isinstance(x, (int, float))],
+                   optuna_trial=d.get("optuna_trial") if isinstance(d.get("optuna_trial"), int) else None, **extra)
 
 
 # ------------------------------------------------------------------------------ trial records and status
-#: ``trials/<trial_id>.json`` is the trial's record (config, phases, accuracy matrices, base-cache use),
-#: written only by the trial's worker; ``trials/<trial_id>.status.json`` is the driver's final word on it
-#: (TERMINATED, PRUNED, ERROR with the error text), written only by the driver.  Readers merge the two.
+#: ``trials/<slot>.json`` is the slot's record (config, phases, accuracy matrices, base-cache use, status),
+#: written only by the slot's worker; ``trials/<slot>.status.json`` is the driver's word on a slot whose
+#: worker failed for good (ERROR with the error text), written only by the driver, removed by it when it
+#: runs the slot again.  Readers merge the two.
 RECORD_SUFFIX = ".json"
 STATUS_SUFFIX = ".status.json"
-
-
-#: a fused array's Tune trial config is ``{ARRAY_KEY: [flat config of each member]}`` (``lucir.fused``); each
-#: member is a trial of its own in the folder, ``member_ids`` names them
-ARRAY_KEY = "members"
-
-
-def member_ids(array_id: str, n: int) -> list[str]:
-    """The trial ids of an array's members: the array's own id for an array of one, else ``<id>_m<i>``."""
-    return [array_id] if n == 1 else [f"{array_id}_m{i}" for i in range(n)]
-
-
-#: ``trials/<array id>.pruned.json``: the members of a fused array that ASHA stopped (``{"members": [ids]}``),
-#: written only by the driver's scheduler (tune/asha.py), read by the array's worker, which stops their slice
-PRUNED_SUFFIX = ".pruned.json"
-
-
-def pruned_path(folder, array_id: str):
-    from pathlib import Path
-
-    return Path(folder) / TRIALS_DIR / f"{array_id}{PRUNED_SUFFIX}"
-
-
-def read_pruned(folder, array_id: str) -> set[str]:
-    """The member ids of a fused array that its scheduler stopped (empty: none, or no file)."""
-    doc = read_json_dict(pruned_path(folder, array_id)) or {}
-    return {str(m) for m in doc.get("members") or []}
-
-
-def trial_members(trial_id: str, config: dict) -> list[tuple[str, dict]]:
-    """(trial id, flat config) of every trial a Tune trial runs: itself, or each member of a fused array."""
-    members = config.get(ARRAY_KEY) if isinstance(config, dict) else None
-    if not isinstance(members, (list, tuple)):
-        return [(trial_id, dict(config))]
-    return list(zip(member_ids(trial_id, len(members)), [dict(m) for m in members]))
 
 
 def record_path(folder, trial_id: str):
@@ -219,8 +228,6 @@ def trial_ids(folder) -> list[str]:
     ids = set()
     for p in d.glob("*.json"):
         name = p.name
-        if name.endswith(PRUNED_SUFFIX):
-            continue
         ids.add(name[:-len(STATUS_SUFFIX)] if name.endswith(STATUS_SUFFIX) else name[:-len(RECORD_SUFFIX)])
     return sorted(ids)
 

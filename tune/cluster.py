@@ -139,7 +139,7 @@ def resolve_storage_path(storage_path: str | os.PathLike) -> str:
 
 
 def cluster_address(address: str | None) -> str | None:
-    """The Ray address a sweep joins, as ``tune.experiment.init_ray`` resolves it (``--address``, else
+    """The Ray address a sweep joins, as ``tune.sweep.ray_session`` resolves it (``--address``, else
     ``$RAY_ADDRESS``), or None when the sweep starts its own local Ray (no address, or ``"local"``).
     With an address the trials may run on other machines: paths must be absolute and shared."""
     if address in (None, "") and os.environ.get("RAY_ADDRESS"):  # `ray submit` / Ray jobs set it

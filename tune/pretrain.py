@@ -60,7 +60,7 @@ def pretrain_base_phases(exp: Path, cfgs: list[Config], runner, min_share: int =
         return {}
     import ray
 
-    from tune.trainable import runtime_overrides
+    from tune.worker import runtime_overrides
 
     cpus, gpus = runner.cpus_per_trial, runner.gpus_per_trial
     task = ray.remote(_train_base).options(num_cpus=cpus, num_gpus=gpus, max_retries=runner.max_failures)
