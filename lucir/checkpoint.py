@@ -90,9 +90,10 @@ def load_state(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a lucir state: "
-                              f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # torch's text can run to paragraphs: its first line is enough
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "").split(". ")[0][:160]
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a lucir state "
+                              f"({type(exc).__name__}: {first}); delete it to start over") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {state.get('format') if isinstance(state, dict) else None!r}; "
                               f"this version reads format {STATE_FORMAT}")

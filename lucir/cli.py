@@ -38,6 +38,8 @@ def add_config_args(p: argparse.ArgumentParser, *, with_preset: bool = True) -> 
     g.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default on: 1.1-1.25x on CPU training steps)")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic GPU kernels (cuDNN, cuBLAS workspace; slower on GPUs, no effect on CPUs)")
     g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set margin=0.3 --set K=1 (repeatable)")
 
@@ -82,7 +84,9 @@ def write_results(out: Path, cfg: Config, results: list[dict], acc_cnn, acc_nme,
                                              "acc_matrix_cnn": acc_cnn, "acc_matrix_nme": acc_nme,
                                              "wall_seconds": wall})
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(results[0]))
+    # every key of every row, in order of appearance: a run resumed from a state of an older version has rows
+    # without the newer metrics (empty cells there)
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in results for k in r)), restval="")
     w.writeheader()
     w.writerows(results)
     atomic_write_text(out / "results.csv", buf.getvalue())
@@ -94,27 +98,49 @@ def write_results(out: Path, cfg: Config, results: list[dict], acc_cnn, acc_nme,
     atomic_write_text(out / "acc_matrix_cnn.csv", buf.getvalue())
 
 
+def _resume_flat(out: Path, flat: dict) -> dict:
+    """The run's own config (``<out>/config.json``) with the flags given now on top; another dataset is refused
+    here, naming ``dataset`` (its defaults would otherwise fail on some other field first)."""
+    path = out / "config.json"
+    if not path.is_file():
+        return flat
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--resume: {path} is unreadable ({type(exc).__name__}); remove it or use another --out") \
+            from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume: {path} is not a lucir config; remove it or use another --out")
+    if "dataset" in flat and "dataset" in saved and flat["dataset"] != saved["dataset"]:
+        raise ConfigError(f"dataset={flat['dataset']!r} is invalid with --resume: {out} holds a run of "
+                          f"dataset={saved['dataset']!r} (allowed {saved['dataset']!r}, or another --out)")
+    return {**saved, **flat}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import lucir
     from lucir.checkpoint import atomic_write_json, load_state, save_state
-    from lucir.data import check_dataset
+    from lucir.data import check_dataset, count_imagefolder_classes
+    from lucir.run import resolve_device, set_deterministic
 
     out = Path(args.out).absolute()
     flat = config_overrides(args)
     state = None
     ckpt = out / "state.pt"
     if args.resume:
-        if (out / "config.json").is_file():  # the run's own config; flags given now override it
-            flat = {**json.loads((out / "config.json").read_text()), **flat}
+        flat = _resume_flat(out, flat)  # the run's own config; flags given now override it
         state = load_state(ckpt)
-    cfg = Config.from_flat(flat)
+    cfg = Config.from_flat(flat, num_classes_of=count_imagefolder_classes)  # imagefolder: count its class folders
+    if cfg.runtime.deterministic:
+        set_deterministic(True)  # CUBLAS_WORKSPACE_CONFIG before anything touches CUDA
+    resolve_device(cfg.runtime.device)  # a device this machine lacks: ConfigError before anything is written
     if state is not None:
         lucir.run_module.check_state(cfg, state)
         partial = state.get("partial")
         where = (f"in phase {partial['phase']} after epoch {partial['epoch']}" if partial
                  else f"after phase {state['phase']}")
         print(f"resuming {out} {where}")
-    check_dataset(cfg.protocol.dataset, cfg.protocol.data_root)
+    check_dataset(cfg.protocol.dataset, cfg.protocol.data_root, download=cfg.runtime.download)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_flat())
     print(f"lucir train: dataset={cfg.protocol.dataset} preset={cfg.method.preset} base={cfg.protocol.base_classes} "

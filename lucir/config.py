@@ -8,6 +8,22 @@ and the command line use; every field name is unique across the sections.
 Defaults are the reference code's (DESIGN §3, LUCIR_REFERENCE §1-§4): seed-1993 class
 order, 20 exemplars per class, eta_init 1.0, lambda_base 5 (10 for ImageNet-size data),
 margin 0.5, K 2, 160 epochs at lr 0.1 with milestones 80/120 for CIFAR-100.
+
+Memory: ``exemplars_per_class`` per class, kept for ever; or, with ``memory_total`` > 0, a fixed total
+budget shared among the seen classes as the reference's ``--fix_budget`` does: ceil(memory_total / seen)
+per class (``Config.quota``), each class keeping its herding prefix.  The ceiling (the reference's
+``np.ceil``) can exceed the total by up to seen - 1 exemplars (2000 over 60 classes: 34 each, 2040).
+
+Per-phase weight of the less-forget term: ``lambda_t`` (``Config.lambda_at``; the metric of that name).
+
+``Runtime.deterministic`` (CLI ``--deterministic``): ``torch.use_deterministic_algorithms(True,
+warn_only=True)``, ``cudnn.deterministic = True``, ``cudnn.benchmark = False`` and
+``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (set before CUDA is initialised when possible).  On the CPU runs are
+already bit-identical for the same config, seed and threads, and the switch changes nothing.  On a GPU it
+forbids cuDNN's autotuned and atomics-based kernels: usually 10-30% slower training steps in PyTorch's
+own guidance (not measured for this project: no GPU was available); an op with no deterministic CUDA
+kernel gives PyTorch's warning instead of failing the run.  ``bf16``, ``channels_last`` and ``compile``
+change the summation order: they are part of ``base_key`` (a bf16 base phase never seeds fp32 trials).
 """
 
 from __future__ import annotations
@@ -16,8 +32,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Callable
 
 
 class ConfigError(ValueError):
@@ -272,11 +289,14 @@ class Runtime:
     in_memory: str = "auto"  # imagefolder: decode once into uint8 tensors ("auto": when images are small)
     workers: int = 0  # DataLoader workers of the folder path (0: the threads the run was given)
     download: bool = True  # cifar100 missing under data_root: download it (Tune trials: never, DESIGN §6)
+    # DataLoader path: check every file before training ("header": PIL verify, "full": decode all, "off")
+    verify_images: str = "header"
+    deterministic: bool = False  # deterministic GPU kernels (module docstring: what it sets and costs)
 
     def __post_init__(self):
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise _err("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
-        for name in ("bf16", "channels_last", "compile", "download"):
+        for name in ("bf16", "channels_last", "compile", "download", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise _err(name, getattr(self, name), "true or false")
         if not isinstance(self.threads, int) or self.threads < 0:
@@ -291,9 +311,15 @@ class Runtime:
                 raise _err(name, v, "an integer >= 0")
         if self.in_memory not in IN_MEMORY:
             raise _err("in_memory", self.in_memory, f"one of {list(IN_MEMORY)}")
+        if self.verify_images not in VERIFY_IMAGES:
+            raise _err("verify_images", self.verify_images, f"one of {list(VERIFY_IMAGES)}")
 
 
 IN_MEMORY = ("auto", "true", "false")
+#: dataset name -> function(data_root) -> number of classes, for datasets whose class count lies on disk
+#: (``lucir.data`` registers ``imagefolder``'s on import: config stays a leaf, data depends on config)
+CLASS_COUNTERS: dict[str, Callable[[str], int]] = {}
+VERIFY_IMAGES = ("header", "full", "off")  # lucir.data.verify_images
 _INT_TUPLES = ("milestones", "cbf_milestones")
 _FLOAT_TUPLES = ("mean", "std")
 
@@ -314,6 +340,10 @@ class Config:
         if m.margin_ranking and m.K > p.classes_per_phase:
             raise _err("K", m.K, f"1..{p.classes_per_phase} (the classes per phase: "
                                  f"{p.num_classes - p.base_classes} non-base classes / {p.phases} phases)")
+        if m.class_mean_flip == "channels" and p.channels == 1:
+            raise _err("class_mean_flip", m.class_mean_flip,
+                       "'mirror' or 'none' for 1-channel images (channels=1: reversing the colour channels "
+                       "would do nothing)")
         if p.memory_total and p.memory_total < p.num_classes:
             raise _err("memory_total", p.memory_total,
                        f"0 (per-class budget) or >= {p.num_classes} (one exemplar per class at the end)")
@@ -328,12 +358,17 @@ class Config:
         return out
 
     @classmethod
-    def from_flat(cls, flat: dict[str, Any] | None = None, **overrides: Any) -> "Config":
+    def from_flat(cls, flat: dict[str, Any] | None = None, *, num_classes_of: Callable[[str], int] | None = None,
+                  **overrides: Any) -> "Config":
         """Build a config from flat keys.
 
         Order of precedence: explicit keys > preset switches > dataset defaults > field defaults.
         ``epochs`` given without ``milestones`` scales the dataset's default milestones in
         proportion (a reduced schedule is one flag).  Unknown keys are an error.
+
+        ``imagefolder`` without ``num_classes``: ``num_classes_of(data_root)`` gives it, else the counter
+        ``lucir.data`` registers in ``CLASS_COUNTERS`` (this module does no file-system I/O of its own and
+        imports nothing of lucir; the caller's data layer counts the class folders).
         """
         flat = {**(flat or {}), **overrides}
         unknown = sorted(k for k in flat if k not in FIELD_SECTION)
@@ -362,9 +397,11 @@ class Config:
                 raise _err("num_classes", flat["num_classes"], f"{DATASETS[dataset]} for {dataset}")
             values["num_classes"] = DATASETS[dataset]
         elif "num_classes" not in flat:
-            from lucir.data import count_imagefolder_classes  # reads the folder names only
-
-            values["num_classes"] = count_imagefolder_classes(values.get("data_root", "data"))
+            counter = num_classes_of or CLASS_COUNTERS.get(dataset)
+            if counter is None:
+                raise _err("num_classes", None, f"an integer >= 2 for {dataset} (the number of class folders; "
+                                                "give it, or import lucir.data, which counts the folders)")
+            values["num_classes"] = counter(values.get("data_root", "data"))
         kwargs: dict[str, dict[str, Any]] = {sec: {} for sec in _SECTIONS}
         for k, v in values.items():
             if k in _INT_TUPLES or k in _FLOAT_TUPLES:
@@ -403,14 +440,16 @@ class Config:
 
         Phase 0 depends on the data (and its image size, channels, augmentation, normalisation), class
         order, base classes, backbone and head type, eta_init, the schedule, the seed, and (for herding
-        and the phase-0 NME evaluation) the memory budget and the class-mean flip.
-        It does not depend on lambda_base, margin, K, the later phases or the other switches.
+        and the phase-0 NME evaluation) the memory budget and the class-mean flip; and on the numerics
+        of the runtime: ``bf16``, ``channels_last`` and ``compile`` (a bf16 base phase must not seed
+        fp32 trials).  It does not depend on lambda_base, margin, K, the later phases or the other switches.
         """
         f = self.to_flat()
         keys = ("dataset", "num_classes", "class_order_seed", "base_classes", "seed",
                 "exemplars_per_class", "memory_total", "cosine", "backbone",
                 "epochs", "lr", "milestones", "gamma", "momentum", "weight_decay", "batch_size",
-                "image_size", "channels", "augment", "mean", "std", "class_mean_flip", "val_fraction")
+                "image_size", "channels", "augment", "mean", "std", "class_mean_flip", "val_fraction",
+                "bf16", "channels_last", "compile")
         ident = {k: f[k] for k in keys}
         ident["memory_total_per_class0"] = self.quota(0)
         if self.method.cosine:
@@ -419,14 +458,16 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def quota(self, phase: int) -> int:
-        """Exemplars kept per class after ``phase`` (fixed per class, or total / seen classes)."""
+        """Exemplars kept per class after ``phase``: fixed per class, or ceil(total / seen classes), the
+        reference's ``--fix_budget`` rule (``int(np.ceil(nb_protos * 100 / nb_cl / (iteration + 1)))``)."""
         p = self.protocol
         if p.memory_total:
-            return p.memory_total // p.seen_classes(phase)
+            return -(-p.memory_total // p.seen_classes(phase))
         return p.exemplars_per_class
 
     def lambda_at(self, phase: int) -> float:
-        """Less-forget weight of phase t >= 1: lambda_base * sqrt(N_old / N_new) (code's form, §3)."""
+        """``lambda_t``, the less-forget weight of phase t >= 1: lambda_base * sqrt(N_old / N_new) (code's form,
+        §3); lambda_base when ``adaptive_lambda`` is off."""
         p, m = self.protocol, self.method
         if not m.adaptive_lambda:
             return m.lambda_base

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from lucir.augment import ImageAugment, augment_settings
+from lucir.config import AUGMENTS, CLASS_COUNTERS, IN_MEMORY, VERIFY_IMAGES, ConfigError
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -220,6 +221,8 @@ def count_imagefolder_classes(root: str | os.PathLike) -> int:
     return n
 
 
+CLASS_COUNTERS["imagefolder"] = count_imagefolder_classes  # Config.from_flat's num_classes of a folder
+
 #: a computed mean/std averages at most this many training images (evenly spaced over the split)
 STATS_SAMPLE = 10_000
 #: where computed mean/std are cached, keyed by image size and channels (``<root>/lucir_stats.json``)
@@ -230,8 +233,6 @@ IN_MEMORY_RAM_SHARE = 0.5
 
 def _check_image_args(image_size, channels, augment, in_memory, mean, std) -> None:
     """The ``Protocol``/``Runtime`` checks again, for callers that bypass ``Config`` (fail before any I/O)."""
-    from lucir.config import AUGMENTS, IN_MEMORY, ConfigError
-
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 4:
         raise ConfigError(f"image_size={image_size!r} is invalid: allowed an integer >= 4 (pixels)")
     if channels not in (1, 3) or isinstance(channels, bool):
@@ -310,17 +311,26 @@ def fits_in_memory(paths: list[str], image_size: int, channels: int, workers: in
         ex.shutdown(wait=True, cancel_futures=True)
 
 
-def decode_image(path: str, image_size: int, channels: int) -> np.ndarray:
+def eval_resize(augment: str, image_size: int) -> int:
+    """The shorter side the eval transform resizes to before its centre crop of S = ``image_size``:
+    round(S * 256 / 224) for ``imagenet`` (the reference's Resize(256) + CenterCrop(224)), else S."""
+    return round(image_size * 256 / 224) if augment == "imagenet" else image_size
+
+
+def decode_image(path: str, image_size: int, channels: int, resize: int | None = None) -> np.ndarray:
     """One file as a uint8 C x S x S array: grayscale (``channels`` 1) or RGB (3; grayscale repeated),
-    the shorter side resized to S and the centre S x S kept (no resize when it is S x S already)."""
+    the shorter side resized to ``resize`` (default S) and the centre S x S kept (no resize when the file
+    is S x S already and ``resize`` is S): exactly the DataLoader path's eval transform
+    (``folder_transform``) with ``resize = eval_resize(augment, S)``."""
     from PIL import Image
     from torchvision.transforms import functional as TF
 
+    resize = resize or image_size
     try:
         with Image.open(path) as im:
             img = im.convert("L" if channels == 1 else "RGB")
-        if img.size != (image_size, image_size):
-            img = TF.center_crop(TF.resize(img, image_size), [image_size, image_size])
+        if img.size != (image_size, image_size) or resize != image_size:
+            img = TF.center_crop(TF.resize(img, resize), [image_size, image_size])
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt or unsupported file: name it
         raise DatasetError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from exc
     a = np.asarray(img, dtype=np.uint8)
@@ -328,7 +338,7 @@ def decode_image(path: str, image_size: int, channels: int) -> np.ndarray:
 
 
 def decode_images(paths: list[str], image_size: int, channels: int, workers: int = 1, progress: bool = False,
-                  desc: str = "decoding") -> torch.Tensor:
+                  desc: str = "decoding", resize: int | None = None) -> torch.Tensor:
     """All ``paths`` through ``decode_image`` (``workers`` threads; PIL releases the GIL while decoding),
     as one uint8 N x C x S x S tensor, with a tqdm progress bar when ``progress``."""
     from concurrent.futures import ThreadPoolExecutor
@@ -340,7 +350,7 @@ def decode_images(paths: list[str], image_size: int, channels: int, workers: int
 
     def fill(lo):
         for i in range(lo, min(lo + 64, len(paths))):
-            out[i] = decode_image(paths[i], image_size, channels)
+            out[i] = decode_image(paths[i], image_size, channels, resize)
         return min(lo + 64, len(paths)) - lo
 
     ex = ThreadPoolExecutor(max(1, workers))
@@ -365,11 +375,12 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
 
 
 def dataset_stats(root, image_size: int, channels: int, augment: str, mean=(), std=(), *, n_train: int,
-                  compute) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                  compute, variant: str | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Normalisation of an image folder: ``mean``/``std`` when given; ImageNet's for the ``imagenet``
     augmentation of RGB images (the reference's ImageNet driver); otherwise ``compute()`` over the
     training split, cached in ``<root>/lucir_stats.json`` under ``"<S>x<S>x<C>"`` (reused while the split
-    has ``n_train`` images; written atomically; a read-only folder is simply not cached)."""
+    has ``n_train`` images; written atomically; a read-only folder is simply not cached).  ``variant``: another
+    decode of the same size (e.g. ``"resize18"``), cached under ``"<S>x<S>x<C>-<variant>"``."""
     import json
 
     from lucir.checkpoint import atomic_write_json
@@ -379,7 +390,7 @@ def dataset_stats(root, image_size: int, channels: int, augment: str, mean=(), s
     if augment == "imagenet" and channels == 3:
         return IMAGENET_MEAN, IMAGENET_STD
     path = Path(root) / STATS_FILE
-    key = f"{image_size}x{image_size}x{channels}"
+    key = f"{image_size}x{image_size}x{channels}" + (f"-{variant}" if variant else "")
     try:
         cache = json.loads(path.read_text())
         if not isinstance(cache, dict):
@@ -400,40 +411,97 @@ def dataset_stats(root, image_size: int, channels: int, augment: str, mean=(), s
     return m, s
 
 
+
+
+def verify_images(paths: list[str], mode: str = "header", workers: int = 1, progress: bool = False,
+                  desc: str = "checking images") -> None:
+    """Check every file before any training (the DataLoader path would otherwise find a corrupt file only when
+    its class's phase starts, hours into a run): ``header`` opens it and runs PIL's ``verify`` (the header and,
+    for PNG, the chunk checksums), ``full`` decodes every pixel (catches truncated JPEGs), ``off`` nothing.
+    ``workers`` threads, a tqdm bar when ``progress``; the first bad file raises a one-line ``DatasetError``
+    naming it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    if mode not in VERIFY_IMAGES:
+        raise ConfigError(f"verify_images={mode!r} is invalid: allowed one of {list(VERIFY_IMAGES)}")
+    if mode == "off" or not paths:
+        return
+
+    def check(lo):
+        hi = min(lo + 256, len(paths))
+        for p in paths[lo:hi]:
+            try:
+                with Image.open(p) as im:
+                    if mode == "full":
+                        im.load()
+                    else:
+                        im.verify()
+            except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; all mean "not a usable image"
+                msg = " ".join(str(exc).split())
+                raise DatasetError(f"cannot {'decode' if mode == 'full' else 'read'} image {p}: "
+                                   f"{type(exc).__name__}: {msg} (verify_images={mode})") from None
+        return hi - lo
+
+    ex = ThreadPoolExecutor(max(1, workers))
+    try:
+        with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for n in ex.map(check, range(0, len(paths), 256)):
+                bar.update(n)
+    finally:  # the first bad file stops the scan at once
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
 def load_imagefolder(root: str | os.PathLike, image_size: int = 224, channels: int = 3, augment: str = "imagenet",
                      mean: tuple[float, ...] = (), std: tuple[float, ...] = (), in_memory: str = "false",
-                     workers: int = 0, progress: bool = False) -> "FolderDataset | TensorDataset":
+                     workers: int = 0, progress: bool = False,
+                     verify: str = "header") -> "FolderDataset | TensorDataset":
     """``<root>/{train,val}/<class>/<images>`` as a ``TensorDataset`` (decoded once) or a ``FolderDataset``.
 
-    ``in_memory``: "true" decodes the folder into uint8 N x C x S x S tensors (``decode_image``: resized
-    to S = ``image_size``, shorter side then centre crop), which then take the CIFAR-100 path; "false"
-    keeps file lists for a DataLoader; "auto" decodes when ``fits_in_memory``.  The defaults are the
-    reference's ImageNet pipeline (224 px RGB, RandomResizedCrop + flip, ImageNet statistics, DataLoader).
-    A corrupt file raises ``DatasetError`` naming it (header scan, decoding, or later in the DataLoader).
+    ``in_memory``: "true" decodes the folder into uint8 N x C x S x S tensors, which then take the CIFAR-100
+    path; "false" keeps file lists for a DataLoader; "auto" decodes when ``fits_in_memory``.  Both paths see
+    the same eval inputs for every ``augment``: the decode is the DataLoader's eval transform
+    (``decode_image``: shorter side resized to ``eval_resize(augment, S)``, i.e. S, or round(S * 256 / 224)
+    for ``imagenet``, then the centre S x S); so with ``imagenet`` the in-memory training crops
+    (RandomResizedCrop) are drawn from that central S x S region, where the DataLoader draws them from the
+    whole file (and the random draws of the two paths differ anyway: not bit-identical runs).  The defaults
+    are the reference's ImageNet pipeline (224 px RGB, RandomResizedCrop + flip, ImageNet statistics,
+    DataLoader).  A corrupt file raises ``DatasetError`` naming it: before training (the DataLoader path scans
+    every file, ``verify``: ``verify_images``; the in-memory path decodes every file), or later in the
+    DataLoader (``verify="off"``, or a truncated file that only a "full" scan finds).
     """
     _check_image_args(image_size, channels, augment, in_memory, mean, std)
+    if verify not in VERIFY_IMAGES:
+        raise ConfigError(f"verify_images={verify!r} is invalid: allowed one of {list(VERIFY_IMAGES)}")
     train, test, classes = _imagefolder_samples(root)
     n_workers = _n_workers(workers)
+    resize = eval_resize(augment, image_size)
     tr_paths, te_paths = [s for s, _ in train], [s for s, _ in test]
     tr_y = torch.tensor([y for _, y in train], dtype=torch.int64)
     te_y = torch.tensor([y for _, y in test], dtype=torch.int64)
+    stats_key = None if resize == image_size else f"resize{resize}"
     if in_memory == "true" or (in_memory == "auto" and fits_in_memory(tr_paths + te_paths, image_size, channels,
                                                                       n_workers)):
         x = decode_images(tr_paths + te_paths, image_size, channels, n_workers, progress,
-                          desc=f"decoding {root} ({image_size}x{image_size}x{channels})")
+                          desc=f"decoding {root} ({image_size}x{image_size}x{channels})", resize=resize)
         xtr, xte = x[:len(tr_paths)], x[len(tr_paths):]
         mean, std = dataset_stats(root, image_size, channels, augment, mean, std, n_train=len(tr_paths),
-                                  compute=lambda: channel_stats(xtr[torch.from_numpy(stats_sample(len(xtr)))]))
+                                  compute=lambda: channel_stats(xtr[torch.from_numpy(stats_sample(len(xtr)))]),
+                                  variant=stats_key)
         return TensorDataset("imagefolder", xtr, tr_y, xte, te_y, classes, mean, std,
                              **augment_settings(augment, image_size))
+
+    verify_images(tr_paths + te_paths, verify, n_workers, progress, desc=f"checking {root} ({verify})")
 
     def compute():
         idx = stats_sample(len(tr_paths))
         return channel_stats(decode_images([tr_paths[i] for i in idx], image_size, channels, n_workers, progress,
-                                           desc=f"mean/std of {root}"))
+                                           desc=f"mean/std of {root}", resize=resize))
 
     mean, std = dataset_stats(root, image_size, channels, augment, mean, std, n_train=len(tr_paths),
-                              compute=compute)
+                              compute=compute, variant=stats_key)
     return FolderDataset("imagefolder", train, test, classes, mean, std, num_workers=n_workers,
                          image_size=image_size, channels=channels, augment=augment)
 
@@ -460,7 +528,7 @@ def load_dataset_for(cfg, progress: bool = False):
     if p.dataset == "imagefolder":
         return load_imagefolder(p.data_root, image_size=p.image_size, channels=p.channels, augment=p.augment,
                                 mean=p.mean, std=p.std, in_memory=rt.in_memory, workers=rt.workers or rt.threads,
-                                progress=progress)
+                                progress=progress, verify=rt.verify_images)
     data = load_dataset(p.dataset, p.data_root, download=rt.download)
     settings = augment_settings(p.augment, p.image_size)
     data.pad, data.flip, data.resized_crop = settings["pad"], settings["flip"], settings["resized_crop"]
@@ -622,7 +690,7 @@ def folder_transform(augment: str, image_size: int, mean, std, train: bool, flip
             if augment == "cifar":
                 ops.append(T.RandomHorizontalFlip())
         return T.Compose(ops + [T.ToTensor(), norm])
-    resize = round(s * 256 / 224) if augment == "imagenet" else s
+    resize = eval_resize(augment, s)
     return T.Compose([T.Resize(resize), T.CenterCrop(s), T.ToTensor(),
                       T.Lambda(functools.partial(flip_images, mode=flip)), norm])
 

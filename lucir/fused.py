@@ -338,16 +338,16 @@ class FusedSGD:
 # ---------------------------------------------------------------------------------------------- losses
 @dataclass
 class ArrayParams:
-    """Per-member loss weights of one phase (N-vectors): lam (lambda_t, 0 without less-forget), mr
+    """Per-member loss weights of one phase (N-vectors): lambda_t (0 without less-forget), mr
     (margin-ranking weight, 0 without it), margin, K, ms (mimic-score weight, 0 without it)."""
 
-    lam: torch.Tensor
+    lambda_t: torch.Tensor
     mr: torch.Tensor
     margin: torch.Tensor
     K: torch.Tensor
     ms: torch.Tensor
     # decided on the host once per phase (no device sync per step): which terms any member has, max K
-    has_lam: bool = False
+    has_lambda: bool = False
     has_mr: bool = False
     has_ms: bool = False
     kmax: int = 1
@@ -357,7 +357,7 @@ class ArrayParams:
         def vals(f):
             return [f(c) for c in configs]
 
-        lam = vals(lambda c: c.lambda_at(phase) if phase and c.method.less_forget else 0.0)
+        lambda_t = vals(lambda c: c.lambda_at(phase) if phase and c.method.less_forget else 0.0)
         mr = vals(lambda c: c.method.mr_weight if c.method.margin_ranking else 0.0)
         ms = vals(lambda c: c.method.ms_weight if c.method.mimic_scores else 0.0)
         K = vals(lambda c: c.method.K)
@@ -365,8 +365,9 @@ class ArrayParams:
         def vec(v, dtype=torch.float64):
             return torch.tensor(v, dtype=dtype, device=device)
 
-        return cls(lam=vec(lam), mr=vec(mr), margin=vec(vals(lambda c: c.method.margin)), K=vec(K, torch.int64),
-                   ms=vec(ms), has_lam=any(lam), has_mr=any(mr), has_ms=any(ms), kmax=max(K))
+        return cls(lambda_t=vec(lambda_t), mr=vec(mr), margin=vec(vals(lambda c: c.method.margin)),
+                   K=vec(K, torch.int64),
+                   ms=vec(ms), has_lambda=any(lambda_t), has_mr=any(mr), has_ms=any(ms), kmax=max(K))
 
 
 def margin_ranking_fused(scores: torch.Tensor, y: torch.Tensor, n_old: int, margin: torch.Tensor,
@@ -388,7 +389,7 @@ def margin_ranking_fused(scores: torch.Tensor, y: torch.Tensor, n_old: int, marg
 
 def fused_loss(hp: ArrayParams, phase: int, n_old: int, out, ref_out, y: torch.Tensor) -> torch.Tensor:
     """``learner.phase_loss`` of every member as an N-vector (its sum is what is minimised: the members'
-    parameters are disjoint, so each gets its own loss's gradient): CE(eta s) + lam L_lf + ms L_ms + mr L_mr."""
+    parameters are disjoint, so each gets its own loss's gradient): CE(eta s) + lambda_t L_lf + ms L_ms + mr L_mr."""
     f, scores, logits = out
     n, b, c = logits.shape
     loss = F.cross_entropy(logits.float().reshape(n * b, c), y.repeat(n), reduction="none").view(n, b).mean(1)
@@ -397,9 +398,9 @@ def fused_loss(hp: ArrayParams, phase: int, n_old: int, out, ref_out, y: torch.T
     dt = loss.dtype
     if ref_out is not None:
         f_ref, s_ref, _ = ref_out
-        if hp.has_lam:
+        if hp.has_lambda:
             cos = F.cosine_similarity(f.float(), f_ref.float().expand(n, -1, -1), dim=2)
-            loss = loss + hp.lam.to(dt) * (1.0 - cos).mean(1)
+            loss = loss + hp.lambda_t.to(dt) * (1.0 - cos).mean(1)
         if hp.has_ms:
             diff = scores[:, :, :n_old].float() - s_ref[..., :n_old].float()
             loss = loss + hp.ms.to(dt) * diff.pow(2).mean((1, 2)) * n_old
@@ -691,14 +692,16 @@ def run_fused(configs: list[Config], states: list[dict | None] | None = None, *,
         if len(val_pool):
             val = extract_fused(model, source, "train", val_pool[train_y[val_pool] < n_seen], cfg, device)
         eta = model.head.eta.detach().cpu().tolist()
+        head_w = model.head.weight().detach()  # N x seen x dim: the members' raw rows (weight norms)
         per_phase = time.perf_counter() - t_phase
         out = []
         for i, c in enumerate(configs):
             means = class_means(fe[i], ye, n_seen, None if fe_flip is None else fe_flip[i])
             res = score_phase(c, phase, groups, env.test_group_sizes, results[i], acc_cnn[i], acc_nme[i],
                               (ft[i], zt[i], yt), None if val is None else (val[0][i], val[1][i], val[2]), means,
-                              train_seconds=train_s / n, lam=c.lambda_at(phase) if (phase and c.method.less_forget)
-                              else 0.0, eta=eta[i], exemplars=len(memories[i].indices(quota)))
+                              train_seconds=train_s / n, lambda_t=c.lambda_at(phase)
+                              if (phase and c.method.less_forget) else 0.0, eta=eta[i],
+                              exemplars=len(memories[i].indices(quota)), head_weight=head_w[i])
             res.phase_seconds = per_phase / n
             results[i].append(res.metrics())
             net = build_model(c, env.in_channels, {"kind": "cosine", "old": model.head.old.shape[1],

@@ -3,7 +3,7 @@
 Training follows DESIGN §3: SGD with momentum and weight decay, MultiStepLR stepped after each
 epoch (the reference's 80/40/40 epochs at 0.1/0.01/0.001), batches of new-class data and all
 exemplars mixed by plain shuffling.  In phase t >= 1 the loss is
-``CE(eta*s) [+ lambda*L_lf] [+ mr_weight*L_mr] [+ KD] [+ mimic scores]`` according to the
+``CE(eta*s) [+ lambda_t*L_lf] [+ mr_weight*L_mr] [+ KD] [+ mimic scores]`` according to the
 switches; with ``less_forget`` on the old-class rows (fc1) are frozen (not in the optimiser,
 equivalent to the reference's lr 0 / weight decay 0 group).  The frozen model runs under
 ``torch.inference_mode`` on the same augmented batch.
@@ -34,7 +34,7 @@ class PhaseContext:
     phase: int
     n_old: int  # classes of earlier phases
     n_seen: int  # classes seen after this phase
-    lam: float  # less-forget weight of this phase
+    lambda_t: float  # less-forget weight of this phase (Config.lambda_at)
 
 
 def autocast(cfg: Config, device: torch.device):
@@ -58,7 +58,7 @@ def phase_loss(cfg: Config, ctx: PhaseContext, out, ref_out, y: torch.Tensor) ->
     if ref_out is not None:
         f_ref, s_ref, z_ref = ref_out
         if m.less_forget:
-            loss = loss + ctx.lam * losses.less_forget(f.float(), f_ref.float())
+            loss = loss + ctx.lambda_t * losses.less_forget(f.float(), f_ref.float())
         if m.kd:
             loss = loss + losses.knowledge_distillation(logits, z_ref, ctx.n_old, m.kd_T, m.kd_beta)
         if m.mimic_scores:

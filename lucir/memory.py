@@ -72,17 +72,28 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
     horizontal flip (as PODNet does); "none" (digits, ImageFolder: the reference's ImageNet driver
     uses no flip) passes nothing."""
     f = F.normalize(features.float(), dim=1)
-    means = torch.zeros(num_classes, f.shape[1], device=f.device)
-    means.index_add_(0, labels, f)
     counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).to(f.device)
-    means = means / counts[:, None]
+    means = _class_sums(f, labels, num_classes) / counts[:, None]
     if flipped is not None:
         g = F.normalize(flipped.float(), dim=1)
-        means2 = torch.zeros_like(means).index_add_(0, labels, g) / counts[:, None]
+        means2 = _class_sums(g, labels, num_classes) / counts[:, None]
         means = (means + means2) / 2  # reference: (D.alph + D2.alph) / 2, then normalised
     return F.normalize(means, dim=1)
 
 
+def _class_sums(f: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class sums of the rows of ``f``: ``index_add_`` (CUDA's uses atomics, so with
+    ``Runtime.deterministic`` on a GPU a one-hot matrix product, which has a deterministic kernel)."""
+    if f.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return F.one_hot(labels, num_classes).to(f.dtype).T @ f
+    return torch.zeros(num_classes, f.shape[1], device=f.device).index_add_(0, labels, f)
+
+
+def nme_scores(features: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """cos(f, mu_c) for every image and class mean (N x classes): NME ranks classes by it."""
+    return F.normalize(features.float(), dim=1) @ means.T
+
+
 def nme_predict(features: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     """Nearest mean of normalised features: argmax cos(f, mu_c) (= argmin ||f/|f| - mu_c||)."""
-    return (F.normalize(features.float(), dim=1) @ means.T).argmax(1)
+    return nme_scores(features, means).argmax(1)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -36,11 +38,12 @@ import torch
 
 from lucir import learner
 from lucir.checkpoint import CheckpointError
-from lucir.config import Config
+from lucir.config import Config, ConfigError
 from lucir.data import Source, class_order, load_dataset_for, validation_split
 from lucir.heads import CosineHead, LinearHead, imprint_rows
-from lucir.memory import Memory, class_means, herding, nme_predict
-from lucir.metrics import average_incremental_accuracy, forgetting, weighted_old_new
+from lucir.memory import Memory, class_means, herding, nme_scores
+from lucir.metrics import (average_incremental_accuracy, backward_transfer, cross_group_shares, forgetting,
+                           mean_norm, old_new_norms, topk_accuracy, weighted_old_new)
 from lucir.record import VAL_METRICS
 from lucir.models import IncrementalNet, make_backbone
 
@@ -61,8 +64,24 @@ class PhaseResult:
     train_seconds: float
     phase_seconds: float
     eta: float
-    lambda_: float
+    lambda_t: float
     exemplars: int
+    # imbalance diagnostics (lucir.metrics docstring; record.DIAGNOSTIC_METRICS): NaN where undefined
+    acc_old_nme: float = math.nan
+    acc_new_nme: float = math.nan
+    top5_cnn: float = math.nan
+    top5_nme: float = math.nan
+    old_as_new_cnn: float = math.nan
+    new_as_old_cnn: float = math.nan
+    old_as_new_nme: float = math.nan
+    new_as_old_nme: float = math.nan
+    weight_norm_old: float = math.nan
+    weight_norm_new: float = math.nan
+    feature_norm_old: float = math.nan
+    feature_norm_new: float = math.nan
+    forgetting_nme: float = math.nan
+    bwt_cnn: float = math.nan
+    bwt_nme: float = math.nan
     acc_matrix_cnn: list[list[float]] = field(default_factory=list)
     acc_matrix_nme: list[list[float]] = field(default_factory=list)
     # on the held-out validation images of the seen classes (Protocol.val_fraction > 0; else NaN, not reported)
@@ -78,17 +97,42 @@ class PhaseResult:
         if math.isnan(self.val_acc_cnn):
             for k in VAL_METRICS:
                 d.pop(k)
-        d["lambda"] = d.pop("lambda_")
         return d
 
 
 def resolve_device(name: str) -> torch.device:
+    """``Runtime.device`` as a torch device; a device this machine lacks is a ``ConfigError`` naming the field
+    (raised before any output is written: ``lucir train`` calls it first)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} is invalid here: no CUDA device is available (use 'cpu' or 'auto')")
-    return dev
+    if name == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", str(name))
+    if m is None:
+        raise ConfigError(f"device={name!r} is invalid: allowed 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} is invalid here: no CUDA device is available (allowed 'cpu' or 'auto')")
+    n = torch.cuda.device_count()
+    if m.group(1) is not None and int(m.group(1)) >= n:
+        raise ConfigError(f"device={name!r} is invalid here: this machine has {n} CUDA device(s) "
+                          f"(allowed 'cuda', 'cuda:0'..'cuda:{n - 1}', 'cpu' or 'auto')")
+    return torch.device(name)
+
+
+#: cuBLAS's workspace setting for reproducible results (PyTorch "Reproducibility" notes)
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def set_deterministic(on: bool) -> None:
+    """``Runtime.deterministic``: deterministic algorithms (warn-only where an op has no deterministic
+    kernel), cuDNN deterministic and not autotuned, ``CUBLAS_WORKSPACE_CONFIG`` (kept if already set; it
+    takes effect only before cuBLAS is first used, so ``lucir train --deterministic`` sets it at start-up).
+    Off: deterministic algorithms and cuDNN deterministic are switched off again (a reused worker process)."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
 
 
 def cpu_has_bf16() -> bool:
@@ -181,6 +225,7 @@ def prepare(cfg: Config, data=None, progress: bool = False) -> RunEnv:
     p, rt = cfg.protocol, cfg.runtime
     if rt.threads:
         torch.set_num_threads(rt.threads)
+    set_deterministic(rt.deterministic)
     device = resolve_device(rt.device)
     if rt.bf16 and device.type == "cpu" and not cpu_has_bf16():
         warnings.warn("bf16=True on a CPU without AVX512-BF16/AMX: PyTorch falls back to a generic "
@@ -242,7 +287,10 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
         acc_nme = [list(r) for r in state["acc_nme"]]
         results = [dict(r) for r in state["results"]]
         start = state["phase"] + 1
-        last_state = {k: v for k, v in state.items() if k != "partial"}
+        # this run's own identity, also when the state came from another config's base phase (same base key):
+        # its checkpoints must resume this config, not the one that trained phase 0
+        last_state = {**{k: v for k, v in state.items() if k != "partial"},
+                      "config": cfg.identity(), "base_key": cfg.base_key()}
     model.to(device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -337,9 +385,9 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
         if len(val_pool):
             val = learner.extract(model, source, "train", val_pool[train_y[val_pool] < n_seen], cfg, device)
         res = score_phase(cfg, phase, groups, test_group_sizes, results, acc_cnn, acc_nme, test, val, means,
-                          train_seconds=train_s, lam=ctx.lam if (phase and m.less_forget) else 0.0,
+                          train_seconds=train_s, lambda_t=ctx.lambda_t if (phase and m.less_forget) else 0.0,
                           eta=float(model.head.eta.detach()) if isinstance(model.head, CosineHead) else math.nan,
-                          exemplars=len(ex))
+                          exemplars=len(ex), head_weight=_head_rows(model))
         res.phase_seconds = time.perf_counter() - t_phase
         results.append(res.metrics())
         new_state = phase_state(cfg, phase, model, memory, acc_cnn, acc_nme, results)
@@ -349,15 +397,21 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
 
 def score_phase(cfg: Config, phase: int, groups: list[list[int]], test_group_sizes: list[int],
                 results: list[dict], acc_cnn: list[list[float]], acc_nme: list[list[float]], test, val, means,
-                *, train_seconds: float, lam: float, eta: float, exemplars: int) -> PhaseResult:
-    """CNN and NME accuracy of one phase (DESIGN §4): ``test``/``val`` are ``learner.extract`` outputs
-    (features, logits, labels) of the seen classes' images (``val`` None: no validation split), ``means``
-    the NME class means.  Appends this phase's rows to ``acc_cnn``/``acc_nme`` (accuracy per class
-    group) and returns the phase's metrics; ``phase_seconds`` is left for the caller."""
+                *, train_seconds: float, lambda_t: float, eta: float, exemplars: int,
+                head_weight: torch.Tensor | None = None) -> PhaseResult:
+    """CNN and NME accuracy of one phase (DESIGN §4) and the imbalance diagnostics (``lucir.metrics``):
+    ``test``/``val`` are ``learner.extract`` outputs (features, logits, labels) of the seen classes' images
+    (``val`` None: no validation split), ``means`` the NME class means, ``head_weight`` the classifier's raw
+    weight rows (seen classes x feature dim; None: no weight norms).  Appends this phase's rows to
+    ``acc_cnn``/``acc_nme`` (accuracy per class group) and returns the phase's metrics; ``phase_seconds`` is
+    left for the caller."""
     n_seen = cfg.protocol.seen_classes(phase)
+    n_old = cfg.protocol.seen_classes(phase - 1) if phase else 0
     ft, zt, yt = test
-    pred_cnn = zt[:, :n_seen].argmax(1)
-    pred_nme = nme_predict(ft, means)
+    zs = zt[:, :n_seen]
+    pred_cnn = zs.argmax(1)
+    sim_nme = nme_scores(ft, means)
+    pred_nme = sim_nme.argmax(1)
     row_cnn, row_nme = [], []
     for g in range(phase + 1):
         mask = torch.isin(yt, torch.tensor(groups[g], device=yt.device))
@@ -366,23 +420,42 @@ def score_phase(cfg: Config, phase: int, groups: list[list[int]], test_group_siz
     acc_cnn.append(row_cnn)
     acc_nme.append(row_nme)
     old, new = weighted_old_new(row_cnn, test_group_sizes)
+    old_nme, new_nme = weighted_old_new(row_nme, test_group_sizes)
+    on_cnn, no_cnn = cross_group_shares(pred_cnn, yt, n_old, n_seen)
+    on_nme, no_nme = cross_group_shares(pred_nme, yt, n_old, n_seen)
+    f_old, f_new = old_new_norms(ft, yt, n_old)
+    w_old = w_new = math.nan
+    if head_weight is not None:
+        w = head_weight.detach()
+        w_old, w_new = mean_norm(w[:n_old]), mean_norm(w[n_old:n_seen])
     res = PhaseResult(
         phase=phase, classes_seen=n_seen, acc_cnn=_pct(pred_cnn == yt), acc_nme=_pct(pred_nme == yt),
         acc_old_cnn=old, acc_new_cnn=new,
         avg_inc_acc_cnn=0.0, avg_inc_acc_nme=0.0, forgetting_cnn=forgetting(acc_cnn, phase),
-        train_seconds=train_seconds, phase_seconds=0.0, eta=eta, lambda_=lam, exemplars=exemplars,
+        train_seconds=train_seconds, phase_seconds=0.0, eta=eta, lambda_t=lambda_t, exemplars=exemplars,
+        acc_old_nme=old_nme, acc_new_nme=new_nme, top5_cnn=topk_accuracy(zs, yt, 5),
+        top5_nme=topk_accuracy(sim_nme, yt, 5), old_as_new_cnn=on_cnn, new_as_old_cnn=no_cnn,
+        old_as_new_nme=on_nme, new_as_old_nme=no_nme, weight_norm_old=w_old, weight_norm_new=w_new,
+        feature_norm_old=f_old, feature_norm_new=f_new, forgetting_nme=forgetting(acc_nme, phase),
+        bwt_cnn=backward_transfer(acc_cnn, phase), bwt_nme=backward_transfer(acc_nme, phase),
         acc_matrix_cnn=[list(r) for r in acc_cnn], acc_matrix_nme=[list(r) for r in acc_nme])
     res.avg_inc_acc_cnn = average_incremental_accuracy([r["acc_cnn"] for r in results] + [res.acc_cnn])
     res.avg_inc_acc_nme = average_incremental_accuracy([r["acc_nme"] for r in results] + [res.acc_nme])
     if val is not None:
         fv, zv, yv = val
         res.val_acc_cnn = _pct(zv[:, :n_seen].argmax(1) == yv)
-        res.val_acc_nme = _pct(nme_predict(fv, means) == yv)
+        res.val_acc_nme = _pct(nme_scores(fv, means).argmax(1) == yv)
         res.val_avg_inc_acc_cnn = average_incremental_accuracy([r["val_acc_cnn"] for r in results]
                                                                + [res.val_acc_cnn])
         res.val_avg_inc_acc_nme = average_incremental_accuracy([r["val_acc_nme"] for r in results]
                                                                + [res.val_acc_nme])
     return res
+
+
+def _head_rows(model: IncrementalNet) -> torch.Tensor:
+    """The classifier's raw weight rows (cosine: old then new rows; FC: its weight), for the weight norms."""
+    h = model.head
+    return h.weight().detach() if isinstance(h, CosineHead) else h.weight.detach()
 
 
 def phase_state(cfg: Config, phase: int, model: IncrementalNet, memory: Memory, acc_cnn, acc_nme,

@@ -85,6 +85,46 @@ def test_interrupted_train_resumes_to_the_same_result(finished, tmp_path, monkey
     assert strip(res["phases"]) == strip(full["phases"])
 
 
+def test_results_hold_the_imbalance_diagnostics_and_lambda_t(finished):
+    from lucir.record import DIAGNOSTIC_METRICS, EXTRA_METRICS, METRICS
+
+    out, _ = finished
+    res = json.loads((out / "results.json").read_text())
+    with open(out / "results.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    for p in res["phases"]:
+        assert set(METRICS) | set(EXTRA_METRICS) | set(DIAGNOSTIC_METRICS) <= set(p)
+        assert "lambda" not in p
+    assert set(DIAGNOSTIC_METRICS) <= set(header) and "lambda_t" in header
+    assert res["phases"][0]["bwt_cnn"] is None and res["phases"][0]["weight_norm_old"] is None  # NaN -> null
+    assert res["phases"][-1]["bwt_cnn"] is not None
+
+
+def test_resume_of_a_state_whose_rows_lack_the_newer_metrics_writes_every_column(finished, tmp_path):
+    """A state from an older version (rows without the diagnostics): the CSV gets every column, blank where
+    a row has no value, instead of csv's 'dict contains fields not in fieldnames'."""
+    from lucir.checkpoint import save_state
+    from lucir.config import Config
+    from lucir.record import DIAGNOSTIC_METRICS
+
+    out, _ = finished
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "config.json").write_bytes((out / "config.json").read_bytes())
+    cfg = Config.from_flat(json.loads((out / "config.json").read_text()))
+    gen = lucir.run(cfg)
+    next(gen)
+    _, phase1 = next(gen)
+    gen.close()
+    phase1["results"] = [{k: v for k, v in r.items() if k not in DIAGNOSTIC_METRICS} for r in phase1["results"]]
+    save_state(phase1, run / "state.pt")
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    with open(run / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["phase"]) for r in rows] == [0, 1, 2, 3]
+    assert rows[1]["bwt_cnn"] == "" and rows[3]["bwt_cnn"] != ""
+
+
 def test_sigkilled_train_resumes_inside_the_phase_to_the_bitwise_same_result(tmp_path, capsys):
     """``lucir train`` is SIGKILLed in the middle of phase 1 (after an epoch checkpoint); ``--resume`` goes
     on from that epoch, not from the phase start, and gives the accuracy matrices of an uninterrupted run."""
@@ -155,13 +195,60 @@ def no_training(monkeypatch):
     (["--set", "margin"], "KEY=VALUE"),
     (["--set", "margin=abc"], "margin='abc'"),
     (["--epochs", "0"], "epochs=0"),
+    (["--set", "class_mean_flip=channels"], "class_mean_flip='channels'"),  # digits: 1 channel
+    (["--device", "cuda:x"], "device='cuda:x'"),
+    (["--set", "verify_images=some"], "verify_images='some'"),
 ])
 def test_bad_input_exits_2_with_the_message_before_any_training(extra, needle, tmp_path, capsys, no_training):
     out = tmp_path / "out"
     assert main(ARGS + ["--out", str(out)] + extra) == 2
     err = capsys.readouterr().err
     assert needle in err and "allowed" in err, err
+    assert _one_line(err)
     assert not out.exists(), "nothing may be written for a bad configuration"
+
+
+def _one_line(err: str) -> bool:
+    """``lucir <cmd>: error: <msg>`` on one line, no traceback."""
+    return err.startswith("lucir train: error: ") and err.strip().count("\n") == 0 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:7"])
+def test_a_cuda_device_this_machine_lacks_fails_in_one_line_before_anything_is_written(device, tmp_path, capsys,
+                                                                                       no_training):
+    import torch
+
+    if torch.cuda.is_available() and device != "cuda:7":
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "out"
+    assert main(ARGS[:-3] + ["--device", device, "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"device={device!r}" in err and "allowed" in err and _one_line(err), err
+    assert not out.exists()
+
+
+def test_download_false_is_honoured_by_the_early_dataset_check(tmp_path, capsys, no_training, monkeypatch):
+    import torchvision
+
+    def no_download(*a, **k):
+        raise AssertionError("download attempted although download=false")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", no_download)
+    root = tmp_path / "nothing"
+    rc = main(["train", "--dataset", "cifar100", "--data-root", str(root), "--epochs", "1", "--set", "download=false",
+               "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "download disabled" in err and str(root) in err and _one_line(err), err
+    assert not root.exists() and not (tmp_path / "o").exists()  # no empty folder left behind
+
+
+def test_deterministic_flag_sets_the_runtime_switch():
+    from lucir.cli import build_parser, config_overrides
+    from lucir.config import Config
+
+    parse = build_parser().parse_args
+    assert Config.from_flat(config_overrides(parse(["train", "--deterministic"]))).runtime.deterministic is True
+    assert Config.from_flat(config_overrides(parse(["train"]))).runtime.deterministic is False
 
 
 @pytest.mark.parametrize("item", ["epochs=abc", "milestones=abc"])
@@ -178,7 +265,27 @@ def test_resume_without_a_checkpoint_exits_2(tmp_path, capsys, no_training):
 def test_resume_with_a_corrupt_checkpoint_exits_2(tmp_path, capsys, no_training):
     (tmp_path / "state.pt").write_bytes(b"\x00garbage")
     assert main(ARGS + ["--out", str(tmp_path), "--resume"]) == 2
-    assert "corrupt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "corrupt" in err and str(tmp_path / "state.pt") in err and _one_line(err), err
+
+
+def test_a_truncated_state_pt_is_one_line_naming_the_file(finished, tmp_path, capsys, no_training):
+    """torch's own text for a damaged zip/pickle runs to several paragraphs: one line naming the path instead."""
+    out, _ = finished
+    _copy_run(out, tmp_path)
+    blob = (tmp_path / "state.pt").read_bytes()
+    (tmp_path / "state.pt").write_bytes(blob[: len(blob) // 2])
+    assert main(ARGS + ["--out", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt" in err and str(tmp_path / "state.pt") in err and _one_line(err), err
+
+
+def test_resume_with_another_dataset_names_the_dataset_field(finished, tmp_path, capsys, no_training):
+    out, _ = finished
+    _copy_run(out, tmp_path)
+    assert main(["train", "--dataset", "cifar100", "--out", str(tmp_path), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset='cifar100'" in err and "'digits'" in err and _one_line(err), err
 
 
 def _copy_run(src, dst):

@@ -28,6 +28,16 @@ from lucir.config import LADDER, PRESETS, Config, ConfigError, scale_milestones
     # unknown dataset / preset
     (dict(dataset="mnist"), "dataset", ["cifar100", "digits", "imagefolder"]),
     (dict(dataset="digits", preset="lucir_plus"), "preset", list(LADDER)),
+    # the reference's channel reversal on 1-channel images would silently do nothing
+    (dict(dataset="digits", class_mean_flip="channels"), "class_mean_flip", ["'mirror' or 'none'", "channels=1"]),
+    (dict(dataset="imagefolder", num_classes=10, base_classes=4, phases=3, channels=1, class_mean_flip="channels"),
+     "class_mean_flip",
+     ["'mirror' or 'none'"]),
+    # devices and runtime switches
+    (dict(dataset="digits", device="cuda:x"), "device", ["'cuda:N'"]),
+    (dict(dataset="digits", device="gpu"), "device", ["'auto', 'cpu', 'cuda'"]),
+    (dict(dataset="digits", verify_images="some"), "verify_images", ["header", "full", "off"]),
+    (dict(dataset="digits", deterministic="maybe"), "deterministic", ["true or false"]),
 ])
 def test_bad_input_is_a_config_error_naming_field_and_allowed_values(flat, field, allowed):
     with pytest.raises(ConfigError) as info:
@@ -224,10 +234,32 @@ def test_lambda_without_adaptive_weight_is_lambda_base():
 
 
 # ----------------------------------------------------------------------------- budgets
-def test_fixed_total_memory_is_shared_among_seen_classes():
+def test_fixed_total_memory_is_shared_among_seen_classes_with_the_references_ceiling():
+    """The reference's --fix_budget: int(np.ceil(2000 / seen)) per class (LUCIR_REFERENCE §2), not floor."""
     cfg = Config.from_flat(dataset="cifar100", memory_total=2000)
-    assert [cfg.quota(t) for t in range(6)] == [40, 33, 28, 25, 22, 20]
+    assert [cfg.quota(t) for t in range(6)] == [math.ceil(2000 / s) for s in (50, 60, 70, 80, 90, 100)]
+    assert [cfg.quota(t) for t in range(6)] == [40, 34, 29, 25, 23, 20]
     assert Config.from_flat(dataset="cifar100").quota(3) == 20
+    assert [Config.from_flat(dataset="digits", memory_total=40).quota(t) for t in range(4)] == [10, 7, 5, 4]
+    import lucir.config  # documented where the config is described
+
+    assert "ceil(memory_total / seen)" in lucir.config.__doc__
+
+
+def test_base_key_includes_precision_memory_format_and_compile():
+    """Issue 17: a bf16 (or channels_last / compiled) base phase must not seed fp32 trials."""
+    a = Config.from_flat(dataset="digits", channels_last=False)
+    for change in (dict(bf16=True), dict(channels_last=True), dict(compile=True)):
+        assert a.replace(**change).base_key() != a.base_key(), change
+        assert a.replace(**change).identity() == a.identity()  # runtime: not what the result is, only its numerics
+    for same in (dict(threads=3), dict(deterministic=True), dict(verify_images="full"), dict(device="cpu")):
+        assert a.replace(**same).base_key() == a.base_key(), same
+
+
+def test_deterministic_and_verify_images_are_runtime_fields_with_defaults():
+    cfg = Config.from_flat(dataset="digits")
+    assert cfg.runtime.deterministic is False and cfg.runtime.verify_images == "header"
+    assert Config.from_flat(dataset="digits", deterministic="true").runtime.deterministic is True
 
 
 def test_base_key_ignores_incremental_hyperparameters_but_not_the_seed():
@@ -235,3 +267,27 @@ def test_base_key_ignores_incremental_hyperparameters_but_not_the_seed():
     assert a.base_key() == a.replace(margin=0.2, K=1, lambda_base=3.0, phases=6).base_key()
     assert a.base_key() != a.replace(seed=1).base_key()
     assert a.base_key() != a.replace(base_classes=2, phases=4).base_key()
+
+
+def test_config_is_a_leaf_without_file_system_io(monkeypatch, tmp_path):
+    """Issue 17: config imports nothing of lucir and reads no files; the ImageFolder class count comes from the
+    caller (``num_classes_of``) or the counter ``lucir.data`` registers."""
+    import ast
+
+    import lucir.config as config
+
+    tree = ast.parse(open(config.__file__).read())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in imported if m and m.startswith("lucir")}, imported
+    assert imported <= {"__future__", "dataclasses", "hashlib", "json", "math", "re", "typing"}, imported
+    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert "open" not in calls
+    seen = []
+    cfg = Config.from_flat(dataset="imagefolder", data_root=str(tmp_path), base_classes=2, phases=2,
+                           num_classes_of=lambda root: seen.append(root) or 6)
+    assert cfg.protocol.num_classes == 6 and seen == [str(tmp_path)]
+    monkeypatch.setattr(config, "CLASS_COUNTERS", {})
+    with pytest.raises(ConfigError, match=r"^num_classes=None .*imagefolder"):
+        Config.from_flat(dataset="imagefolder", data_root=str(tmp_path))
+    assert Config.from_flat(dataset="imagefolder", num_classes=7, base_classes=1, phases=3).protocol.num_classes == 7

@@ -154,6 +154,11 @@ def test_fused_digits_run_gives_every_rung_its_own_run_s_accuracy_matrices(backe
         gap = _gap(r_s, r_f)
         assert all(g <= b for g, b in zip(gap, bound)), (p, gap, bound, r_s.acc_matrix_cnn, r_f.acc_matrix_cnn)
         assert st_f["config"] == configs[i].identity()
+        # the same metric keys as the single run (the imbalance diagnostics included), every phase
+        for t in range(len(fused)):
+            assert fused[t][i][0].metrics().keys() == single[i][t][0].metrics().keys()
+        w = st_f["model"]["head.new"]
+        assert r_f.weight_norm_new == pytest.approx(float(w.norm(dim=1).mean()), rel=1e-5)
         assert single[i][1][1]["memory"] == fused[1][i][1]["memory"]  # phase 1 herding: the same exemplars
     # the rungs are not one result copied four times
     assert len({round(fused[-1][i][0].avg_inc_acc_cnn, 6) for i in range(len(PRESETS))}) > 1

@@ -130,6 +130,69 @@ def test_the_tensor_path_eval_is_normalise_only_and_the_dataloader_eval_matches_
     assert torch.allclose(xt, xf, atol=1e-5)  # same resize + centre crop on both paths
 
 
+@pytest.mark.parametrize("augment", ["imagenet", "cifar", "crop", "none"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_in_memory_and_dataloader_paths_give_the_same_eval_inputs_for_every_augment(small, augment, channels):
+    """Issue 17: with ``imagenet`` the in-memory path used to evaluate the S x S decode while the DataLoader does
+    Resize(S * 256 / 224) + CenterCrop(S); now both give the same eval inputs, on the test split and on the
+    training split (herding, imprinting and the NME class means read it), with the same statistics."""
+    from lucir.data import eval_resize
+
+    cfg = _cfg(small, augment=augment, channels=channels, in_memory="true", workers=1)
+    t = load_dataset_for(cfg)
+    f = load_dataset_for(cfg.replace(in_memory="false"))
+    assert isinstance(t, TensorDataset) and isinstance(f, FolderDataset)
+    assert t.mean == pytest.approx(f.mean) and t.std == pytest.approx(f.std)
+    order = class_order(5, 1993)
+    st, sf = Source(t, order, torch.device("cpu")), Source(f, order, torch.device("cpu"))
+    for split in ("test", "train"):
+        xt = torch.cat([b for b, _ in st.eval_batches(split, None, 64)])
+        xf = torch.cat([b for b, _ in sf.eval_batches(split, None, 64)])
+        assert xt.shape == xf.shape == (len(t.test_y if split == "test" else t.train_y), channels, 16, 16)
+        assert torch.allclose(xt, xf, atol=1e-5), (split, float((xt - xf).abs().max()))
+    assert eval_resize(augment, 16) == (18 if augment == "imagenet" else 16)
+    assert eval_resize("imagenet", 224) == 256
+
+
+def test_the_dataloader_path_checks_every_file_header_before_training(tmp_path, capsys):
+    """Issue 17: a corrupt file is named before any training (not when its class's phase starts), in one line,
+    also through ``lucir train``; ``verify_images=off`` skips the scan."""
+    from lucir.cli import main
+    from lucir.data import verify_images
+
+    root = _write_folder(tmp_path / "d", classes=3, train=3, test=(1, 1, 1))
+    bad = root / "train" / "c2" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a PNG signature, then nonsense
+    with pytest.raises(DatasetError, match=r"broken\.png") as info:
+        load_dataset_for(_cfg(root, base_classes=1, in_memory="false", workers=1))
+    assert "\n" not in str(info.value)
+    data = load_dataset_for(_cfg(root, base_classes=1, in_memory="false", workers=1, verify_images="off",
+                                 mean=[0.5] * 3, std=[0.25] * 3))  # given statistics: no file decoded here
+    assert isinstance(data, FolderDataset)  # not scanned: found later, by the DataLoader
+    verify_images([str(p) for p in sorted((root / "val").rglob("*.*"))], "header", progress=False)
+    out = tmp_path / "out"
+    rc = main(["train", "--dataset", "imagefolder", "--data-root", str(root), "--base", "1", "--phases", "2",
+               "--set", "K=1", "--set", "image_size=16", "--set", "backbone=resnet32", "--set", "in_memory=false",
+               "--device", "cpu", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "broken.png" in err and err.strip().count("\n") == 0 and "Traceback" not in err, err
+
+
+def test_a_full_image_check_finds_a_truncated_jpeg_that_the_header_scan_misses(tmp_path):
+    from lucir.data import verify_images
+
+    root = _write_folder(tmp_path, classes=3, train=3, test=(1, 1, 1))
+    jpg = root / "val" / "c0" / "cut.jpg"  # a test image: the mean/std computation decodes none
+    Image.fromarray(np.random.RandomState(1).randint(0, 256, (16, 16, 3)).astype(np.uint8)).save(jpg, quality=95)
+    jpg.write_bytes(jpg.read_bytes()[:-200])
+    cfg = _cfg(root, base_classes=1, in_memory="false", workers=1)
+    assert isinstance(load_dataset_for(cfg), FolderDataset)  # "header" (the default): the header is fine
+    with pytest.raises(DatasetError, match=r"cut\.jpg.*verify_images=full"):
+        load_dataset_for(cfg.replace(verify_images="full"))
+    with pytest.raises(ConfigError, match="verify_images='most'"):
+        verify_images([str(jpg)], "most")
+
+
 def test_augment_modes_map_to_pad_crop_flip_and_resized_crop():
     assert crop_padding(32) == 4 and crop_padding(8) == 1 and crop_padding(105) == 13 and crop_padding(4) == 1
     assert augment_settings("cifar", 32) == dict(pad=4, flip=True, resized_crop=False)

@@ -191,7 +191,7 @@ def test_class_mean_flip_settings_give_the_hand_computed_means(flip):
     data = TensorDataset("hand", torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(x),
                          torch.from_numpy(y), ["a", "b"], mean, std, pad=1, flip=False)
     source = Source(data, np.array([0, 1]), torch.device("cpu"))
-    cfg = Config.from_flat(dataset="digits", device="cpu", class_mean_flip=flip)
+    cfg = Config.from_flat(dataset="cifar100", device="cpu", class_mean_flip=flip)  # 3 channels
     idx = torch.arange(6)
     fe, _, ye = learner.extract(_Flatten(), source, "train", idx, cfg, torch.device("cpu"))
     fl = None if flip == "none" else learner.extract(_Flatten(), source, "train", idx, cfg,

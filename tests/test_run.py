@@ -161,6 +161,41 @@ def test_mid_phase_checkpoint_of_another_config_is_refused(tmp_path):
     check_state(other, load_state(tmp_path / "p0.pt"))
 
 
+def test_resume_of_a_run_seeded_by_another_configs_base_phase_equals_the_uninterrupted_run(tmp_path):
+    """Issue 17: a run started from another config's phase-0 state (the runner's base-phase cache) writes
+    mid-phase checkpoints under its own identity, and resuming from one equals the uninterrupted run."""
+    import lucir
+
+    owner = tiny_config(epochs=3, checkpoint_every=1)
+    base = run_all(owner, stop_after=0)[0][1]
+    cfg = owner.replace(margin=0.3)
+    assert cfg.base_key() == owner.base_key() and cfg.identity() != owner.identity()
+    whole = run_all(cfg, base)
+    saved = []
+
+    def on_checkpoint(st):
+        if st["partial"]["phase"] == 2 and st["partial"]["epoch"] == 2:
+            save_state(st, tmp_path / "state.pt")
+            saved.append(st)
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        for _ in lucir.run(cfg, base, data=digits(), on_checkpoint=on_checkpoint):
+            pass
+    st = load_state(tmp_path / "state.pt")
+    assert st["config"] == cfg.identity() and st["base_key"] == cfg.base_key()
+    check_state(cfg, st)  # before the fix: "belongs to another configuration (margin: ...)"
+    resumed = run_all(cfg, st)
+    assert [r.phase for r, _ in resumed] == [2, 3]
+    assert resumed[-1][0].acc_matrix_cnn == whole[-1][0].acc_matrix_cnn
+    assert resumed[-1][0].acc_matrix_nme == whole[-1][0].acc_matrix_nme
+    assert [r.phase for r, _ in whole] == [1, 2, 3]
+    for (ra, sa), (rb, sb) in zip(whole[1:], resumed):
+        ma, mb = _metrics(ra), _metrics(rb)
+        assert _same_metrics(ra, rb), {k: (ma[k], mb.get(k)) for k in ma if ma[k] != mb.get(k)}
+        assert same_tensors(sa["model"], sb["model"]) and sb["config"] == cfg.identity()
+
+
 # ----------------------------------------------------------------------------- frozen old rows (LF on / off)
 def test_old_class_weights_do_not_change_during_a_phase_with_less_forget(full):
     for t in range(1, 4):
@@ -243,7 +278,8 @@ def test_phase_results_follow_the_metric_definitions(cfg, full):
             assert res.acc_old_cnn == pytest.approx(old, abs=1e-3)
             best = [max(res.acc_matrix_cnn[s][g] for s in range(g, t)) - row[g] for g in range(t)]
             assert res.forgetting_cnn == pytest.approx(sum(best) / t)
-            assert res.lambda_ == pytest.approx(5.0 * math.sqrt((4 + 2 * (t - 1)) / 2))
+            assert res.lambda_t == pytest.approx(5.0 * math.sqrt((4 + 2 * (t - 1)) / 2))
+            assert res.metrics()["lambda_t"] == res.lambda_t
         else:
             assert math.isnan(res.acc_old_cnn) and res.forgetting_cnn == 0.0
         # per-class budget: every seen class keeps its quota (digits has > 100 training images per class)
@@ -252,6 +288,43 @@ def test_phase_results_follow_the_metric_definitions(cfg, full):
         assert res.train_seconds > 0 and res.eta > 0
     # the matrix rows of earlier phases are kept as they were
     assert full[-1][0].acc_matrix_cnn[:3] == full[2][0].acc_matrix_cnn
+
+
+def test_imbalance_diagnostics_are_reported_every_phase_and_in_range(cfg, full):
+    from lucir.record import DIAGNOSTIC_METRICS, EXTRA_METRICS, METRICS
+
+    pct = ("acc_old_nme", "acc_new_nme", "top5_cnn", "top5_nme", "old_as_new_cnn", "new_as_old_cnn",
+           "old_as_new_nme", "new_as_old_nme")
+    old_only = {"acc_old_nme", "old_as_new_cnn", "new_as_old_cnn", "old_as_new_nme", "new_as_old_nme",
+                "weight_norm_old", "feature_norm_old", "bwt_cnn", "bwt_nme"}
+    for t, (res, st) in enumerate(full):
+        m = res.metrics()
+        assert set(METRICS) | set(EXTRA_METRICS) | set(DIAGNOSTIC_METRICS) <= set(m)
+        assert st["results"][-1].keys() == m.keys()  # the state's rows (the runner's records) hold them too
+        for k in DIAGNOSTIC_METRICS:
+            if t == 0 and k in old_only:
+                assert math.isnan(m[k]), k
+                continue
+            assert math.isfinite(m[k]), (t, k)
+            if k in pct:
+                assert 0.0 <= m[k] <= 100.0, (t, k)
+            if k.startswith(("weight_norm", "feature_norm")):
+                assert m[k] > 0, (t, k)
+        assert m["top5_cnn"] >= m["acc_cnn"] and m["top5_nme"] >= m["acc_nme"]
+        assert m["acc_new_nme"] == res.acc_matrix_nme[t][-1]
+        if t:
+            nme = res.acc_matrix_nme
+            assert m["bwt_cnn"] == pytest.approx(sum(res.acc_matrix_cnn[t][g] - res.acc_matrix_cnn[g][g]
+                                                     for g in range(t)) / t)
+            assert m["bwt_nme"] == pytest.approx(sum(nme[t][g] - nme[g][g] for g in range(t)) / t)
+            assert m["bwt_cnn"] >= -m["forgetting_cnn"] - 1e-9  # best-ever >= just-learnt accuracy
+        else:
+            assert m["forgetting_nme"] == 0.0
+    # the weight norms are those of the raw head rows saved in the state: old rows (fc1), new rows (fc2)
+    for res, st in full[1:]:
+        for part, name in (("old", "weight_norm_old"), ("new", "weight_norm_new")):
+            w = st["model"][f"head.{part}"]
+            assert getattr(res, name) == pytest.approx(float(w.norm(dim=1).mean()))
 
 
 def test_exemplars_are_distinct_training_images_of_their_class_kept_for_ever(cfg, full):
@@ -273,9 +346,42 @@ def test_exemplars_are_distinct_training_images_of_their_class_kept_for_ever(cfg
 def test_fixed_total_memory_shrinks_each_class_to_its_herding_prefix():
     cfg = tiny_config(memory_total=40, epochs=1)
     out = run_all(cfg)
-    assert [r.exemplars for r, _ in out] == [40, 36, 40, 40]  # quotas 10, 6, 5, 4 per class
+    assert [r.exemplars for r, _ in out] == [40, 42, 40, 40]  # quotas ceil(40 / seen): 10, 7, 5, 4 per class
     ranks = out[-1][1]["memory"]
     assert all(len(r) == 10 for c, r in ranks.items() if c < 4)  # herded once with quota 10, kept as ranks
+
+
+def test_deterministic_switch_is_applied_and_gives_the_cpu_run_s_matrix(cfg, full, monkeypatch):
+    """Issue 17 part 4: ``deterministic`` sets torch's deterministic algorithms, cuDNN deterministic / no
+    autotuning and CUBLAS_WORKSPACE_CONFIG; on the CPU (already deterministic) the accuracy matrices and
+    weights equal the run without it.  (Its GPU effect and cost are not measured here: no GPU.)"""
+    import importlib
+
+    run_module = importlib.import_module("lucir.run")  # the module (``lucir.run`` is the function)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    seen = {}
+    real = run_module.set_deterministic
+
+    def spy(on):
+        real(on)
+        seen.update(on=on, algorithms=torch.are_deterministic_algorithms_enabled(),
+                    warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
+                    cudnn=torch.backends.cudnn.deterministic, benchmark=torch.backends.cudnn.benchmark,
+                    cublas=os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+    monkeypatch.setattr(run_module, "set_deterministic", spy)
+    try:
+        det = run_all(cfg.replace(deterministic=True))
+        assert seen == dict(on=True, algorithms=True, warn_only=True, cudnn=True, benchmark=False, cublas=":4096:8")
+    finally:
+        real(False)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    assert det[-1][0].acc_matrix_cnn == full[-1][0].acc_matrix_cnn
+    assert det[-1][0].acc_matrix_nme == full[-1][0].acc_matrix_nme
+    for (ra, sa), (rb, sb) in zip(full, det):
+        assert _same_metrics(ra, rb) and same_tensors(sa["model"], sb["model"])
+    assert cfg.replace(deterministic=True).base_key() == cfg.base_key()  # seeds and is seeded by the same base
 
 
 @pytest.mark.parametrize("preset", ["finetune", "baseline", "cn_lf", "lucir_cbf", "joint"])
