@@ -46,9 +46,10 @@ def test_ablation_space_and_validation():
 def test_search_space_respects_classes_per_phase():
     base = lucir.Config.from_flat({"phases": 1})  # digits: 6 classes in one phase
     assert spaces.search_domains(base, {"phases": 1})["K"] == {"kind": "randint", "low": 1, "high": 6, "log": False}
-    _, _, points = spaces.search_space(base, {"phases": 1})
-    assert points == [{"eta_init": 1.0, "margin": 0.5, "K": 2, "lambda_base": 5.0}]
-    assert "margin" not in spaces.search_space(lucir.Config.from_flat({}), {"margin": 0.3})[2][0]
+    assert spaces.paper_defaults(base, {"phases": 1}) == {"eta_init": 1.0, "margin": 0.5, "K": 2, "lambda_base": 5.0}
+    assert "margin" not in spaces.paper_defaults(lucir.Config.from_flat({}), {"margin": 0.3})
+    with pytest.raises(ConfigError, match="nothing left to search"):
+        spaces.search_domains(base, dict.fromkeys(spaces.SEARCHED, 1))
 
 
 def test_runtime_overrides_and_report_metrics():
@@ -72,7 +73,7 @@ def test_runner_options_are_validated_and_fuse_defaults_to_one():
     assert r.replace(num_cpus=8, address=None).num_cpus == 8 and r.replace(address=None).address == "auto"
     for bad, flag in ((dict(cpus_per_trial=0), "--cpus-per-trial"), (dict(gpus_per_trial=2), "--gpus-per-trial"),
                       (dict(max_failures=-1), "--max-failures"), (dict(max_concurrent=0), "--max-concurrent"),
-                      (dict(fuse=0), "--fuse"), (dict(cache_stale_after=0), "--cache-stale-after")):
+                      (dict(fuse=0), "--fuse")):
         with pytest.raises(ConfigError, match=flag):
             RunnerOptions(**bad)
 
@@ -106,6 +107,18 @@ def test_a_live_driver_lock_refuses_a_second_driver_and_a_dead_one_is_taken_over
                                                           "host": socket.gethostname()}))
     with DriverLock(tmp_path) as lock:
         assert json.loads((tmp_path / record.LOCK_FILE).read_text())["token"] == lock.token != "old"
+
+
+def test_lucir_resume_on_a_folder_in_use_is_refused_at_once_naming_the_driver(tmp_path, capsys):
+    import ray
+
+    doc = make_doc("ablate", "x", [TINY], RunnerOptions(), metric="m", argv=[], mlflow_uri=None, mlflow_experiment=None)
+    (tmp_path / record.EXPERIMENT_FILE).write_text(json.dumps(doc))
+    with DriverLock(tmp_path):
+        t0 = time.monotonic()
+        rc, err = _lucir(capsys, "resume", str(tmp_path))
+    assert rc == 2 and f"pid {os.getpid()} on host {socket.gethostname()}" in err and "in use by another driver" in err
+    assert time.monotonic() - t0 < 10 and not ray.is_initialized()
 
 
 def test_a_lock_of_another_host_is_stale_only_once_its_heartbeat_stops(tmp_path):
@@ -144,7 +157,7 @@ def _search_doc(tmp_path, trials=4, prune=False) -> dict:
     doc = make_doc("search", "st", [fixed] * trials, RunnerOptions(), metric=record.VAL_OBJECTIVE, argv=[],
                    mlflow_uri=None, mlflow_experiment=None,
                    search={"study": "st", "sampler": "tpe", "seed": 0, "prune": prune, "fixed": fixed,
-                           "searched": spaces.search_domains(base, fixed), "defaults": spaces.search_space(base, fixed)[2][0],
+                           "searched": spaces.search_domains(base, fixed), "defaults": spaces.paper_defaults(base, fixed),
                            "confirm": {"top": 0, "seeds": 1}})
     (tmp_path / record.TRIALS_DIR).mkdir(exist_ok=True)
     (tmp_path / record.EXPERIMENT_FILE).write_text(json.dumps(doc))

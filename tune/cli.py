@@ -29,8 +29,6 @@ def _runner_args(p: argparse.ArgumentParser) -> None:
                    help="retries of a crashed trial, each from its last phase checkpoint (default 3)")
     g.add_argument("--no-base-cache", action="store_true",
                    help="train the base phase in every trial (default: once per base key, shared)")
-    g.add_argument("--cache-stale-after", type=float, default=60.0,
-                   help="seconds without heartbeat after which a base-cache claim is taken over (default 60)")
     g.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///<experiment folder>/mlflow.db; "
                                         "e.g. http://host:5000)")
     g.add_argument("--mlflow-experiment", help="MLflow experiment name (default: the sweep's name)")
@@ -120,7 +118,7 @@ def _runner(args, **overrides):
     opts = dict(cpus_per_trial=float(args.cpus_per_trial), gpus_per_trial=float(args.gpus_per_trial),
                 base_cache=not args.no_base_cache, max_failures=int(args.max_failures),
                 max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus,
-                cache_stale_after=float(args.cache_stale_after), fuse=1 if args.fuse is None else args.fuse)
+                fuse=1 if args.fuse is None else args.fuse)
     return RunnerOptions(**{**opts, **overrides})
 
 
@@ -190,8 +188,8 @@ def cmd_ablate(args, config_overrides) -> int:
 
 
 def cmd_search(args, config_overrides) -> int:
-    from tune.spaces import (ETA_CHOICES, absolute_data_root, search_corners, search_domains, search_space,
-                             validate_points)
+    from tune.spaces import ETA_CHOICES, absolute_data_root, paper_defaults, search_corners, search_domains, \
+        validate_points
     from tune.study import check_sampler
     from tune.sweep import make_doc
 
@@ -211,7 +209,7 @@ def cmd_search(args, config_overrides) -> int:
         fixed = absolute_data_root(fixed)
     fixed.setdefault("preset", base.method.preset)
     fixed.setdefault("dataset", base.protocol.dataset)
-    _, text, points = search_space(base, fixed)
+    points = [paper_defaults(base, fixed)]
     validate_points(search_corners(fixed, base))
     runner = _runner(args, max_concurrent=args.concurrency)
     if runner.fuse > 1:
@@ -231,17 +229,18 @@ def cmd_search(args, config_overrides) -> int:
               "confirm": {"top": args.confirm_top, "seeds": args.confirm_seeds}}
     doc = make_doc("search", exp.name, [dict(fixed)] * args.trials, runner, metric=metric,
                    argv=["lucir", *sys.argv[1:]], mlflow_uri=uri, mlflow_experiment=mlexp, search=search,
-                   searched=searched, param_space=text, optuna_study=exp.name, num_trials=args.trials)
+                   searched=searched, param_space={**fixed, **searched}, optuna_study=exp.name, num_trials=args.trials)
     print(f"lucir search: {args.trials} trials, {args.sampler} seed {args.search_seed}, objective {metric}, "
-          f"{'successive halving on phase, ' if args.asha else ''}space {text} -> {exp}", flush=True)
+          f"{'successive halving on phase, ' if args.asha else ''}searching {', '.join(searched)} -> {exp}", flush=True)
     return _go(exp, doc, runner, [base])
 
 
 def cmd_resume(args) -> int:
-    from tune.sweep import RunnerOptions, print_summary, ray_session, read_experiment, run
+    from tune.sweep import DriverLock, RunnerOptions, print_summary, ray_session, read_experiment, run
 
     exp = Path(args.experiment).expanduser().absolute()
     doc = read_experiment(exp)
+    DriverLock(exp).check()
     runner = RunnerOptions.from_dict(doc["runner"]).replace(address=args.address, num_cpus=args.num_cpus)
     print(f"lucir resume: {doc['kind']} {exp}", flush=True)
     with ray_session(runner):

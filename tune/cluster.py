@@ -9,9 +9,8 @@ a head type that exists, worker limits that fit ``max_workers``).  Command line:
 
     python -m tune.cluster ray_cluster.yaml
 
-``resolve_storage_path`` and ``verify_shared_storage`` make sure a sweep's ``storage_path`` is one that
-every node sees: a URI (``s3://``, ``gs://``...) or an absolute path on a shared file system;
-``verify_dataset_on_nodes`` that every node sees a sweep's data; ``cluster_address`` tells a sweep that
+``verify_shared_storage`` makes sure a sweep's folder (``--out``) is one that every node sees (the same
+folder on a shared file system, not a local folder of the same name); ``verify_dataset_on_nodes`` that every node sees a sweep's data; ``cluster_address`` tells a sweep that
 joins a cluster (then ``lucir ablate``/``search`` run both checks before ``Tuner.fit``) from a local one.
 """
 
@@ -25,8 +24,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-
-URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "hdfs://", "az://", "memory://")
 
 
 class ClusterConfigError(ValueError):
@@ -119,25 +116,6 @@ def summarize(prepared: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------- storage
-def resolve_storage_path(storage_path: str | os.PathLike) -> str:
-    """A ``storage_path`` for ``RunConfig``: URIs unchanged, local paths absolute (trials run elsewhere).
-
-    ``~`` is expanded; a ``file://`` URI becomes its path.  Ray resolves relative paths against the
-    trial's working directory, which is why they are refused by being made absolute here (DESIGN §6).
-    """
-    s = str(storage_path).strip()
-    if not s:
-        raise ValueError("storage_path is empty: give an absolute path on shared storage or an s3:// URI")
-    if s.startswith(URI_SCHEMES):
-        return s
-    if s.startswith("file://"):
-        s = s[len("file://"):]
-    elif "://" in s:
-        raise ValueError(f"storage_path={storage_path!r}: unknown URI scheme; allowed a path or one of "
-                         f"{', '.join(URI_SCHEMES)}")
-    return str(Path(os.path.expanduser(s)).absolute())
-
-
 def cluster_address(address: str | None) -> str | None:
     """The Ray address a sweep joins, as ``tune.sweep.ray_session`` resolves it (``--address``, else
     ``$RAY_ADDRESS``), or None when the sweep starts its own local Ray (no address, or ``"local"``).
@@ -178,7 +156,7 @@ def _names(nodes: list[tuple[str, str, list[bool]]]) -> str:
 
 
 def verify_shared_storage(storage_path: str, timeout_s: float = 60.0) -> list[str]:
-    """Check that every alive Ray node sees the *same* folder at ``storage_path`` (URIs are not checked).
+    """Check that every alive Ray node sees the *same* folder at ``storage_path``.
 
     The driver writes a marker file with a fresh random name into the folder; a zero-CPU task pinned to
     each node checks that it exists there.  A node with its own local folder at that path (not the
@@ -186,9 +164,7 @@ def verify_shared_storage(storage_path: str, timeout_s: float = 60.0) -> list[st
     the nodes that do not see it.  Call after ``ray.init``.  Nodes that join later (autoscaling) are not
     checked: they come from the same node config.
     """
-    s = resolve_storage_path(storage_path)
-    if s.startswith(URI_SCHEMES):
-        return []
+    s = str(Path(storage_path).absolute())
     Path(s).mkdir(parents=True, exist_ok=True)
     marker = Path(s) / f".lucir-shared-{uuid.uuid4().hex}"
     marker.write_text("lucir")

@@ -28,22 +28,6 @@ GRIDS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_SEEDS = {"digits": 1, "paper-cifar": 1, "paper-imagenet": 1}
 
-def trial_config(flat: dict) -> Config | None:
-    """The ``Config`` a trial's flat config resolves to (keys the trainer does not know are ignored); None
-    when the trainer refuses it."""
-    try:
-        return Config.from_flat({k: v for k, v in flat.items() if k in FIELD_SECTION})
-    except Exception:  # noqa: BLE001 - the caller falls back to the config as given
-        return None
-
-
-def config_key(flat: dict) -> str:
-    """What decides a trial's result (``Config.identity``: no runtime fields, no data path), as text: two
-    trials with equal keys run the same experiment."""
-    cfg = trial_config(flat)
-    return json.dumps(cfg.identity() if cfg is not None else dict(flat), sort_keys=True, default=str)
-
-
 # the columns that tell a protocol apart in the summary table
 PROTOCOL_KEYS = ("dataset", "base_classes", "phases", "exemplars_per_class", "memory_total")
 
@@ -168,49 +152,29 @@ SEARCHED = ("eta_init", "margin", "K", "lambda_base")
 ETA_CHOICES = [1.0, 2.0, 4.0, 8.0, 16.0]
 
 
-def search_space(base: Config, fixed: dict) -> tuple[dict, dict, list[dict]]:
-    """(Tune param space, the same as text for lucir_experiment.json, points_to_evaluate).
-
-    Ranges: eta_init in ETA_CHOICES; margin uniform [0, 1] (cosine scores lie in [-1, 1]); K integer
-    in 1..classes per phase; lambda_base log-uniform [0.5, 50] (5 CIFAR, 10 ImageNet in the paper).
-    A field fixed on the command line (``--set margin=0.3``) is not searched.
-    """
-    from ray import tune
-
-    cpp = base.protocol.classes_per_phase
-    ranges = {
-        "eta_init": (tune.choice(ETA_CHOICES), f"choice{ETA_CHOICES}"),
-        "margin": (tune.uniform(0.0, 1.0), "uniform(0.0, 1.0)"),
-        "K": (tune.randint(1, cpp + 1), f"randint(1, {cpp}) inclusive (classes per phase {cpp})"),
-        "lambda_base": (tune.loguniform(0.5, 50.0), "loguniform(0.5, 50.0)"),
-    }
-    space, text = dict(fixed), dict(fixed)
-    for k, (dom, desc) in ranges.items():
-        if k in fixed:
-            continue
-        space[k], text[k] = dom, desc
-    searched = [k for k in SEARCHED if k not in fixed]
-    if not searched:
-        raise ConfigError("lucir search: every searched field (eta_init, margin, K, lambda_base) is fixed "
-                          "with --set; nothing left to search")
-    first = {k: PAPER_DEFAULTS[k] for k in searched}
-    if "K" in first:
-        first["K"] = min(first["K"], cpp)
-    if "lambda_base" in first:
-        first["lambda_base"] = float(base.method.lambda_base)  # 5 CIFAR/digits, 10 ImageNet
-    return space, text, [first]
-
-
 def search_domains(base: Config, fixed: dict) -> dict[str, dict]:
-    """What ``search_space`` searches, as data for ``lucir_experiment.json`` (the reports read it; no
-    parsing of text): {name: {"kind": "choice", "values": [...]} | {"kind": "uniform" | "loguniform" |
-    "randint", "low": ..., "high": ... (inclusive), "log": bool}}."""
+    """What a search searches, as data for ``lucir_experiment.json`` (``tune.study`` makes Optuna
+    distributions of it; the reports read it): eta_init in ``ETA_CHOICES`` (log axis); margin uniform
+    [0, 1] (cosine scores lie in [-1, 1]); K integer in 1..classes per phase; lambda_base log-uniform
+    [0.5, 50] (5 CIFAR, 10 ImageNet in the paper).  A field fixed with ``--set`` is not searched."""
     cpp = base.protocol.classes_per_phase
     doms = {"eta_init": {"kind": "choice", "values": list(ETA_CHOICES), "log": True},
             "margin": {"kind": "uniform", "low": 0.0, "high": 1.0, "log": False},
             "K": {"kind": "randint", "low": 1, "high": cpp, "log": False},
             "lambda_base": {"kind": "loguniform", "low": 0.5, "high": 50.0, "log": True}}
-    return {k: v for k, v in doms.items() if k not in fixed}
+    out = {k: v for k, v in doms.items() if k not in fixed}
+    if not out:
+        raise ConfigError("lucir search: every searched field (eta_init, margin, K, lambda_base) is fixed "
+                          "with --set; nothing left to search")
+    return out
+
+
+def paper_defaults(base: Config, fixed: dict) -> dict:
+    """The paper's values of the searched fields (slot 0 of every search): K capped at the classes per
+    phase, lambda_base the protocol's (5 CIFAR/digits, 10 ImageNet)."""
+    d = {**PAPER_DEFAULTS, "K": min(PAPER_DEFAULTS["K"], base.protocol.classes_per_phase),
+         "lambda_base": float(base.method.lambda_base)}
+    return {k: d[k] for k in search_domains(base, fixed)}
 
 
 def search_corners(base_flat: dict, base: Config) -> list[dict]:

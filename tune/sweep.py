@@ -58,7 +58,6 @@ class RunnerOptions:
     max_concurrent: int | None = None
     address: str | None = None
     num_cpus: int | None = None
-    cache_stale_after: float = 60.0
     fuse: int = 1  # members per fused array (lucir.fused); 1 everywhere until a GPU measurement shows a gain
 
     def __post_init__(self):
@@ -78,8 +77,6 @@ class RunnerOptions:
             bad("num-cpus", self.num_cpus, "an integer >= 1")
         if not isinstance(self.fuse, int) or isinstance(self.fuse, bool) or self.fuse < 1:
             bad("fuse", repr(self.fuse), "an integer >= 1 (1: no fusion)")
-        if not self.cache_stale_after > 0:
-            bad("cache-stale-after", self.cache_stale_after, "seconds > 0")
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunnerOptions":
@@ -91,10 +88,6 @@ class RunnerOptions:
 
     def replace(self, **changes) -> "RunnerOptions":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    @property
-    def cache_options(self) -> dict:
-        return {"stale_after": self.cache_stale_after}
 
 
 # ---------------------------------------------------------------------------------------- the lock
@@ -143,6 +136,12 @@ class DriverLock:
             seen = beat
             time.sleep(min(1.0, self.heartbeat / 2))
         return True
+
+    def check(self) -> None:
+        """Refuse at once when a live driver holds the folder (before this one starts Ray)."""
+        owner = self._owner()
+        if owner and owner.get("host") == socket.gethostname() and _pid_alive(int(owner.get("pid") or 0)):
+            self._refuse(owner)
 
     def acquire(self) -> "DriverLock":
         for _ in range(5):
@@ -417,13 +416,12 @@ def todo_units(exp: Path, doc: dict) -> list[dict]:
 
 
 def _pretrain(exp: Path, doc: dict, runner: RunnerOptions) -> None:
-    from tune.pretrain import pretrain_base_phases
+    from tune.base_cache import pretrain
 
     if doc["kind"] == "search":
-        pre = doc["search"].get("pretrain") or []
-        pretrain_base_phases(exp, [Config.from_flat(c) for c in pre], runner, min_share=1)
+        pretrain(exp, [Config.from_flat(c) for c in doc["search"].get("pretrain") or []], runner, min_share=1)
     else:
-        pretrain_base_phases(exp, [Config.from_flat(s["config"]) for s in doc["slots"]], runner)
+        pretrain(exp, [Config.from_flat(s["config"]) for s in doc["slots"]], runner)
 
 
 def run(exp: str | os.PathLike, runner: RunnerOptions | None = None, *, mlflow_uri: str | None = None,
@@ -458,7 +456,7 @@ def run(exp: str | os.PathLike, runner: RunnerOptions | None = None, *, mlflow_u
                     _pretrain(exp, doc, runner)
                     fn = tune.with_parameters(lucir_trainable, exp_dir=str(exp), token=lock.token,
                                               cpus=runner.cpus_per_trial, gpus=runner.gpus_per_trial,
-                                              base_cache=runner.base_cache, cache_options=runner.cache_options)
+                                              base_cache=runner.base_cache)
                     res = {"cpu": runner.cpus_per_trial, **({"gpu": runner.gpus_per_trial} if runner.gpus_per_trial else {})}
                     name = lambda t: t.config["unit"]["array"] or t.config["unit"]["slots"][0]  # noqa: E731
                     tuner = tune.Tuner(

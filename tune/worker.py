@@ -29,6 +29,7 @@ from pathlib import Path
 
 from lucir import record
 from lucir.checkpoint import atomic_write_json, atomic_write_text
+from tune.base_cache import BaseCache
 
 log = logging.getLogger("lucir.tune")
 
@@ -161,7 +162,7 @@ def _progress(exp: Path, name: str, **fields) -> None:
 
 
 def lucir_trainable(config: dict, *, exp_dir: str, token: str, cpus: float = 1.0, gpus: float = 0.0,
-                    base_cache: bool = True, cache_options: dict | None = None) -> None:
+                    base_cache: bool = True) -> None:
     """Function trainable (see the module docstring)."""
     import torch
 
@@ -170,28 +171,22 @@ def lucir_trainable(config: dict, *, exp_dir: str, token: str, cpus: float = 1.0
     (exp / record.TRIALS_DIR).mkdir(exist_ok=True)  # never parents: the folder is the driver's
     unit = config.get("unit", config)  # {"unit": {...}}: the Tuner's grid over units
     slots, array = list(unit["slots"]), unit.get("array")
-    opts = dict(base_cache=base_cache, cache_options=cache_options or {})
+    cache = BaseCache(exp / record.BASE_CACHE_DIR) if base_cache else None
     try:
         if array is None:
             m = Member(exp, doc, slots[0], token, cpus, gpus)
             torch.set_num_threads(m.cfg.runtime.threads)
-            _run_slot(exp, m, **opts)
+            _run_slot(exp, m, cache)
         else:
             members = [Member(exp, doc, s, token, cpus, gpus, fused={"array": array, "index": i, "size": len(slots)})
                        for i, s in enumerate(slots)]
             torch.set_num_threads(members[0].cfg.runtime.threads)
-            _run_array(exp, array, [m for m in members if not m.final], **opts)
+            _run_array(exp, array, [m for m in members if not m.final], cache)
     except Superseded:
         log.warning("slot(s) %s: the driver that started this worker is gone; it writes nothing more", slots)
 
 
-def _base_phase(exp: Path, cfg, who: str, cache_options: dict):
-    from tune.base_cache import BaseCache
-
-    return BaseCache(exp / record.BASE_CACHE_DIR, **cache_options).lookup(cfg.base_key(), who=who)
-
-
-def _run_slot(exp: Path, m: Member, *, base_cache: bool, cache_options: dict) -> None:
+def _run_slot(exp: Path, m: Member, cache: BaseCache | None) -> None:
     import lucir
     from ray import tune
 
@@ -211,48 +206,38 @@ def _run_slot(exp: Path, m: Member, *, base_cache: bool, cache_options: dict) ->
         m.guard()
         lucir.save_state(st, state_path)
 
-    claim = None
-    try:
-        if state is None and base_cache:
-            _progress(exp, m.slot, phase=0)
-            look = _base_phase(exp, m.cfg, m.slot, cache_options)
-            m.rec.base_cache = look.status
-            if look.status == "hit":
-                state = {**look.state, "config": m.cfg.identity()}
-                save(state)
-                if m.phase_done(state):
-                    return m.end("PRUNED")
-            else:
-                claim = look.claim
-        start = -1 if state is None else state["phase"]
-        partial = (state or {}).get("partial") or {}
-        m.started(start + 1, int(partial.get("epoch", -1)) + 1)
-        for result, st in lucir.run(m.cfg, state, on_checkpoint=save,
-                                    on_epoch=lambda ph, ep, loss: _progress(exp, m.slot, phase=ph, epoch=ep, loss=loss)):
-            save(st)
-            pruned = m.phase_done(st)
-            if result.phase == 0 and claim is not None:
-                claim.publish(st, {"trial_id": m.slot, "config": m.cfg.identity()})
-                claim = None
-            if result.phase >= m.P or pruned:
-                m.end("TERMINATED" if result.phase >= m.P else "PRUNED")
-                tune.report(report_metrics(result.metrics(), m.P))
-                return
+    if state is None and cache is not None:
+        hit = cache.get(m.cfg.base_key(), who=m.slot)
+        m.rec.base_cache = "miss" if hit is None else "hit"
+        if hit is not None:
+            state = {**hit, "config": m.cfg.identity()}
+            save(state)
+            if m.phase_done(state):
+                return m.end("PRUNED")
+    start = -1 if state is None else state["phase"]
+    m.started(start + 1, int(((state or {}).get("partial") or {}).get("epoch", -1)) + 1)
+    for result, st in lucir.run(m.cfg, state, on_checkpoint=save,
+                                on_epoch=lambda ph, ep, loss: _progress(exp, m.slot, phase=ph, epoch=ep, loss=loss)):
+        save(st)
+        pruned = m.phase_done(st)
+        if result.phase == 0 and cache is not None and m.rec.base_cache == "miss":
+            cache.put(m.cfg.base_key(), st, {"trial_id": m.slot, "config": m.cfg.identity()})
+        if result.phase >= m.P or pruned:
+            m.end("TERMINATED" if result.phase >= m.P else "PRUNED")
+        else:
             m.started(result.phase + 1)
-            tune.report(report_metrics(result.metrics(), m.P))
-    finally:
-        if claim is not None:
-            claim.release()
+        tune.report(report_metrics(result.metrics(), m.P))
+        if m.final:
+            return
 
 
-def _run_array(exp: Path, array: str, active: list[Member], *, base_cache: bool, cache_options: dict) -> None:
+def _run_array(exp: Path, array: str, active: list[Member], cache: BaseCache | None) -> None:
     """A fused array (``lucir.fused.run_fused``) of the slots ``active``: one state file for all members
     (so they are always at one phase), one record, Optuna trial and prune decision per member; a pruned
     member's slice stops and the array goes on with the others."""
     import lucir
     from lucir.fused import member_keys, run_fused
     from ray import tune
-    from tune.base_cache import BaseCache
 
     if not active:
         return
@@ -263,9 +248,8 @@ def _run_array(exp: Path, array: str, active: list[Member], *, base_cache: bool,
     if state_path.exists():
         doc = lucir.load_state(state_path)
         states = {m.slot: doc["members"][m.slot] for m in active}
-    elif base_cache:
-        cache = BaseCache(exp / record.BASE_CACHE_DIR, **cache_options)
-        found = {m.slot: cache.peek(m.cfg.base_key(), who=m.slot) for m in active}
+    elif cache is not None:
+        found = {m.slot: cache.get(m.cfg.base_key(), who=m.slot) for m in active}
         if all(st is not None for st in found.values()):
             states = {m.slot: {**found[m.slot], "config": m.cfg.identity()} for m in active}
             for m in active:
