@@ -63,9 +63,13 @@ def refused_note(n: int) -> str:
             f"or a bootstrap on fewer than {MIN_PAIRS} pairs is meaningless)")
 
 
-# --------------------------------------------------------------------------- statistics
+# --------------------------------------------------------------------------- statistics (scipy.stats)
+ALPHA = 0.05
+
+
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, float]:
-    """(mean, sd, low, high): the t-interval ``mean ± t_{(1+c)/2, n-1} · sd / sqrt(n)`` (sd with ddof=1)."""
+    """(mean, sd, low, high) of ``values`` (paired differences): ``scipy.stats.ttest_1samp(values, 0)``'s
+    confidence interval, ``mean ± t_{(1+c)/2, n-1} · sd / sqrt(n)`` (sd with ddof=1)."""
     from scipy import stats
 
     x = np.asarray(values, dtype=float)
@@ -76,73 +80,138 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple
     if n < 2:
         return mean, math.nan, math.nan, math.nan
     sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
-    return mean, sd, mean - half, mean + half
+    if sd == 0:
+        return mean, sd, mean, mean
+    ci = stats.ttest_1samp(x, 0.0).confidence_interval(confidence)
+    return mean, sd, float(ci.low), float(ci.high)
+
+
+def t_test_p(values: Sequence[float]) -> float:
+    """Two-sided paired t-test p of differences (``scipy.stats.ttest_1samp(d, 0)``, the same as
+    ``ttest_rel(a, b)``); NaN for n < 2 or no spread with a zero mean, 0 for no spread and a non-zero mean."""
+    from scipy import stats
+
+    d = np.asarray(values, dtype=float)
+    if len(d) < 2:
+        return math.nan
+    if float(d.std(ddof=1)) == 0:
+        return math.nan if float(d.mean()) == 0 else 0.0
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def min_sign_flip_p(n: int) -> float:
+    """The smallest two-sided p an exact sign-flip test of ``n`` pairs can give: 2 / 2^n (0.25 at n = 3)."""
+    return 2.0 / 2 ** n if n > 0 else math.nan
+
+
+def seeds_for_sign_flip(m: int = 1, alpha: float = ALPHA) -> int:
+    """Pairs needed before an exact sign-flip test can reach p < ``alpha`` after a Holm correction over ``m``
+    comparisons (its first threshold is alpha / m): the smallest n with 2 / 2^n < alpha / m (6 for m = 1)."""
+    n = 1
+    while min_sign_flip_p(n) >= alpha / max(1, m):
+        n += 1
+    return n
+
+
+def seeds_for_t(mean: float, sd: float, m: int = 1, alpha: float = ALPHA, cap: int = 1000) -> float:
+    """Pairs at which the observed effect (mean and sd of the differences) would give a paired t-test
+    p < alpha / m: the smallest n >= 2 with |mean| / (sd / sqrt n) > t_{1 - alpha/(2m), n-1}; NaN when the
+    mean is 0 or unknown, ``inf`` beyond ``cap``. A planning number, not a power analysis."""
+    from scipy import stats
+
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (mean, sd)) or mean == 0:
+        return math.nan
+    if sd == 0:
+        return 2.0
+    q = 1 - alpha / (2 * max(1, m))
+    for n in range(2, cap + 1):
+        if abs(mean) / (sd / math.sqrt(n)) > stats.t.ppf(q, n - 1):
+            return float(n)
+    return math.inf
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p values (Holm 1979): the i-th smallest of m is ``max_{j<=i} min(1,
+    (m - j + 1) p_(j))``; NaN stays NaN and is not counted in m. (scipy has Benjamini-Hochberg, no Holm.)"""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(len(p), math.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    if not m:
+        return out.tolist()
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for i, idx in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[idx]))
+        out[idx] = running
+    return out.tolist()
 
 
 def sign_flip_p(diffs: Sequence[float], *, exact_max: int = EXACT_MAX_N, n_mc: int = MC_FLIPS,
                 seed: int = MC_SEED) -> tuple[float, str]:
-    """Two-sided sign-flip p-value of paired differences and how it was computed.
+    """Two-sided sign-flip p-value of paired differences and how it was computed:
+    ``scipy.stats.permutation_test((d,), mean, permutation_type='samples')`` (one sample: the signs are
+    flipped), exact over all ``2^n`` sign vectors for ``n <= exact_max``, else ``n_mc`` seeded flips."""
+    from scipy import stats
 
-    Exact (all ``2^n`` sign vectors, the observed one included) for ``n <= exact_max``; otherwise
-    ``n_mc`` seeded Monte-Carlo flips, ``p = (1 + hits) / (1 + n_mc)``.
-    """
     d = np.asarray(diffs, dtype=float)
     n = len(d)
     if n == 0:
         return math.nan, "no pairs"
-    obs = abs(float(d.sum()))
-    tol = 1e-9 * max(1.0, obs)
-    if n <= exact_max:
-        bits = (np.arange(2 ** n, dtype=np.int64)[:, None] >> np.arange(n, dtype=np.int64)) & 1
-        sums = np.abs((1 - 2 * bits) @ d)
-        return float(np.mean(sums >= obs - tol)), f"exact ({2 ** n} sign flips)"
-    rng = np.random.default_rng(seed)
-    signs = rng.choice(np.array([-1.0, 1.0]), size=(n_mc, n))
-    hits = int(np.sum(np.abs(signs @ d) >= obs - tol))
-    return (1 + hits) / (1 + n_mc), f"Monte Carlo ({n_mc} sign flips, seed {seed})"
+    if not np.any(d):
+        return 1.0, f"exact ({2 ** n} sign flips)"
+    exact = n <= exact_max
+    kw = dict(permutation_type="samples", n_resamples=np.inf if exact else n_mc, alternative="two-sided",
+              vectorized=True)
+    try:
+        res = stats.permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), rng=np.random.default_rng(seed),
+                                     **kw)
+    except TypeError:  # scipy < 1.15 names the generator random_state
+        res = stats.permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), random_state=seed, **kw)
+    how = f"exact ({2 ** n} sign flips)" if exact else f"Monte Carlo ({n_mc} sign flips, seed {seed})"
+    return float(min(1.0, res.pvalue)), how
 
 
 def paired_stats(diffs: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
-    """n, mean / sd of the differences, the t-interval and the sign-flip p-value (refused for n < 3)."""
+    """n, mean / sd of the differences, the t-interval, the paired t-test p, the sign-flip p and the smallest
+    p the sign-flip test can give at this n (refused for n < 3)."""
     d = np.asarray(diffs, dtype=float)
     n = len(d)
     mean = float(d.mean()) if n else math.nan
     sd = float(d.std(ddof=1)) if n > 1 else math.nan
     out = {"n": n, "mean_diff": mean, "sd_diff": sd, "ci_low": math.nan, "ci_high": math.nan,
-           "p_value": math.nan, "test": "", "note": ""}
+           "p_value": math.nan, "p_min": min_sign_flip_p(n), "p_t": math.nan, "test": "", "note": ""}
     if n < MIN_PAIRS:
         out["note"] = refused_note(n)
         return out
     _, _, lo, hi = t_interval(d, confidence)
     p, how = sign_flip_p(d)
-    out.update(ci_low=lo, ci_high=hi, p_value=p, test=f"paired t-interval; sign-flip p {how}")
+    out.update(ci_low=lo, ci_high=hi, p_value=p, p_t=t_test_p(d),
+               test=f"paired t-interval and t-test; sign-flip p {how}")
     return out
 
 
 def welch_stats(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
-    """Unpaired difference mean(b) - mean(a): Welch t-interval and Welch t-test p (needs >= 2 values each)."""
+    """Unpaired difference mean(b) - mean(a): ``scipy.stats.ttest_ind(b, a, equal_var=False)`` (Welch),
+    its confidence interval and p (needs >= 2 values each)."""
     from scipy import stats
 
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     na, nb = len(xa), len(xb)
     diff = float(xb.mean() - xa.mean()) if na and nb else math.nan
     out = {"n": min(na, nb), "mean_diff": diff, "sd_diff": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "p_value": math.nan, "test": "", "note": ""}
+           "p_value": math.nan, "p_min": math.nan, "p_t": math.nan, "test": "", "note": ""}
     if na < 2 or nb < 2:
         out["note"] = (f"refused: Welch interval needs >= 2 finished seeds on each side (A has {na}, B has {nb})")
         return out
-    va, vb = xa.var(ddof=1) / na, xb.var(ddof=1) / nb
-    se = math.sqrt(va + vb)
-    if se == 0:
+    if xa.var(ddof=1) == 0 and xb.var(ddof=1) == 0:
         out.update(ci_low=diff, ci_high=diff, test="Welch t-interval",
                    note="no spread on either side: the interval is a point, no p-value")
         return out
-    dof = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
-    half = float(stats.t.ppf((1 + confidence) / 2, dof)) * se
-    p = float(2 * stats.t.sf(abs(diff) / se, dof))
-    out.update(ci_low=diff - half, ci_high=diff + half, p_value=p, test=f"Welch t-interval (df={dof:.1f}); "
-                                                                          "Welch t-test p")
+    res = stats.ttest_ind(xb, xa, equal_var=False)
+    ci = res.confidence_interval(confidence)
+    out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_value=float(res.pvalue), p_t=float(res.pvalue),
+               test=f"Welch t-interval (df={float(res.df):.1f}); Welch t-test p")
     return out
 
 
@@ -221,7 +290,8 @@ def _label_row(row: dict[str, Any], keys: Sequence[str], memory: str) -> dict[st
 
 # --------------------------------------------------------------------------- paired table
 PAIRED_COLUMNS = ["preset", "reference", "metric", "n", "mean_diff", "sd_diff", "ci_low", "ci_high", "p_value",
-                  "test", "note"]
+                  "p_min", "p_holm", "p_t", "p_t_holm", "m", "seeds_sign_flip", "seeds_t", "test", "note"]
+_STAT_KEYS = ("n", "mean_diff", "sd_diff", "ci_low", "ci_high", "p_value", "p_min", "p_t", "test")
 
 
 def _groups(df: pd.DataFrame, metric, extra: tuple[str, ...] = ()):
@@ -274,12 +344,39 @@ def paired_table(df: pd.DataFrame, reference: str = DEFAULT_REFERENCE,
                                  " runs without a partner")
                 if p_dup or r_dup:
                     notes.append(f"{p_dup + r_dup} repeated (seed, class order) runs averaged")
-                rows.append({**label, "preset": p, "reference": reference, "metric": m,
-                             **{k: st[k] for k in ("n", "mean_diff", "sd_diff", "ci_low", "ci_high", "p_value",
-                                                   "test")}, "note": "; ".join(notes)})
-    out = pd.DataFrame(rows, columns=lead + PAIRED_COLUMNS)
+                rows.append({**label, "preset": p, "reference": reference, "metric": m, "_group": key,
+                             **{k: st[k] for k in _STAT_KEYS}, "note": "; ".join(notes)})
+    out = pd.DataFrame(rows, columns=lead + PAIRED_COLUMNS + ["_group"])
     out["n"] = out["n"].astype(int)
+    out = with_corrections(out, ["_group", "metric"]).drop(columns="_group")
     return _sorted(out, lead)
+
+
+def with_corrections(table: pd.DataFrame, family: Sequence[str], alpha: float = ALPHA) -> pd.DataFrame:
+    """Holm-corrected p values (``p_holm`` of the sign-flip p, ``p_t_holm`` of the t-test p) over each
+    family of comparisons (the rows sharing ``family``: one protocol and metric), the family size ``m``, and
+    the seeds needed for p < alpha after that correction: ``seeds_sign_flip`` (exact test; 6 for one
+    comparison) and ``seeds_t`` (a t-test at the observed mean and sd of the differences)."""
+    t = table.copy()
+    for c in ("p_holm", "p_t_holm", "seeds_t"):
+        t[c] = math.nan
+    t["m"] = 0
+    t["seeds_sign_flip"] = 0
+    if not len(t):
+        return t
+    keys = [t[c].map(lambda v: tuple(v) if isinstance(v, (list, tuple)) else str(v)) for c in family]
+    for _, idx in t.groupby(keys, sort=False, dropna=False).groups.items():
+        idx = list(idx)
+        m = len(idx)  # the comparisons of the family (a refused one would be tested once it has the pairs)
+        t.loc[idx, "p_holm"] = holm(t.loc[idx, "p_value"].astype(float).tolist())
+        t.loc[idx, "p_t_holm"] = holm(t.loc[idx, "p_t"].astype(float).tolist())
+        t.loc[idx, "m"] = m
+        t.loc[idx, "seeds_sign_flip"] = seeds_for_sign_flip(m, alpha)
+        t.loc[idx, "seeds_t"] = [seeds_for_t(a, b, m, alpha) for a, b in
+                                 zip(t.loc[idx, "mean_diff"], t.loc[idx, "sd_diff"])]
+    t["m"] = t["m"].astype(int)
+    t["seeds_sign_flip"] = t["seeds_sign_flip"].astype(int)
+    return t
 
 
 def _sorted(table: pd.DataFrame, lead: Sequence[str]) -> pd.DataFrame:
@@ -311,7 +408,7 @@ def _fmt_p(p: Any) -> str:
 
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return DASH
-    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+    return f"{p:.4f}" if p >= 1e-4 else "< 0.0001"
 
 
 def _fmt_ci(lo: Any, hi: Any) -> str:
@@ -322,17 +419,77 @@ def _fmt_ci(lo: Any, hi: Any) -> str:
     return f"[{lo:+.2f}, {hi:+.2f}]"
 
 
-def format_paired(table: pd.DataFrame) -> pd.DataFrame:
-    """Text cells for Markdown / LaTeX: 'mean diff' '+1.23', '95% CI' '[+0.50, +1.96]', 'p' '0.2500'."""
-    lead = [c for c in table.columns if c not in PAIRED_COLUMNS]
-    out = table[lead + ["preset", "reference", "metric", "n"]].copy()
-    out = out.rename(columns={"base_classes": "base", "memory": "exemplars"})
+def _fmt_seeds(v: Any) -> str:
+    from analysis.tables import DASH
+
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return DASH
+    return "> 1000" if v == math.inf else str(int(v))
+
+
+METRIC_SHORT = {"avg_inc_acc_cnn": "CNN", "avg_inc_acc_nme": "NME"}
+
+
+def format_paired(table: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
+    """Text cells for Markdown / LaTeX: method (short paper name), classifier, n, 'mean diff' '+1.23', '95% CI'
+    '[+0.50, +1.96]', the t-test p and its Holm correction, the exact sign-flip p with the smallest it can be
+    at this n, and the seeds needed for p < 0.05 (exact sign-flip test / t-test at the observed effect).
+    ``compact``: columns holding one value in every row left out (``paired_note`` states them)."""
+    from analysis.paper import short_name
+
+    lead = [c for c in table.columns if c not in PAIRED_COLUMNS and c not in COMPARE_EXTRA]
+    out = table[lead].copy().rename(columns={"base_classes": "base", "memory": "exemplars"})
+    out["method"] = table["preset"].map(short_name)
+    out["vs."] = table["reference"].map(short_name)
+    out["classifier"] = table["metric"].map(lambda m: METRIC_SHORT.get(m, m))
+    out["n"] = table["n"]
     out["mean diff"] = [_fmt(v) for v in table["mean_diff"]]
-    out["sd diff"] = [_fmt(v).lstrip("+") for v in table["sd_diff"]]
     out["95% CI"] = [_fmt_ci(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])]
-    out["p (sign-flip)" if "pairing" not in table else "p"] = [_fmt_p(p) for p in table["p_value"]]
-    out["note"] = table["note"]
+    out["p (t)"] = [_fmt_p(p) for p in table["p_t"]]
+    out["p (t, Holm)"] = [_fmt_p(p) for p in table["p_t_holm"]]
+    out["p (sign-flip)"] = [_fmt_p(p) for p in table["p_value"]]
+    out["p (sign-flip, Holm)"] = [_fmt_p(p) for p in table["p_holm"]]
+    out["min. p"] = [_fmt_p(p) for p in table["p_min"]]
+    out["seeds (sign-flip)"] = [str(int(a)) for a in table["seeds_sign_flip"]]
+    out["seeds (t)"] = [_fmt_seeds(b) for b in table["seeds_t"]]
+    if table["note"].astype(str).str.len().any():
+        out["note"] = table["note"]
+    if compact and len(out):
+        const = [c for c in ("dataset", "base", "phases", "exemplars", "vs.", "n", "min. p", "seeds (sign-flip)")
+                 if c in out and out[c].astype(str).nunique() == 1]
+        out = out.drop(columns=const)
     return out
+
+
+def paired_note(table: pd.DataFrame, alpha: float = ALPHA) -> str:
+    """What the paired table's columns mean, for its caption: the tests, the correction, the smallest p."""
+    from analysis.paper import short_name
+    from analysis.tables import protocol_label
+
+    m = sorted({int(v) for v in table["m"]}) if "m" in table and len(table) else []
+    consts = []
+    if len(table):
+        if all(c in table and table[c].astype(str).nunique() == 1 for c in ("dataset", "base_classes", "memory")):
+            ph = table["phases"].astype(str).unique() if "phases" in table else []
+            consts.append(protocol_label(table["dataset"].iloc[0], table["base_classes"].iloc[0],
+                                         ph[0] if len(ph) == 1 else None, table["memory"].iloc[0]))
+        if table["reference"].nunique() == 1:
+            consts.append(f"each method minus {short_name(table['reference'].iloc[0])}")
+        if table["n"].nunique() == 1:
+            n = int(table["n"].iloc[0])
+            consts.append(f"n = {n} pairs (the smallest sign-flip p at n = {n}: {_fmt_p(min_sign_flip_p(n))})")
+        if table["seeds_sign_flip"].nunique() == 1:
+            consts.append(f"an exact sign-flip test needs {int(table['seeds_sign_flip'].iloc[0])} seeds to reach "
+                          f"p < {alpha:g} after the correction")
+    return ("; ".join(consts) + ". " if consts else "") + (
+           "Paired on (seed, class order), finished trials, last phase: mean difference (points) with its 95% "
+            "t-interval; p (t): two-sided paired t-test (scipy.stats.ttest_rel); p (t, Holm), p (sign-flip, Holm): "
+            "Holm-corrected "
+            f"over the {'/'.join(map(str, m)) or '?'} comparisons of a protocol and classifier; p (sign-flip): exact "
+            "two-sided sign-flip test (scipy.stats.permutation_test), which cannot go below min. p = 2/2^n (0.25 at "
+            f"n = 3); seeds (sign-flip): pairs an exact sign-flip test needs for p < {alpha:g} after the "
+            f"correction; seeds (t): pairs at which the observed effect would give p < {alpha:g} in the corrected "
+            "t-test")
 
 
 # --------------------------------------------------------------------------- variance split
@@ -389,7 +546,9 @@ def _row_label(r: pd.Series, multi_protocol: bool, vary: Sequence[str], differ: 
     from analysis.style import fmt_value as _fv
     from analysis.tables import protocol_label
 
-    label = str(r["preset"])
+    from analysis.paper import short_name
+
+    label = short_name(r["preset"])
     if multi_protocol and differ:  # only what tells the protocols apart, on the same line
         return label + ", " + ", ".join(f"{r[c]} phase" + ("" if str(r[c]) == "1" else "s") if c == "phases" else f"{c}={r[c]}" for c in differ) + (
             " (" + ", ".join(f"{k}={_fv(r[k])}" for k in vary) + ")" if vary else "")
@@ -448,18 +607,11 @@ def _draw_forest(table: pd.DataFrame, title: str | None, style, MaxNLocator):
         ax.axvline(0.0, color="0.3", lw=0.8, ls="--")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=3 if len(metrics) > 1 else 4))  # no overlapping labels
         ax.margins(x=0.25)
-        ax.set_xlabel("difference (points)" if len(metrics) == 1 else "")
+        ax.set_xlabel(f"diff. avg. inc. acc. ({METRIC_SHORT.get(m, m)}) (points)")
         ax.grid(False, axis="y")
-        ax.set_title({"avg_inc_acc_cnn": "CNN", "avg_inc_acc_nme": "NME"}.get(m, m))
-    if len(metrics) > 1:
-        fig.supxlabel("difference in avg. inc. accuracy (points)", fontsize=style.MIN_FONT)
     axes[0][0].set_yticks(range(len(labels)), labels)
     axes[0][0].set_ylim(len(labels) - 0.5, -0.5)
-    if no_ci:
-        title = (title + "\n" if title else "") + (f"open circles: mean of n={'/'.join(map(str, sorted(no_ci)))} "
-                                                    "pairs, no CI (n < 3)")
-    if title:
-        fig.suptitle(title)
+    # no title: the caption says what is drawn, and that open circles (n < 3) have no interval
     return fig
 
 
@@ -503,31 +655,45 @@ def report_section(exp, root: Path, formats: Iterable[str], rep=None, reference:
     formats = tuple(formats)
     tdir, fdir = Path(root) / "tables", Path(root) / "figures"
     name = f"paired_{tables.slug(reference)}"
-    paths = tables.export_table(tab, tdir / name, formats, display=format_paired(tab),
-                                caption=f"{exp.name}: paired difference to {reference} (last phase)")
-    figs = forest_plot(tab, fdir / f"forest_{tables.slug(reference)}",
-                       title=f"preset − {reference}: mean paired diff., 95% CI")
+    from analysis.paper import with_schedule
+
+    note = with_schedule(paired_note(tab), df)
+    paths = tables.export_table(tab, tdir / name, formats, display=format_paired(tab, compact=True),
+                                caption=f"Paired difference of each method to {tables.paper_name(reference)} "
+                                        "(points, average incremental accuracy at the last phase)",
+                                note=note, label_prefix=exp.name)
+    figs = forest_plot(tab, fdir / f"forest_{tables.slug(reference)}")
+    if figs:
+        from analysis import plots
+
+        few = sorted({int(v) for v in tab.loc[tab["ci_low"].isna(), "n"]})
+        plots.FIGURE_NOTES[f"forest_{tables.slug(reference)}"] = with_schedule(
+            f"Paired difference of each method minus {tables.paper_name(reference)} (points, average incremental "
+            "accuracy at the last phase), mean and 95% t-interval over the (seed, class order) pairs"
+            + (f"; open circles: n = {'/'.join(map(str, few))} pairs, too few for an interval (none drawn)"
+               if few else ""), df)
     if rep is not None:
         rep.tables += paths
         rep.figures += figs
     if written is not None:
         written[name] = paths
     lines = head + [
-        f"Each preset minus `{reference}` on the last-phase average incremental accuracy (points), paired on "
-        "(seed, class_order_seed) within one protocol, finished trials only: *n* pairs, the mean difference, "
-        f"a {int(CONFIDENCE * 100)}% t-interval and a two-sided sign-flip p-value (exact over all 2^n flips "
-        f"for n ≤ {EXACT_MAX_N}, else {MC_FLIPS} seeded Monte-Carlo flips). Fewer than {MIN_PAIRS} pairs "
-        "are refused (see *note*).", "",
-        tables.to_markdown(format_paired(tab)),
+        f"Each method minus `{reference}` on the last-phase average incremental accuracy (points), paired on "
+        "(seed, class_order_seed) within one protocol, finished trials only. " + tables.caption_text(note)
+        + f" Fewer than {MIN_PAIRS} pairs get no interval (see *note*).", "",
+        tables.to_markdown(format_paired(tab, compact=True)),
         "Files: " + " · ".join(f"[{p.name}]({p.relative_to(root).as_posix()})" for p in paths), ""]
     for f in figs:
         rel = f.relative_to(root).as_posix()
         if rel.endswith(".png"):
-            lines += [f"![{f.stem}]({rel})", ""]
+            from analysis import plots
+
+            lines += [f"![{f.stem}]({rel})", "", f"*{plots.FIGURE_NOTES.get(f.stem, '')}*", ""]
     var = variance_split(df, list(METRICS))
     if len(var):
-        vpaths = tables.export_table(var, tdir / "variance_split", formats,
-                                     caption=f"{exp.name}: seed vs class-order variance (last phase)")
+        vpaths = tables.export_table(var, tdir / "variance_split", formats, label_prefix=exp.name,
+                                     caption="Seed vs class-order variance of the last-phase average incremental "
+                                             "accuracy")
         if rep is not None:
             rep.tables += vpaths
         lines += ["### Seed vs class-order variance", "",
@@ -559,7 +725,7 @@ def compare_table(df_a: pd.DataFrame, df_b: pd.DataFrame, metric: str | Sequence
     keys = _group_keys(la if len(la) else lb, vary) + ["preset"]
     lead = list(_LABEL_COLS) + vary
     cols = lead + ["preset", "metric", *COMPARE_EXTRA, "n", "mean_diff", "sd_diff", "ci_low", "ci_high",
-                   "p_value", "test", "note"]
+                   "p_value", "p_min", "p_t", "test", "note"]
     if not len(la) or not len(lb):
         notes.append("no finished trial in " + " and ".join(n for n, d in (("A", la), ("B", lb)) if not len(d)))
         return pd.DataFrame(columns=cols), notes
@@ -608,7 +774,7 @@ def compare_table(df_a: pd.DataFrame, df_b: pd.DataFrame, metric: str | Sequence
                 row["pairing"] = "unpaired (Welch)"
                 extra = [f"{len(shared)} shared (seed, class order) pairs < {MIN_PAIRS}: unpaired"] if len(shared) \
                     else ["no shared (seed, class order) pairs: unpaired"]
-            row.update({k: st[k] for k in ("n", "mean_diff", "sd_diff", "ci_low", "ci_high", "p_value", "test")})
+            row.update({k: st[k] for k in _STAT_KEYS})
             row["note"] = "; ".join(x for x in [*extra, st["note"]] if x)
             rows.append(row)
     out = pd.DataFrame(rows, columns=cols)

@@ -327,16 +327,51 @@ def display(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def paper_display(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The scoreboard for a paper: protocol, method, classifier, ours (mean ± std), n, published (± std), the
+    difference and that in published stds, the source in short; class orders and caveats go to the note."""
+    from analysis.paper import short_name
+
+    def num(v: Any, fmt: str = "+.2f") -> str:
+        return tables.DASH if _missing(v) else format(float(v), fmt)
+
+    src = {"hou2019": "Hou et al. 2019", "podnet2020_rerun": "PODNet re-run"}
+    entry_src = {e["id"]: src.get(e["source"], e["source_label"]) for e in load_published()}
+    out = pd.DataFrame({
+        "protocol": table["protocol"], "method": table["preset"].map(short_name),
+        "classifier": table["metric"].map(lambda m: "CNN" if m.endswith("cnn") else "NME"),
+        "ours": [tables.fmt_mean_std(m, s) for m, s in zip(table["ours_mean"], table["ours_std"])],
+        "n": table["n"],
+        "published": [tables.fmt_mean_std(v, s) for v, s in zip(table["published"], table["published_std"])],
+        "diff": [num(v) for v in table["diff"]],
+        "diff / std": [num(v) for v in table["diff_in_std"]],
+        "source": table["entry"].map(lambda e: entry_src.get(e, e)),
+    })
+    out, consts = tables.drop_constant(out, ["protocol", "method", "n"])
+    notes = [f"{k}: {v}" if k != "n" else f"n = {v} finished seeds" for k, v in consts.items()]
+    orders = sorted(set(table["class_orders"]))
+    notes.append("ours over class orders " + "; ".join(orders) + ", published over "
+                 + "; ".join(sorted(set(table["published_orders"].astype(str)))))
+    cav = sorted({c for c in table["caveats"] if c})
+    if cav:
+        notes.append("caveats: " + "; ".join(cav))
+    notes.append("diff = ours - published (points), diff / std in units of the published std over class orders; "
+                 "Hou et al. 2019 as copied in PODNet Table 1; PODNet re-run: the official code over 3 class "
+                 "orders (Douillard et al., ECCV 2020, Table 1)")
+    return out, "; ".join(notes)
+
+
 def report_section(df: pd.DataFrame, meta: dict[str, Any] | None, tdir: Path, formats: Iterable[str],
-                   written: list[Path]) -> list[str]:
+                   written: list[Path], label_prefix: str | None = None) -> list[str]:
     """The '## Reproduction scoreboard' lines of index.md; writes ``tables/scoreboard.*`` (appended to
     ``written``) when something is compared, else the section lists the protocol differences."""
     table, notes = scoreboard(df, meta)
     lines = ["## Reproduction scoreboard", ""]
     if len(table):
-        paths = tables.export_table(table, tdir / "scoreboard", tuple(formats), display=display(table),
-                                    caption="Reproduction scoreboard: ours vs published (average incremental "
-                                            "accuracy, %)")
+        shown, note = paper_display(table)
+        paths = tables.export_table(table, tdir / "scoreboard", tuple(formats), display=shown, note=note,
+                                    caption="Reproduction: ours vs the published average incremental "
+                                            "accuracy (%)", label_prefix=label_prefix)
         written += paths
         lines += ["Finished trials of a published protocol (dataset, base classes, phases, exemplars, the full "
                   "schedule and the published method's switches) against the published average incremental "

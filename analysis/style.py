@@ -44,6 +44,10 @@ PRESETS: dict[str, dict[str, str]] = {
     "lucir_cbf": {"color": OKABE_ITO["purple"], "marker": "P"},
     "joint": {"color": OKABE_ITO["black"], "marker": "*"},
 }
+#: line styles: LUCIR+CBF dashed and LUCIR drawn on top, so neither hides the other where they overlap
+LINESTYLES = {"lucir_cbf": "--", "joint": ":", "finetune": "-.", "baseline": "-.", "cn": "-", "cn_lf": "-",
+              "lucir": "-"}
+ZORDER = {"lucir": 5, "lucir_cbf": 4}
 #: for names outside the ladder (Paul Tol's "muted" scheme, also colour-blind safe; none equals a ladder entry)
 FALLBACK_COLORS = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255",
                    "#AA4499", "#777777")
@@ -98,6 +102,12 @@ def preset_style(name: Any) -> dict[str, str]:
     h = _hash(name)
     return {"color": FALLBACK_COLORS[h % len(FALLBACK_COLORS)],
             "marker": FALLBACK_MARKERS[(h // len(FALLBACK_COLORS)) % len(FALLBACK_MARKERS)]}
+
+
+def line_style(name: Any) -> dict[str, Any]:
+    """{"color", "marker", "ls", "zorder"} of a preset's line in a curve figure."""
+    st = preset_style(name)
+    return {**st, "ls": LINESTYLES.get(str(name), "-"), "zorder": ZORDER.get(str(name), 3)}
 
 
 def preset_color(name: Any) -> str:
@@ -155,9 +165,8 @@ def save(fig: Figure, path_without_ext: str | os.PathLike, formats: Iterable[str
     try:
         for fmt in formats:
             buf = io.BytesIO()
-            with context():
-                fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.02,
-                            metadata={"Date": None} if fmt == "svg" else None)
+            with context():  # at the figure's own size (no bbox_inches="tight": the width is the printed one)
+                fig.savefig(buf, format=fmt, dpi=dpi, metadata={"Date": None} if fmt == "svg" else None)
             path = stem.with_name(f"{stem.name}.{fmt}")
             atomic_write_bytes(path, buf.getvalue())
             out.append(path)

@@ -266,6 +266,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     else:
         fin = fin.assign(trial_seconds=pd.Series(dtype=float))
     rows = []
+    pairs: dict[int, dict[str, pd.Series]] = {}
     for key, g in all_trials.groupby(keys, dropna=False, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         row: dict[str, Any] = dict(zip(keys, key))
@@ -276,13 +277,67 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
             row[f"{name}_mean"] = float(vals.mean()) if len(vals) else math.nan
             row[f"{name}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
         row["excluded"] = int(len(g) - len(f))
+        pairs[len(rows)] = {name: pair_values(f, col) for name, col in SUMMARY_METRICS.items()
+                            if name != "trial_seconds"}
         rows.append(row)
     cols = keys + ["seeds"] + [f"{n}_{s}" for n in SUMMARY_METRICS for s in ("mean", "std")] + ["excluded"]
     out = pd.DataFrame(rows, columns=cols)
     if len(out):
         out["_p"] = out["preset"].map(_sort_key_preset)
         out = out.sort_values([c for c in GROUP if c in out] + ["_p"] + vary, kind="stable").drop(columns="_p")
-    return out.reset_index(drop=True)
+    order = list(out.index)
+    out = out.reset_index(drop=True)
+    # per row and metric, the value of every finished (seed, class order): what bold-by-significance pairs on
+    out.attrs["pairs"] = {i: pairs[j] for i, j in enumerate(order)}
+    return out
+
+
+PAIR_KEYS = ("seed", "class_order_seed")
+ALPHA = 0.05
+
+
+def pair_values(last: pd.DataFrame, col: str) -> pd.Series:
+    """One value of ``col`` per (seed, class order) of last-phase rows (repeats averaged)."""
+    if not len(last) or col not in last:
+        return pd.Series(dtype=float)
+    keys = [last[k].map(_hashable) if k in last else pd.Series(0, index=last.index) for k in PAIR_KEYS]
+    return last[col].astype(float).groupby(keys, dropna=False).mean().dropna()
+
+
+def not_below_best(values: list[pd.Series | None], lower: bool = False, alpha: float = ALPHA) -> list[bool]:
+    """Which rows are *not significantly below the best* (the rows to bold): the best is the highest mean
+    (``lower``: the lowest) among the rows with values (None: not eligible, e.g. the upper bound); every
+    other row is compared with it by a two-sided paired t-test (``scipy.stats.ttest_rel``) on the (seed,
+    class order) pairs both have, the p values Holm-corrected over those comparisons; a row is below the best
+    when its corrected p < ``alpha`` and its mean is worse. A row with fewer than 2 pairs cannot be shown
+    worse: it stays bold. Nothing is bold with fewer than 2 eligible rows."""
+    from analysis.paired import holm, t_test_p
+
+    means = [float(v.mean()) if v is not None and len(v) else math.nan for v in values]
+    ok = [i for i, m in enumerate(means) if not math.isnan(m)]
+    out = [False] * len(values)
+    if len(ok) < 2:
+        return out
+    best = (min if lower else max)(ok, key=lambda i: means[i])
+    others, ps = [], []
+    for i in ok:
+        if i == best:
+            continue
+        common = values[i].index.intersection(values[best].index)
+        d = (values[i].loc[common] - values[best].loc[common]).to_numpy(dtype=float)
+        worse = (d.mean() > 0) if lower else (d.mean() < 0) if len(d) else False
+        others.append((i, worse))
+        ps.append(t_test_p(d) if len(d) >= 2 else math.nan)
+    adj = holm(ps)
+    out[best] = True
+    for (i, worse), p in zip(others, adj):
+        out[i] = not (worse and not math.isnan(p) and p < alpha)
+    return out
+
+
+def bold_note(alpha: float = ALPHA) -> str:
+    return (f"bold: not significantly below the best of its column (two-sided paired t-test on (seed, class "
+            f"order), Holm-corrected, alpha = {alpha:g}); the upper bound is never bold")
 
 
 def _isnan(v: Any) -> bool:
@@ -311,16 +366,27 @@ def summary_display(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     lead = [c for c in summary.columns if not (c.endswith("_mean") or c.endswith("_std"))
             and c not in ("seeds", "excluded")]
     out = summary[lead].copy()
-    proto = [summary[c] for c in GROUP if c in summary]
+    proto = [summary[c].map(_hashable) for c in GROUP if c in summary]
     eligible = summary["preset"] != UPPER_BOUND
+    pairs = summary.attrs.get("pairs") or {}
+    groups = (summary.groupby(proto, dropna=False, sort=False).groups.values() if proto and len(summary)
+              else [summary.index])
     for name in ACC_METRICS:
         cells = [fmt_mean_std(m, s) for m, s in zip(summary[f"{name}_mean"], summary[f"{name}_std"])]
-        best = _best_mask(summary[f"{name}_mean"], eligible, proto, lower=name in LOWER_IS_BETTER)
+        if pairs:
+            best = pd.Series(False, index=summary.index)
+            for idx in groups:
+                idx = list(idx)
+                vals = [pairs.get(i, {}).get(name) if eligible.loc[i] else None for i in idx]
+                best.loc[idx] = not_below_best(vals, lower=name in LOWER_IS_BETTER)
+        else:  # a summary without its per-seed values (built by hand): the best mean
+            best = _best_mask(summary[f"{name}_mean"], eligible, proto, lower=name in LOWER_IS_BETTER)
         out[name] = [bold(c) if b else c for c, b in zip(cells, best)]
     out["seeds"] = summary["seeds"]
     out["excluded"] = summary["excluded"]
     vary = [c for c in lead if c not in GROUP and c != "preset"]
-    return compact(out, candidates=[c for c in GROUP if c in out] + vary + ["seeds", "excluded"])
+    disp, note = compact(out, candidates=[c for c in GROUP if c in out] + vary + ["seeds", "excluded"])
+    return disp, "; ".join(x for x in (note, bold_note() if pairs else "") if x)
 
 
 # --------------------------------------------------------------------------- ablation
@@ -339,7 +405,9 @@ def ablation_tables(df: pd.DataFrame) -> dict[str, PaperTable]:
         return {}
     vary = [c for c in s.columns if c not in GROUP and c not in ("preset", "seeds", "excluded")
             and not c.endswith("_mean") and not c.endswith("_std")]
+    pairs = s.attrs.get("pairs") or {}
     s = s.copy()
+    s["_row"] = list(s.index)
     s["rung"] = [paper_name(p) if not vary else f"{paper_name(p)} ({', '.join(f'{k}={r[k]}' for k in vary)})"
                  for p, (_, r) in zip(s["preset"], s.iterrows())]
     metrics = {"avg_inc_acc_cnn": "CNN", "avg_inc_acc_nme": "NME"}
@@ -369,7 +437,11 @@ def ablation_tables(df: pd.DataFrame) -> dict[str, PaperTable]:
                 mean = pd.Series([rows.at[r, f"{m}_mean"] if r in rows.index else math.nan for r in rungs])
                 std = [rows.at[r, f"{m}_std"] if r in rows.index else math.nan for r in rungs]
                 cells = [fmt_mean_std(a, b_) for a, b_ in zip(mean, std)]
-                best = _best_mask(mean, eligible)
+                if pairs:
+                    best = not_below_best([pairs[rows.at[r, "_row"]][m] if ok else None
+                                           for r, ok in zip(rungs, eligible)])
+                else:
+                    best = _best_mask(mean, eligible)
                 data[head(short, p)] = cells
                 disp[head(short, p)] = [bold(c) if x else c for c, x in zip(cells, best)]
             n = [int(rows.at[r, "seeds"]) if r in rows.index else 0 for r in rungs]
@@ -379,6 +451,8 @@ def ablation_tables(df: pd.DataFrame) -> dict[str, PaperTable]:
         consts = {("seeds" if k.startswith("n") else k): v for k, v in consts.items()}
         note = constant_note({"dataset": ds, "base_classes": b, **({"phases": phases[0]} if one else {}),
                               "memory": mem, **consts})
+        if pairs:
+            note = f"{note}; {bold_note()}"
         out[protocol_label(ds, b, None, mem)] = PaperTable(data=data, display=disp, note=note)
     return out
 
@@ -405,6 +479,9 @@ def curve_tables(df: pd.DataFrame, metric: str = "acc_cnn") -> dict[str, pd.Data
         tab = pd.DataFrame.from_dict(rows, orient="index").fillna(DASH)
         tab.index = [paper_name(r) if r in PAPER_NAMES else r for r in tab.index]
         tab.index.name = "method"
+        if tab.shape[1] > 6:  # many phases: one row per phase (a table grows down a page, not across it)
+            tab = tab.T
+            tab.index.name = "classes seen"
         out[protocol_label(*key)] = tab
     return out
 
@@ -480,12 +557,12 @@ def cost_table(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> PaperTab
         disp = disp.drop(columns="GPU-hours")
     disp, note = compact(disp, candidates=[c for c in GROUP if c in disp])
     hits = int(trials["_hit"].sum())
-    res = (f"{cpus:g} CPU(s) and {gpus:g} GPU(s) per trial (lucir_experiment.json runner)" if recorded
-           else "runner resources not recorded in lucir_experiment.json: 1 CPU and no GPU per trial assumed")
+    res = (f"{cpus:g} CPU(s) and {gpus:g} GPU(s) per trial" if recorded
+           else "resources per trial not recorded: 1 CPU and no GPU per trial assumed")
     total = (f"total {float(data['CPU-hours'].sum()):.2f} CPU-hours"
              + (f", {float(data['GPU-hours'].sum()):.2f} GPU-hours" if gpus else ""))
-    parts = [note, res, f"time = phases' phase_seconds x resources; {hits} trial(s) loaded a shared base phase "
-             "from the base cache (hit): each base phase is counted once, on the trial that trained it", total]
+    parts = [note, res, f"hours: wall-clock time of the trials' phases times the resources per trial; a base phase "
+             f"shared by several trials ({hits} loaded it from the cache) is counted once", total]
     return PaperTable(data=data, display=disp, note="; ".join(p for p in parts if p))
 
 
@@ -543,8 +620,9 @@ def search_summary(df: pd.DataFrame, meta: dict[str, Any] | None = None, k: int 
                    metric: str = OBJECTIVE, mode: str = "max") -> pd.DataFrame:
     """Top-k finished trials by ``metric`` at the last phase (the search objective, DESIGN §4).
 
-    Columns: rank, trial_id, preset, seed, the searched parameters, the objective, last-phase CNN and NME
-    accuracy, avg_inc_acc_nme.
+    Columns: rank, trial_id, preset, seed, the searched parameters, the objective, and beside it the
+    validation NME and last-phase numbers for a validation objective (never test numbers: those are the
+    confirm stage's), else the last-phase CNN accuracy, avg_inc_acc_nme and forgetting.
     """
     last = last_phase(df)
     if not len(last):
@@ -553,7 +631,10 @@ def search_summary(df: pd.DataFrame, meta: dict[str, Any] | None = None, k: int 
     last = last.sort_values([metric, "trial_id"], ascending=[mode == "min", True], kind="stable").head(k)
     proto = [c for c in PROTOCOL if c in last and last[c].map(_hashable).nunique() > 1]
     cols = ["trial_id", "preset", *proto, "seed", *params, metric]
-    cols += [c for c in ("acc_cnn", "avg_inc_acc_nme", "forgetting_cnn") if c != metric]
+    if metric.startswith("val_"):  # selected on the validation split: no test number beside it (DESIGN §6)
+        cols += [c for c in ("val_avg_inc_acc_nme", "val_acc_cnn") if c != metric]
+    else:
+        cols += [c for c in ("acc_cnn", "avg_inc_acc_nme", "forgetting_cnn") if c != metric]
     out = last[[c for c in dict.fromkeys(cols) if c in last]].reset_index(drop=True)
     out.insert(0, "rank", range(1, len(out) + 1))
     return out
@@ -670,52 +751,199 @@ def _is_number_text(v: Any) -> bool:
         return False
 
 
+#: what a column of a two-column paper holds (CVPR: 3.25 in + 0.3125 in gap + 3.25 in) and the text width
+COLUMN_PT = 237.0
+TEXT_PT = 496.0
+_TEX_CHARS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+              "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+              "±": r"$\pm$", DASH: "--", "—": "---", "−": "$-$", "×": r"$\times$", "≤": r"$\leq$",
+              "≥": r"$\geq$", "<": "$<$", ">": "$>$", "→": r"$\rightarrow$", "·": r"$\cdot$", "≈": r"$\approx$",
+              "α": r"$\alpha$", "η": r"$\eta$", "λ": r"$\lambda$", "…": r"\dots{}", "’": "'", "‘": "`",
+              "“": "``", "”": "''", CHECK: r"\checkmark", "↑": r"$\uparrow$", "↓": r"$\downarrow$"}
+#: symbols of the hyperparameters in LaTeX headers (the paper's notation)
+TEX_HEADERS = {"eta init": r"$\eta_{\mathrm{init}}$", "lambda base": r"$\lambda_{\mathrm{base}}$",
+               "margin": "$m$", "K": "$K$"}
+_PM = re.compile(r"^(\*\*)?([+\-−]?\d+(?:\.\d+)?)(?: ± (\d+(?:\.\d+)?))?(\*\*)?$")
+_CI = re.compile(r"^\[[+\-−]?[\d.]+, [+\-−]?[\d.]+\]$")
+
+
 def _tex_escape(s: str) -> str:
-    rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-    s = "".join(rep.get(c, c) for c in s)
-    return s.replace("±", r"$\pm$").replace(DASH, "--")
+    """Text for LaTeX under any font encoding: specials escaped, unicode as commands (± $\\pm$, < $<$,
+    − $-$, ...), a hyphen before a digit as a math minus; anything else outside ASCII becomes '?'."""
+    s = re.sub(r"(?<![\w.)\]])-(?=\d)", "−", str(s))  # a sign, not a hyphen: math minus
+    out = "".join(_TEX_CHARS.get(c, c) for c in s)
+    return "".join(c if ord(c) < 128 else "?" for c in out)
 
 
-def _tex_cell(v: Any, floatfmt: str) -> str:
-    if _isnan(v):
-        return "--"
+def _tex_num(text: str) -> str:
+    """A number cell in math mode (a real minus sign): '-1.23' -> '$-1.23$'."""
+    return "$" + text.replace("−", "-") + "$"
+
+
+def _col_kind(col: pd.Series) -> str:
+    vals = [v for v in col.astype(object) if not _isnan(v) and v != DASH]
+    if _is_check_column(col):
+        return "check"
+    if vals and all(isinstance(v, str) and _PM.match(v) for v in vals) and any(" ± " in v for v in vals):
+        return "pm"
+    if (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)) or \
+            (len(col) > 0 and all(_is_number_text(v) for v in col)):
+        return "num"
+    if vals and all(isinstance(v, str) and _CI.match(v) for v in vals):
+        return "ci"
+    return "text"
+
+
+def _tex_cell(v: Any, floatfmt: str, kind: str = "text") -> str:
+    if _isnan(v) or v == DASH:
+        return "--" if kind != "pm" else "-- &"
     if isinstance(v, float):
-        return format(v, floatfmt)
-    text = str(v)
+        text = format(v, floatfmt)
+    else:
+        text = str(v)
+    strong = len(text) > 4 and text.startswith("**") and text.endswith("**")
+    if strong:
+        text = text[2:-2]
+    if kind == "pm":
+        m = _PM.match(text)
+        mean, std = m.group(2), m.group(3)
+        a = _tex_num(mean)
+        b = (r"${}\pm " + std + "$") if std else ""
+        if strong:
+            a, b = rf"$\mathbf{{{a[1:-1]}}}$", (r"${}\pm\mathbf{" + std + "}$") if std else ""
+        return f"{a} & {b}"
+    if kind in ("num", "ci") and (_is_number_text(text) or _CI.match(text)):
+        cell = _tex_num(text)
+        return rf"$\mathbf{{{cell[1:-1]}}}$" if strong else cell
     if text == CHECK:
         return r"\checkmark"
-    if len(text) > 4 and text.startswith("**") and text.endswith("**"):
-        return rf"\textbf{{{_tex_escape(text[2:-2])}}}"
-    return _tex_escape(text)
+    cell = _tex_escape(text)
+    return rf"\textbf{{{cell}}}" if strong else cell
+
+
+def _header_lines(h: str, width: int) -> list[str]:
+    """A header broken at spaces into lines no longer than ``width`` characters (at least one word a line)."""
+    words, lines = h.split(" "), [""]
+    for w in words:
+        if lines[-1] and len(lines[-1]) + 1 + len(w) > width:
+            lines.append(w)
+        else:
+            lines[-1] = f"{lines[-1]} {w}".strip()
+    return lines
+
+
+def _tex_header(h: str, width: int) -> str:
+    word = TEX_HEADERS.get(h)
+    if word:
+        return word
+    lines = _header_lines(h, max(width, 6))
+    if len(lines) == 1:
+        return _tex_escape(h)
+    return r"\begin{tabular}[b]{@{}c@{}}" + r" \\ ".join(_tex_escape(x) for x in lines) + r"\end{tabular}"
+
+
+def _cell_len(v: Any, floatfmt: str) -> int:
+    if _isnan(v):
+        return 2
+    text = format(v, floatfmt) if isinstance(v, float) else str(v)
+    return len(text.strip("*"))
 
 
 def to_latex(table: pd.DataFrame, index: bool = False, floatfmt: str = ".2f", caption: str | None = None,
-             label: str | None = None, note: str | None = None) -> str:
-    """A booktabs tabular (``\\toprule``/``\\midrule``/``\\bottomrule``): text columns left, numbers right,
-    check marks centred, headers as words (``header_words``, escaped). With a caption or a label: inside a
-    ``table`` environment, ``\\centering``, the caption (and ``note``) ABOVE the tabular, then the label."""
+             label: str | None = None, note: str | None = None, wide: bool | None = None) -> str:
+    """A booktabs tabular that pastes into a two-column paper: text columns left, numbers right in math mode
+    (a real minus), "mean ± std" cells split into two aligned columns (``r@{}l``: the ± signs line up), check
+    marks centred, headers as words broken over lines (hyperparameters as the paper's symbols). The font size
+    and the environment follow the estimated width: ``table`` when it fits ``\\columnwidth`` (237 pt) at
+    ``\\small`` or ``\\footnotesize``, else ``table*`` (page width); ``wide`` forces one. With a caption or a
+    label: the caption (and ``note``) above the tabular, then the label."""
     t = table.reset_index() if index else table
-    align = "".join("c" if _is_check_column(t[c]) else
-                    ("r" if (pd.api.types.is_numeric_dtype(t[c]) and not pd.api.types.is_bool_dtype(t[c]))
-                     or (len(t) > 0 and all(_is_number_text(v) for v in t[c])) else "l") for c in t.columns)
+    kinds = [_col_kind(t[c]) for c in t.columns]
+    widths = []
+    for c, k in zip(t.columns, kinds):
+        cells = max((_cell_len(v, floatfmt) for v in t[c]), default=1)
+        widths.append(cells)
+    words = [header_words(c) for c in t.columns]
+    # "group: sub" headers (e.g. "10 phases: CNN") get a spanning group row with \cmidrule under it
+    grouped = sum(": " in w for w in words) >= 2
+    group = [w.split(": ", 1)[0] if grouped and ": " in w else None for w in words]
+    subs = [w.split(": ", 1)[1] if grouped and ": " in w else w for w in words]
+    heads = [_tex_header(h, max(w, 12)) for h, w in zip(subs, widths)]
+    head_len = [max(len(x) for x in _header_lines(h, max(w, 12))) for h, w in zip(subs, widths)]
+    text_cols = [i for i, k in enumerate(kinds) if k == "text" and widths[i] > 28]
+
+    def estimate(pt_per_char: float, para: float) -> float:
+        total = 0.0
+        for i, (k, w, hl) in enumerate(zip(kinds, widths, head_len)):
+            chars = max(w, hl) if i not in text_cols else min(max(w, hl), para)
+            total += chars * pt_per_char + 2 * 4.0 + (2.0 if k == "pm" else 0.0)
+        return total
+
+    sizes = ((r"\small", 5.2), (r"\footnotesize", 4.7), (r"\scriptsize", 4.0))  # pt per character
+    choice = None
+    for env, limit in (("table", COLUMN_PT), ("table*", TEXT_PT)):
+        if (wide is True and env == "table") or (wide is False and env == "table*"):
+            continue
+        for size, w in sizes[:2] if env == "table" else sizes:
+            para = 22 if env == "table" else 34
+            if estimate(w, para) <= limit:
+                choice = (env, size, w, para, limit)
+                break
+        if choice:
+            break
+    if choice is None:
+        choice = ("table*", r"\scriptsize", 4.0, 34, TEXT_PT)
+    env, size, ptc, para, limit = choice
+    spec = []
+    for i, k in enumerate(kinds):
+        if k == "check":
+            spec.append("c")
+        elif k == "pm":
+            spec.append("r@{}l")
+        elif k in ("num", "ci"):
+            spec.append("r")
+        elif i in text_cols:
+            spec.append(rf">{{\raggedright\arraybackslash}}p{{{para * ptc:.0f}pt}}")
+        else:
+            spec.append("l")
     lines = []
-    wrap = bool(caption or label)
+    wrap = bool(caption or label) or env == "table*"
     if wrap:
-        lines += [r"% needs \usepackage{booktabs} (rules) and \usepackage{amssymb} (\checkmark)",
-                  r"\begin{table}[t]", r"\centering"]
+        lines += [r"% needs \usepackage{booktabs} (rules), \usepackage{array} (column types), "
+                  r"\usepackage{amssymb} (\checkmark) and \usepackage{graphicx}",
+                  rf"\begin{{{env}}}[t]", r"\centering", size]
         text = caption_text(caption, note)
         if text:
             lines.append(rf"\caption{{{_tex_escape(text)}}}")
         if label:
             lines.append(rf"\label{{{label}}}")
-    lines += [rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-              " & ".join(_tex_escape(header_words(c)) for c in t.columns) + r" \\", r"\midrule"]
+    else:
+        lines.append("{" + size)
+    lines.append(r"\setlength{\tabcolsep}{4pt}")
+    # a safety net for an estimate that fell short: shrink to the line width, never enlarge
+    lines.append(r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%")
+    lines += [rf"\begin{{tabular}}{{{''.join(spec)}}}", r"\toprule"]
+    if grouped:
+        cells, rules, pos, i = [], [], 1, 0
+        while i < len(group):
+            j = i
+            while j + 1 < len(group) and group[j + 1] == group[i] and group[i] is not None:
+                j += 1
+            span = sum(2 if kinds[x] == "pm" else 1 for x in range(i, j + 1))
+            if group[i] is None:
+                cells += [""] * span
+            else:
+                cells.append(rf"\multicolumn{{{span}}}{{c}}{{{_tex_escape(group[i])}}}")
+                rules.append(rf"\cmidrule(lr){{{pos}-{pos + span - 1}}}")
+            pos += span
+            i = j + 1
+        lines += [" & ".join(cells) + r" \\", " ".join(rules)]
+    lines += [" & ".join((rf"\multicolumn{{2}}{{c}}{{{h}}}" if k == "pm" else h) for h, k in zip(heads, kinds))
+              + r" \\", r"\midrule"]
     for row in t.itertuples(index=False):
-        lines.append(" & ".join(_tex_cell(v, floatfmt) for v in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if wrap:
-        lines.append(r"\end{table}")
+        lines.append(" & ".join(_tex_cell(v, floatfmt, k) for v, k in zip(row, kinds)) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}}"]
+    lines.append(rf"\end{{{env}}}" if wrap else "}")
     return "\n".join(lines) + "\n"
 
 
@@ -741,7 +969,8 @@ def tex_label(name: str) -> str:
 
 def export_table(table: pd.DataFrame, out_stem: str | os.PathLike, formats: Iterable[str] = ("csv", "md", "tex"),
                  index: bool = False, caption: str | None = None, display: pd.DataFrame | None = None,
-                 note: str | None = None, label: str | None = None) -> list[Path]:
+                 note: str | None = None, label: str | None = None, label_prefix: str | None = None,
+                 wide: bool | None = None) -> list[Path]:
     """Write ``<stem>.csv``, ``<stem>.md`` and/or ``<stem>.tex`` (each atomically); return the paths written.
 
     ``display``: a formatted version of ``table`` for Markdown and LaTeX (the CSV keeps the numbers).
@@ -751,7 +980,7 @@ def export_table(table: pd.DataFrame, out_stem: str | os.PathLike, formats: Iter
     stem = Path(out_stem)
     written = []
     caption = caption or header_words(stem.name)
-    label = label or tex_label(stem.name)
+    label = label or tex_label(f"{label_prefix}_{stem.name}" if label_prefix else stem.name)
     shown = table if display is None else display
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
@@ -761,7 +990,7 @@ def export_table(table: pd.DataFrame, out_stem: str | os.PathLike, formats: Iter
         elif fmt == "md":
             text = f"{caption_text(caption, note)}\n\n" + to_markdown(shown, index=index)
         elif fmt == "tex":
-            text = to_latex(shown, index=index, caption=caption, label=label, note=note)
+            text = to_latex(shown, index=index, caption=caption, label=label, note=note, wide=wide)
         else:
             raise ValueError(f"format {fmt!r} is invalid: allowed csv, md, tex")
         _atomic_write(path, text)

@@ -121,7 +121,8 @@ def test_forest_plot_draws_one_row_per_preset(tmp_path):
     tab = paired.paired_table(df, metric="avg_inc_acc_cnn")
     fig = paired.forest_figure(tab)
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["baseline", "cn"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Baseline", "CN"]      # paper names
+    assert not fig.get_suptitle() and not any(a.get_title() for a in fig.axes)  # no titles: the caption's job
     assert any(abs(line.get_xdata()[0]) < 1e-12 for line in ax.get_lines() if len(line.get_xdata()) == 2)
     import matplotlib.pyplot as plt
 
@@ -194,11 +195,14 @@ def test_report_has_the_paired_section_for_an_ablation(tmp_path, capsys):
     text = (rep / "index.md").read_text()
     assert "## Paired comparison with lucir" in text
     sec = text.split("## Paired comparison with lucir")[1]
-    assert "| baseline" in sec and "| cn" in sec and "[+" not in sec.split("| baseline")[0]
+    assert "| Baseline" in sec and "| CN" in sec and "[+" not in sec.split("| Baseline")[0]
     tab = pd.read_csv(rep / "tables" / "paired_lucir.csv")
     r = tab[(tab["preset"] == "baseline") & (tab["metric"] == "avg_inc_acc_cnn")].iloc[0]
     assert r["n"] == 3 and r["mean_diff"] == pytest.approx(-10.0) and r["ci_low"] == pytest.approx(-10.0)
     assert r["p_value"] == pytest.approx(0.25)                # all three differences -10: 2 of 8 flips
+    assert r["p_min"] == pytest.approx(0.25) and r["p_t"] == 0.0    # no spread: the t-test excludes 0 ...
+    assert r["m"] == 2 and r["seeds_sign_flip"] == 7                # ... the sign-flip test needs 7 seeds (Holm, m=2)
+    assert "smallest sign-flip p at n = 3: 0.2500" in sec and "Holm" in sec
     assert (rep / "figures" / "forest_lucir.png").is_file()
     assert "figures/forest_lucir.png" in text
     assert text.count("![forest_lucir](figures/forest_lucir.png)") == 1      # embedded once, in its section
@@ -212,3 +216,24 @@ def test_report_has_the_paired_section_for_an_ablation(tmp_path, capsys):
     one = _exp(tmp_path, "one", [make_trial(f"l{s}", seed=s) for s in (0, 1, 2)])
     assert main(["report", str(one), "--no-mlflow", "--formats", "md"]) == 0
     assert "it needs at least 2 presets" in (one / "report" / "index.md").read_text()
+
+
+def test_scipy_statistics_match_the_hand_formulas_and_the_t_p_and_holm_columns(tmp_path):
+    d = [1.0, 3.0, 0.5, 4.0]
+    mean, sd, lo, hi = paired.t_interval(d)
+    half = stats.t.ppf(0.975, 3) * np.std(d, ddof=1) / math.sqrt(4)
+    assert (lo, hi) == pytest.approx((mean - half, mean + half))
+    assert paired.t_test_p(d) == pytest.approx(stats.ttest_rel(np.array(d) + 5, np.full(4, 5.0)).pvalue)
+    st = paired.paired_stats(d)
+    assert st["p_min"] == pytest.approx(2 / 16) and st["p_t"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    # two comparisons in one protocol and metric: Holm over 2
+    ref = {0: 60.0, 1: 62.0, 2: 61.0}
+    trials = [make_trial(f"l{s}", preset="lucir", seed=s, acc=a) for s, a in ref.items()]
+    trials += [make_trial(f"c{s}", preset="cn", seed=s, acc=a + 1.0 + 0.1 * s) for s, a in ref.items()]
+    trials += [make_trial(f"b{s}", preset="baseline", seed=s, acc=a - 0.5 + s) for s, a in ref.items()]
+    tab = paired.paired_table(_frame(trials, tmp_path), metric="avg_inc_acc_cnn").set_index("preset")
+    p = tab["p_t"].to_dict()
+    assert tab.loc["cn", "p_t_holm"] == pytest.approx(min(1, 2 * min(p.values())) if p["cn"] < p["baseline"]
+                                                     else max(min(1, 2 * min(p.values())), p["cn"]))
+    assert set(tab["m"]) == {2} and set(tab["seeds_sign_flip"]) == {7}
+    assert tab.loc["cn", "seeds_t"] >= 2

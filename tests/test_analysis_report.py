@@ -49,13 +49,14 @@ def test_report_end_to_end_logged_to_the_mlflow_parent_run(tmp_path, mlflow_temp
         assert name in links, name
     tex = (report / "tables" / "summary.tex").read_text()
     assert all(tex.count(r) == 1 for r in (r"\toprule", r"\midrule", r"\bottomrule"))
-    assert tex.index(r"\caption{") < tex.index(r"\begin{tabular}") and r"\label{tab:summary}" in tex
+    assert tex.index(r"\caption{") < tex.index(r"\begin{tabular}") and r"\label{tab:exp-summary}" in tex
     abl = (report / "tables" / "ablation_digits_b4_5_class.tex").read_text()
-    assert r"\begin{table}" in abl and abl.index(r"\caption{") < abl.index(r"\begin{tabular}")
+    assert r"\begin{table" in abl and abl.index(r"\caption{") < abl.index(r"\begin{tabular}")
     rows = {line.split(" & ")[0]: line.split(" & ") for line in abl.splitlines() if " & " in line}
     lucir = rows["LUCIR (CN + LF + MR)"]                                    # paper name, CN LF MR checked
     assert lucir[1:5] == [r"\checkmark", r"\checkmark", r"\checkmark", ""]
-    assert r"\textbf{60.00 $\pm$ 2.00}" in lucir and r"\textbf{59.00 $\pm$ 2.00}" in lucir  # best rung (2 phases)
+    assert lucir[5:7] == [r"$\mathbf{60.00}$", r"${}\pm\mathbf{2.00}$"]     # best rung (2 phases), bold
+    assert r"$\mathbf{59.00}$" in lucir
     assert "_" not in abl.split(r"\toprule")[1].split(r"\midrule")[0]      # word headers
     import pandas as pd
 
@@ -155,3 +156,80 @@ def test_report_is_replaced_atomically(tmp_path, capsys):
     assert not (out / "stale.txt").exists() and (out / "index.md").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp", "rep"]      # no temporary folders left
     assert "MLflow: not logged (--no-mlflow)" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- issue 18
+def test_search_report_ranks_by_validation_and_reports_the_confirm_stage_as_a_paired_test(tmp_path, capsys):
+    import pandas as pd
+    from analysis_fixtures import search_with_confirm
+
+    exp = search_with_confirm(tmp_path / "search")
+    assert main(["report", str(exp), "--no-mlflow"]) == 0
+    capsys.readouterr()
+    rep = exp / "report"
+    top = pd.read_csv(rep / "tables" / "search_top.csv")
+    assert list(top["trial_id"])[:3] == ["s0002", "s0005", "s0003"]        # by validation: 63, 62, 61
+    assert "s0007" != top["trial_id"].iloc[0]                                # the test-best trial (70) is not first
+    assert "acc_cnn" not in top.columns and "avg_inc_acc_nme" not in top.columns  # no test numbers in the search
+    assert "s0008" not in set(top["trial_id"])                               # pruned: never a winner
+    names = {p.relative_to(rep).as_posix() for p in rep.rglob("*") if p.is_file()}
+    for f in ("tables/confirm_trials.csv", "tables/confirm_trials.md", "tables/confirm_trials.tex",
+              "tables/confirm_cost.csv", "tables/confirm_long.csv", "tables/confirm_candidates.tex",
+              "figures/parallel.png", "figures/val_vs_test.png", "index.html"):
+        assert f in names, f
+    assert not any("optuna_timeline" in n or "optuna_intermediate" in n for n in names)
+    assert any(n.startswith("figures/val_acc_") for n in names)              # a search draws validation curves
+    assert not any(n.startswith("figures/acc_") for n in names)
+    text = (rep / "index.md").read_text()
+    assert "Confirm stage: 9 trials" in text
+    assert "top-1 is not distinguishable from the paper defaults at n = 3 seeds" in text
+    assert "the smallest attainable at n = 3 is 0.25" in text and "Holm-corrected over 2 comparisons" in text
+    assert "needs 7 seeds to reach p < 0.05" in text                         # 2/2^7 < 0.05/2
+    long = pd.read_csv(rep / "tables" / "confirm_long.csv")
+    assert len(long) == 9 * 4                                                # 9 trials x 4 phases
+
+
+def test_confirm_verdict_is_significant_with_enough_seeds(tmp_path):
+    from analysis_fixtures import search_with_confirm
+
+    from analysis.confirm import confirm_summary
+
+    exp = search_with_confirm(tmp_path / "s", seeds=3)
+    v = confirm_summary(exp)["verdict"]
+    assert v["significant"] is False and "not distinguishable" in v["text"] and v["test"]["n"] == 3
+    assert v["test"]["p_min"] == 0.25
+    from scipy import stats
+
+    d = [1.5, -0.4, 0.8]
+    assert v["test"]["p_t"] == pytest.approx(stats.ttest_rel([57.5, 56.6, 57.2], [56.0, 57.0, 56.4]).pvalue)
+    assert v["test"]["mean_diff"] == pytest.approx(sum(d) / 3)
+
+
+def test_main_table_has_the_published_rows_and_a_column_group_per_phase_count(tmp_path):
+    from analysis import paper
+    from analysis.results import load_experiment
+
+    trials = [make_trial(f"{p}{s}", preset=p, seed=s, dataset="cifar100", base=50, phases=5, epochs=1,
+                         acc=10.0 + i + s) for i, p in enumerate(("cn", "lucir")) for s in range(3)]
+    df = load_experiment(write_experiment(tmp_path / "c", trials))
+    (label, t), = paper.main_table(df).items()
+    d = t.display.set_index("method")
+    assert list(d.index[:2]) == ["CN", "LUCIR"]
+    assert d.loc["LUCIR", "5 phases: CNN"] == "12.00 ± 1.00"
+    pub, pod = "LUCIR [Hou 2019]", "LUCIR [PODNet re-run]"
+    assert d.loc[pub, "5 phases: CNN"] == "63.42" and d.loc[pub, "10 phases: NME"] == "60.12"
+    assert d.loc[pod, "25 phases: CNN"] == "57.57 ± 0.23" and d.loc[pod, "25 phases: NME"] == "56.82 ± 0.19"
+    assert d.loc["LUCIR", "25 phases: CNN"] == "–"                           # not run
+    assert "reduced schedule: 1 epoch per phase (published: 160)" in t.note
+    (_, last), = paper.main_table(df, kind="last").items()
+    assert last.display.set_index("method").loc["LUCIR", "5 phases: CNN"] == "12.00 ± 1.00"
+
+
+def test_main_table_names_the_50_phase_rerun_in_its_note(tmp_path):
+    from analysis import paper
+    from analysis.results import load_experiment
+
+    df = load_experiment(write_experiment(tmp_path / "c", [make_trial("a", dataset="cifar100", base=50, phases=5)]))
+    (_, t), = paper.main_table(df).items()
+    assert "50 phases" not in " ".join(t.display.columns)
+    assert "also published for 50 phases" in t.note and "CNN 49.30 ± 0.32" in t.note and "NME 48.57 ± 0.37" in t.note

@@ -171,7 +171,8 @@ def test_export_csv_markdown_latex(tmp_path, known):
     tex = paths[2].read_text()
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert tex.count(rule) == 1
-    assert r"62.00 $\pm$ 2.00" in tex and r"\caption{A caption.}" in tex and r"\label{tab:summary}" in tex
+    assert r"$62.00$ & ${}\pm 2.00$" in tex                          # mean and std in two aligned columns
+    assert r"\caption{A caption.}" in tex and r"\label{tab:summary}" in tex
     abl = tables.ablation_tables(frame_from_records([]))
     assert abl == {}
     tex2 = tables.to_latex(pd.DataFrame({"preset": ["cn_lf"], "v": [float("nan")]}))
@@ -280,7 +281,7 @@ def test_bold_marks_the_best_value_of_each_column_but_the_upper_bound(tmp_path):
         assert not str(d.loc[joint, c]).startswith("**")
     assert not any("**" in str(v) for v in t.data.to_numpy().ravel())   # the CSV holds plain values
     tex = tables.to_latex(t.display, caption="c")
-    assert tex.count(r"\textbf{") == 4 and "**" not in tex
+    assert tex.count(r"\mathbf{") == 2 * 4 and "**" not in tex                # mean and std of 4 cells in bold
     s = tables.summary_table(_ladder_frame(tmp_path / "b"))
     disp, _ = tables.summary_display(s)
     disp = disp.set_index("method")
@@ -311,10 +312,12 @@ def test_latex_has_a_table_environment_caption_above_label_and_word_headers(tmp_
                                 caption="Ablation: avg. inc. acc. (%)", note=t.note)
     tex = paths[0].read_text()
     lines = tex.splitlines()
+    env = "table*" if r"\begin{table*}" in tex else "table"                # as wide as its columns need
     pos = {k: next(i for i, x in enumerate(lines) if x.startswith(k)) for k in
-           (r"\begin{table}", r"\centering", r"\caption{", r"\label{", r"\begin{tabular}", r"\toprule", r"\end{table}")}
-    assert (pos[r"\begin{table}"] < pos[r"\centering"] < pos[r"\caption{"] < pos[r"\begin{tabular}"]
-            < pos[r"\end{table}"])
+           (rf"\begin{{{env}}}", r"\centering", r"\caption{", r"\label{", r"\begin{tabular}", r"\toprule",
+            rf"\end{{{env}}}")}
+    assert (pos[rf"\begin{{{env}}}"] < pos[r"\centering"] < pos[r"\caption{"] < pos[r"\begin{tabular}"]
+            < pos[rf"\end{{{env}}}"])
     assert pos[r"\caption{"] < pos[r"\label{"] < pos[r"\begin{tabular}"]
     assert r"\label{tab:ablation-digits-b4}" in tex
     assert t.note.split(";")[0] in lines[pos[r"\caption{"]]              # the note goes with the caption
@@ -325,7 +328,9 @@ def test_latex_has_a_table_environment_caption_above_label_and_word_headers(tmp_
     assert md.splitlines()[0].startswith("Ablation") and t.note in md
     # generic frames get word headers in LaTeX too
     tex2 = tables.to_latex(pd.DataFrame({"avg_inc_acc_cnn": [1.0], "phases_done": [2]}))
-    assert "avg. inc. acc. CNN (\\%) & phases done" in tex2
+    head2 = tex2.split(r"\toprule")[1].split(r"\midrule")[0]             # words, broken over lines to fit
+    assert "avg. inc." in head2 and "CNN (\\%)" in head2 and "phases" in head2 and "done" in head2
+    assert "_" not in head2
 
 
 def test_cost_table_counts_a_shared_base_phase_once(tmp_path):
@@ -368,3 +373,39 @@ def test_long_table_holds_every_metric_and_config_column(tmp_path, known):
     for c in (*METRICS, *EXTRA_METRICS, *VAL_METRICS, "trial_id", "phase", "classes_seen", "base_cache"):
         assert c in long.columns, c
     assert all(c in long.columns for c in CONFIG_FIELDS if c in known.columns)
+
+
+# --------------------------------------------------------------------------- issue 18: bold by significance
+def test_bold_marks_every_entry_not_significantly_below_the_best(tmp_path):
+    from scipy import stats
+
+    vals = {"lucir": [60.0, 62.0, 64.0], "cn": [59.5, 62.5, 63.0], "baseline": [50.0, 52.5, 53.0]}
+    trials = [make_trial(f"{p}{s}", preset=p, seed=s, acc=v) for p, vs in vals.items() for s, v in enumerate(vs)]
+    df = _frame(tmp_path, trials)
+    disp, note = tables.summary_display(tables.summary_table(df))
+    col = disp.set_index("method")["avg. inc. acc. CNN (%)"]
+    lucir, cn, base = (tables.paper_name(p) for p in ("lucir", "cn", "baseline"))
+    # cn - lucir = (-0.5, +0.5, -1): p far above 0.05 -> bold too; baseline is below in every seed -> not bold
+    p_cn = stats.ttest_rel(vals["cn"], vals["lucir"]).pvalue
+    p_base = stats.ttest_rel(vals["baseline"], vals["lucir"]).pvalue
+    holm = sorted([p_cn, p_base])
+    assert min(1, 2 * holm[0]) < 0.05 < max(min(1, 2 * holm[0]), min(1, holm[1]))
+    assert col[lucir].startswith("**") and col[cn].startswith("**") and not col[base].startswith("**")
+    assert "not significantly below the best" in note and "Holm" in note
+    (_, abl), = tables.ablation_tables(df).items()
+    acol = abl.display.set_index("method")["avg. inc. acc. CNN (%)"]
+    assert acol[lucir].startswith("**") and acol[cn].startswith("**") and not acol[base].startswith("**")
+    assert "Holm" in abl.note
+
+
+def test_holm_step_down_and_not_below_best_helpers():
+    from analysis.paired import holm, min_sign_flip_p, seeds_for_sign_flip
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])      # 3*0.01, max(2*0.03, .03), 0.04
+    assert math.isnan(holm([float("nan"), 0.02])[0]) and holm([float("nan"), 0.02])[1] == pytest.approx(0.02)
+    assert min_sign_flip_p(3) == 0.25 and seeds_for_sign_flip(1) == 6 and seeds_for_sign_flip(3) == 7
+    s = pd.Series
+    best = s([60.0, 62.0], index=[(0, 1993), (1, 1993)])
+    one = s([10.0], index=[(0, 1993)])                                       # 1 pair: cannot be shown worse
+    assert tables.not_below_best([best, one, None]) == [True, True, False]
+    assert tables.not_below_best([best, None]) == [False, False]             # no rival: nothing bold
