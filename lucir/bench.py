@@ -3,7 +3,7 @@
 Airbench style: sections (data, train_base, train_inc, herding, eval, fused) x variants (precision fp32 /
 tf32 (CUDA) / bf16 autocast x layout nchw / cl = channels_last x mode eager / compile (``--compile``,
 training only)).  A variant is a closure that runs the trainer's own code (``lucir.learner.train_phase``,
-``extract``, ``lucir.memory.herding``, ``lucir.fused.train_fused_phase``) and returns its images.
+``extract``, ``lucir.memory.herding``; an array of N trials through the same ``train_phase``) and returns its images.
 ``timed``, the one timing helper, calls each variant once untimed (a compiled variant's compile, reported
 as ``compile_s``), then in interleaved rounds with a CUDA synchronize around each call; the median counts.
 Per variant: images/s, share of the compute limit (FlopCounterMode FLOPs per image x images/s / peak:
@@ -325,27 +325,27 @@ def fuse_configs(b: Bench, n: int, prec: str, layout: str) -> list:
 
 
 def fused_section(b: Bench) -> tuple[dict, Callable]:
-    """Incremental step of an array of N trials (``lucir.fused``; each member its own frozen model, one
+    """Incremental step of an array of N trials (``lucir.models.Members``; each member its own frozen model, one
     shared batch stream, as from phase 2 on) vs the same N members' ``train_phase`` one after another.
     Images count x N: images/s per trial; FLOPs per image are one member's."""
-    from lucir.fused import FusedNet, check_array, train_fused_phase
+    from lucir.fused import check_array
     from lucir.learner import train_phase
+    from lucir.models import Members
 
     prec, lay = _fuse_variant(b.args.fuse_variant)
     backend = "loop" if b.device.type == "cpu" else "grouped"  # what lucir.fused.run_fused uses
     pool, n_img, src = b.pool(1), b.steps * b.batch, b.sources[lay]
-    fmt = torch.channels_last if lay == "cl" else torch.contiguous_format
     out = {}
     for n in _fuse_sizes(b.args.fuse_sizes):
         configs = fuse_configs(b, n, prec, lay)
         check_array(configs)
         members = [b.nets(c, 1, seed=1 + i) + (c, b.ctx(1, c)) for i, c in enumerate(configs)]
-        model = FusedNet([m[0] for m in members], backend).to(b.device, memory_format=fmt)
-        ref = FusedNet([m[1] for m in members], backend).to(b.device, memory_format=fmt).eval()
+        model = Members([copy.deepcopy(m[0]) for m in members], backend)  # the separate runs keep their own
+        ref = Members([copy.deepcopy(m[1]) for m in members], backend).eval()
 
-        def fused(model=model, ref=ref.requires_grad_(False), configs=configs, n=n):
+        def fused(model=model, ref=ref.requires_grad_(False), configs=configs, n=n, ctxs=[m[3] for m in members]):
             with precision(prec, b.device):
-                train_fused_phase(model, ref, src, b.draw(pool, n_img), configs, 1, b.base, b.gen, b.device)
+                train_phase(model, ref, src, b.draw(pool, n_img), configs, ctxs, b.gen, b.device)
             return n_img * n
 
         def separate(members=members, n=n):

@@ -586,35 +586,21 @@ class Source:
     def train_batches(self, indices: torch.Tensor, batch_size: int, gen: torch.Generator,
                       augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled, augmented batches of ``indices``.  A k x L index matrix (tensor datasets) gives the
-        batches of k members of a fused array (``lucir.fused``): the same shuffle of the L positions and
-        the same crops and flips as one 1-D run of L indices draws from ``gen``, applied to every row and
-        stacked on the channel axis (B x kC x H x W); the labels are row 0's (``lucir.fused`` checks that
-        the rows agree position by position)."""
-        if indices.dim() == 2:
-            yield from self._stacked_train_batches(indices, batch_size, gen, augment)
-            return
-        perm = indices[torch.randperm(len(indices), generator=gen)]
-        if self.data.kind == "tensor":
-            ydev = self.train_y.to(self.device)
-            for i in range(0, len(perm), batch_size):
-                idx = perm[i:i + batch_size].to(self.device)
-                x = self.train_x[idx]
-                x = self.augment(x, gen) if augment else self.augment.normalize(x)
-                yield self._fmt(x), ydev[idx]
-        else:
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-            yield from self._folder_loader(perm, batch_size, train=augment, split="train", seed=seed)
-
-    def _stacked_train_batches(self, indices, batch_size, gen, augment):
+        batches of the k members of an array (``lucir.models.Members``): the same shuffle of the L positions
+        and the same crops and flips as one 1-D run of L indices draws from ``gen``, applied to every row and
+        stacked on the channel axis (B x kC x H x W); the labels are row 0's (``lucir.run.run_members``
+        checks that the rows agree position by position)."""
+        rows = indices if indices.dim() == 2 else indices[None]  # 1-D: one row
+        perm = rows[:, torch.randperm(rows.shape[1], generator=gen)]
         if self.data.kind != "tensor":
-            raise ValueError("fused arrays need a tensor dataset (digits, cifar100, or an in-memory image folder)")
-        k, n = indices.shape
-        perm = indices[:, torch.randperm(n, generator=gen)]
+            self._one_row(indices)
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+            yield from self._folder_loader(perm[0], batch_size, train=augment, split="train", seed=seed)
+            return
         ydev = self.train_y.to(self.device)
-        for i in range(0, n, batch_size):
+        for i in range(0, perm.shape[1], batch_size):
             idx = perm[:, i:i + batch_size].to(self.device)
-            x = self.train_x[idx.reshape(-1)]  # (k*B, C, H, W), member-major
-            x = x.view(k, -1, *x.shape[1:]).transpose(0, 1).reshape(idx.shape[1], -1, *x.shape[2:])
+            x = self._stack(self.train_x[idx.reshape(-1)], idx.shape)
             x = self.augment(x, gen) if augment else self.augment.normalize(x)
             yield self._fmt(x), ydev[idx[0]]
 
@@ -623,30 +609,29 @@ class Source:
         normalising: "channels" reverses the colour channels (the reference's ``[:, :, :, ::-1]`` on NHWC
         arrays in ``class_incremental_cosine_cifar100.py``), "mirror" reverses the width.  A k x L index
         matrix (tensor datasets) gives the k rows' images stacked on the channel axis, as ``train_batches``."""
-        if indices is not None and indices.dim() == 2:
-            yield from self._stacked_eval_batches(split, indices, batch_size, flip)
-            return
         ys = self.train_y if split == "train" else self.test_y
         if indices is None:
             indices = torch.arange(len(ys))
-        if self.data.kind == "tensor":
-            xs = self.train_x if split == "train" else self.test_x
-            for i in range(0, len(indices), batch_size):
-                idx = indices[i:i + batch_size].to(self.device)
-                yield self._fmt(self.augment.normalize(flip_images(xs[idx], flip))), ys[idx.cpu()].to(self.device)
-        else:
-            yield from self._folder_loader(indices, batch_size, train=False, split=split, seed=0, flip=flip)
-
-    def _stacked_eval_batches(self, split, indices, batch_size, flip):
         if self.data.kind != "tensor":
-            raise ValueError("fused arrays need a tensor dataset (digits, cifar100, or an in-memory image folder)")
-        xs, ys = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
-        k = indices.shape[0]
-        for i in range(0, indices.shape[1], batch_size):
-            idx = indices[:, i:i + batch_size].to(self.device)
-            x = flip_images(xs[idx.reshape(-1)], flip)  # flip each member's images before stacking
-            x = x.view(k, -1, *x.shape[1:]).transpose(0, 1).reshape(idx.shape[1], -1, *x.shape[2:])
+            self._one_row(indices)
+            yield from self._folder_loader(indices, batch_size, train=False, split=split, seed=0, flip=flip)
+            return
+        xs, rows = self.train_x if split == "train" else self.test_x, indices if indices.dim() == 2 else indices[None]
+        for i in range(0, rows.shape[1], batch_size):
+            idx = rows[:, i:i + batch_size].to(self.device)
+            x = self._stack(flip_images(xs[idx.reshape(-1)], flip), idx.shape)  # each row's images flipped
             yield self._fmt(self.augment.normalize(x)), ys[idx[0].cpu()].to(self.device)
+
+    @staticmethod
+    def _stack(x: torch.Tensor, shape) -> torch.Tensor:
+        """(k B) x C x H x W images, row-major, as B x (k C) x H x W (k = 1: a view of the same images)."""
+        k, b = shape
+        return x.view(k, b, *x.shape[1:]).transpose(0, 1).reshape(b, k * x.shape[1], *x.shape[2:])
+
+    @staticmethod
+    def _one_row(indices: torch.Tensor) -> None:
+        if indices.dim() != 1:
+            raise ValueError("fused arrays need a tensor dataset (digits, cifar100, or an in-memory image folder)")
 
     def _folder_loader(self, indices, batch_size, train: bool, split: str, seed: int, flip: str = "none"):
         from torch.utils.data import DataLoader, Subset

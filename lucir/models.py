@@ -14,6 +14,9 @@ Conv weights: Kaiming-normal, fan_out; BN weight 1, bias 0.
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
 import torch.nn.functional as F
 
@@ -163,3 +166,94 @@ class IncrementalNet(nn.Module):
         f = self.backbone(x)
         scores, logits = self.head(f)
         return f, scores, logits
+
+
+class _GroupedConv(nn.Module):
+    """N members' ``Conv2d`` as one grouped convolution over their weights, concatenated per forward (each
+    member keeps its own ``Parameter``, so an optimiser param group per member sees it).  A B x C_in input
+    (the same batch for every member: the first layer's images) is read by all N filter banks at once."""
+
+    def __init__(self, convs: list[nn.Conv2d]):
+        super().__init__()
+        c = convs[0]
+        if c.groups != 1 or c.padding_mode != "zeros":
+            raise ValueError(f"cannot group {c}: groups=1 and zero padding only")
+        self.convs, self.n, self.member_in = list(convs), len(convs), c.in_channels  # plain list: not registered
+        self.stride, self.padding, self.dilation = c.stride, c.padding, c.dilation
+
+    def forward(self, x):
+        w = torch.cat([c.weight for c in self.convs])
+        b = None if self.convs[0].bias is None else torch.cat([c.bias for c in self.convs])
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, 1 if x.shape[1] == self.member_in else self.n)
+
+
+class _GroupedBatchNorm(nn.Module):
+    """N members' ``BatchNorm2d(C)`` as one batch norm over N C channels (each member keeps its batch and
+    running statistics): the members' running statistics become views into one N C buffer that the grouped
+    forward updates in place, so every member's state dict stays its own without copies."""
+
+    def __init__(self, bns: list[nn.BatchNorm2d]):
+        super().__init__()
+        self.bns, c = list(bns), bns[0].num_features
+        self.eps, self.momentum = bns[0].eps, bns[0].momentum
+        for name in ("running_mean", "running_var"):
+            shared = torch.cat([getattr(b, name) for b in bns])
+            for i, b in enumerate(bns):
+                b._buffers[name] = shared[i * c:(i + 1) * c]
+            self.__dict__[name] = shared  # not a registered buffer: the members' state dicts hold it
+
+    def forward(self, x):
+        if self.training:
+            torch._foreach_add_([b.num_batches_tracked for b in self.bns], 1)
+        return F.batch_norm(x, self.running_mean, self.running_var, torch.cat([b.weight for b in self.bns]),
+                            torch.cat([b.bias for b in self.bns]), self.training, self.momentum, self.eps)
+
+
+def grouped_backbone(backbones: list[nn.Module]) -> nn.Module:
+    """The ``grouped`` backend (HFTA: Wang et al., MLSys 2021): one backbone over the N members' own layers,
+    ``Conv2d`` -> ``_GroupedConv``, ``BatchNorm2d`` -> ``_GroupedBatchNorm``; ReLU, residual adds and pooling
+    act per channel and are kept.  Input B x C (shared) or B x (N C) (a batch per member), features
+    B x (N D).  Build it on the members' final device and dtype (their BN statistics become views)."""
+    grouped = copy.deepcopy(backbones[0])
+    for name, mod in list(grouped.named_modules()):
+        if isinstance(mod, (nn.Conv2d, nn.BatchNorm2d)):
+            layers = [b.get_submodule(name) for b in backbones]
+            new = _GroupedConv(layers) if isinstance(mod, nn.Conv2d) else _GroupedBatchNorm(layers)
+            new.train(mod.training)
+            parent = grouped.get_submodule(name.rpartition(".")[0])
+            setattr(parent, name.rpartition(".")[2], new)
+    if any(True for _ in grouped.parameters()) or any(True for _ in grouped.buffers()):
+        raise ValueError("cannot group a backbone with layers other than Conv2d, BatchNorm2d and parameter-free ones")
+    return grouped
+
+
+class Members(nn.Module):
+    """N ``IncrementalNet``s over a leading member axis: the trainer's model for one run (N = 1) or a fused
+    array of trials (``lucir.fused``).  ``forward`` returns one (features, scores, logits) per member for a
+    B x C batch (every member reads it) or B x (N C) (member i reads channels i C .. (i + 1) C).  Two
+    implementations of the backbones alone (``backend``): "loop" runs each member's own backbone in turn
+    (N = 1: exactly ``IncrementalNet``); "grouped" runs ``grouped_backbone`` (one grouped model).  Heads and
+    parameters stay each member's own."""
+
+    def __init__(self, nets: list[IncrementalNet], backend: str = "loop"):
+        super().__init__()
+        if backend not in ("loop", "grouped"):
+            raise ValueError(f"backend={backend!r} is invalid: allowed 'loop' or 'grouped'")
+        self.nets, self.backend = nn.ModuleList(nets), backend
+        self.feature_dim = nets[0].backbone.feature_dim
+        self.member_in = next(m for m in nets[0].modules() if isinstance(m, nn.Conv2d)).in_channels
+        self.grouped = grouped_backbone([n.backbone for n in nets]) if backend == "grouped" else None
+
+    def features(self, x) -> list:
+        n = len(self.nets)
+        if self.grouped is not None:
+            return list(self.grouped(x).chunk(n, 1))
+        xs = [x] * n
+        if n > 1 and x.shape[1] == n * self.member_in:
+            cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            xs = [c.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+                  for c in x.chunk(n, 1)]
+        return [net.backbone(xi) for net, xi in zip(self.nets, xs)]
+
+    def forward(self, x) -> list:
+        return [(f, *net.head(f)) for net, f in zip(self.nets, self.features(x))]

@@ -120,11 +120,13 @@ class TrialRecord:
     ended: list[float] = field(default_factory=list)
     #: the Optuna trial number of a search slot (None: not a search)
     optuna_trial: int | None = None
+    #: the last phase this slot trains when it stops before the stream's end (a first-task search); None: all
+    last_phase: int | None = None
 
     @property
     def num_phases(self) -> int | None:
-        """Incremental phases after the base phase (``config["phases"]``)."""
-        n = self.config.get("phases")
+        """Incremental phases the slot trains after the base phase (``config["phases"]``, or ``last_phase``)."""
+        n = self.config.get("phases") if self.last_phase is None else self.last_phase
         return int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None
 
     @property
@@ -145,6 +147,8 @@ class TrialRecord:
         d["ended"] = list(self.ended)
         if self.optuna_trial is not None:
             d["optuna_trial"] = self.optuna_trial
+        if self.last_phase is not None:
+            d["last_phase"] = self.last_phase
         return d
 
     @classmethod
@@ -159,7 +163,8 @@ class TrialRecord:
                    fused=dict(d.get("fused") or {}) if isinstance(d.get("fused"), dict) else {},
                    starts=[x for x in d.get("starts") or [] if isinstance(x, dict)],
                    ended=[float(x) for x in d.get("ended") or [] if isinstance(x, (int, float))],
-                   optuna_trial=d.get("optuna_trial") if isinstance(d.get("optuna_trial"), int) else None, **extra)
+                   optuna_trial=d.get("optuna_trial") if isinstance(d.get("optuna_trial"), int) else None,
+                   last_phase=d.get("last_phase") if isinstance(d.get("last_phase"), int) else None, **extra)
 
 
 # ------------------------------------------------------------------------------ trial records and status

@@ -21,6 +21,10 @@ most k epochs, not the phase).  Before the base phase completes, ``phase`` is -1
 
 A phase-0 state can seed any config with the same ``Config.base_key()`` (the runner's shared
 base-phase cache); a later state only the config it came from.
+
+One trainer for one run or many: ``run`` is ``run_members`` with one member; ``lucir.fused.run_fused``
+trains an array of N trials with it (a leading member axis, ``lucir.models.Members``), each member's
+states being ordinary states of this module.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from lucir.memory import Memory, class_means, herding, nme_scores
 from lucir.metrics import (average_incremental_accuracy, backward_transfer, cross_group_shares, forgetting,
                            mean_norm, old_new_norms, topk_accuracy, weighted_old_new)
 from lucir.record import VAL_METRICS
-from lucir.models import IncrementalNet, make_backbone
+from lucir.models import IncrementalNet, Members, make_backbone
 
 
 @dataclass
@@ -192,36 +196,14 @@ def check_state(cfg: Config, state: dict) -> None:
         raise CheckpointError(f"checkpoint is already at the last phase ({state['phase']}); nothing to resume")
 
 
-def progress_of(state: dict | None) -> tuple[int, int]:
-    """(last completed phase, epochs done in the next one): states compare by how far they got."""
-    if state is None:
-        return (-1, 0)
-    partial = state.get("partial")
-    return (state["phase"], partial["epoch"] if partial else 0)
-
-
 def _empty_state(cfg: Config) -> dict:
     """The phase-end fields before any phase completed (what a base-phase checkpoint extends)."""
     return {"phase": -1, "config": cfg.identity(), "base_key": cfg.base_key(), "model": None, "head": None,
             "memory": {}, "acc_cnn": [], "acc_nme": [], "results": [], "format": 1}
 
 
-@dataclass
-class RunEnv:
-    """What every phase of a run reads: the device, the data seen through the class order, the training
-    images that may be trained on (``pool``) and the held-out validation ones, the class groups."""
-
-    device: torch.device
-    source: Source
-    pool: torch.Tensor
-    val_pool: torch.Tensor
-    in_channels: int
-    groups: list[list[int]]
-    test_group_sizes: list[int]
-
-
-def prepare(cfg: Config, data=None, progress: bool = False) -> RunEnv:
-    """Threads, device, dataset (loaded unless given), class order and validation split of a run."""
+def prepare(cfg: Config, data=None, progress: bool = False) -> tuple[torch.device, Source]:
+    """Threads, determinism, device, and the dataset (loaded unless given) seen through the class order."""
     p, rt = cfg.protocol, cfg.runtime
     if rt.threads:
         torch.set_num_threads(rt.threads)
@@ -236,98 +218,141 @@ def prepare(cfg: Config, data=None, progress: bool = False) -> RunEnv:
         data = load_dataset_for(cfg, progress=progress)
     if data.num_classes != p.num_classes:
         raise ValueError(f"num_classes={p.num_classes} does not match the dataset ({data.num_classes} classes)")
-    order = class_order(p.num_classes, p.class_order_seed)
-    source = Source(data, order, device, rt.channels_last)
-    train_y = source.train_y
-    test_y = source.test_y
-    held_out = validation_split(train_y, p.val_fraction, p.class_order_seed)
-    pool = torch.nonzero(~held_out).flatten()  # the training images that may be trained on
-    val_pool = torch.nonzero(held_out).flatten()
-    in_channels = data.image_shape()[0]
-    groups = [list(p.phase_classes(t)) for t in range(p.phases + 1)]
-    return RunEnv(device, source, pool, val_pool, in_channels, groups,
-                  [int(sum((test_y == c).sum() for c in g)) for g in groups])
-
-
-def phase_inputs(cfg: Config, env: RunEnv, phase: int):
-    """(generator, new classes, old and seen class counts, the new classes' trainable images) of a phase:
-    every random draw of phase t comes from the generator seeded with (seed, t)."""
-    p = cfg.protocol
-    new_classes = env.groups[phase]
-    pool, train_y = env.pool, env.source.train_y
-    return (_phase_gen(p.seed, phase), new_classes, p.seen_classes(phase - 1) if phase else 0, p.seen_classes(phase),
-            pool[torch.isin(train_y[pool], torch.tensor(new_classes))])
+    return device, Source(data, class_order(p.num_classes, p.class_order_seed), device, rt.channels_last)
 
 
 def run(config: Config, state: dict | None = None, *, data=None, progress: bool = False,
         on_epoch: Callable[[int, int, float], None] | None = None,
         on_checkpoint: Callable[[dict], None] | None = None) -> Iterator[tuple[PhaseResult, dict]]:
     """Yield ``(PhaseResult, state)`` for every phase from the one after ``state`` to the last
-    (``state`` may hold a phase in progress: it goes on from its last epoch checkpoint)."""
-    cfg = config
-    p, m, rt = cfg.protocol, cfg.method, cfg.runtime
+    (``state`` may hold a phase in progress: it goes on from its last epoch checkpoint): ``run_members``
+    with one member."""
     if state is not None:
-        check_state(cfg, state)
-    env = prepare(cfg, data, progress)
-    device, source, train_y, test_y = env.device, env.source, env.source.train_y, env.source.test_y
-    pool, val_pool, in_channels = env.pool, env.val_pool, env.in_channels
+        check_state(config, state)
+    part = state.get("partial") if state is not None else None
+    if part:  # the member lists of run_members' checkpoint
+        part = {**part, "head": [part["head"]], "model": [part["model"]]}
 
-    partial = state.get("partial") if state is not None else None
-    if state is None or state["phase"] < 0:
-        spec = ({"kind": "cosine", "old": 0, "new": p.base_classes} if m.cosine
-                else {"kind": "linear", "classes": p.base_classes})
-        model = build_model(cfg, in_channels, spec)
-        memory, acc_cnn, acc_nme, results, start = Memory(), [], [], [], 0
-        last_state = _empty_state(cfg)
-    else:
-        model = build_model(cfg, in_channels, state["head"])
-        model.load_state_dict(state["model"])
-        memory = Memory(state["memory"])
-        acc_cnn = [list(r) for r in state["acc_cnn"]]
-        acc_nme = [list(r) for r in state["acc_nme"]]
-        results = [dict(r) for r in state["results"]]
-        start = state["phase"] + 1
-        # this run's own identity, also when the state came from another config's base phase (same base key):
-        # its checkpoints must resume this config, not the one that trained phase 0
-        last_state = {**{k: v for k, v in state.items() if k != "partial"},
-                      "config": cfg.identity(), "base_key": cfg.base_key()}
-    model.to(device)
-    if rt.channels_last:
-        model.to(memory_format=torch.channels_last)
+    def checkpoint(p: dict, last: list[dict]) -> None:
+        on_checkpoint({**last[0], "partial": {**p, "head": p["head"][0], "model": p["model"][0]}})
 
-    groups, test_group_sizes = env.groups, env.test_group_sizes
+    for out in run_members([config], [state], data=data, progress=progress, partial=part,
+                           on_epoch=(lambda ph, ep, loss: on_epoch(ph, ep, loss[0])) if on_epoch else None,
+                           on_checkpoint=checkpoint if on_checkpoint else None):
+        yield out[0]
+
+
+def _rows(index_rows: list[torch.Tensor]) -> torch.Tensor:
+    """The members' index lists as one tensor: 1-D when every row is the same (one shared batch), else N x L."""
+    if all(torch.equal(index_rows[0], r) for r in index_rows[1:]):
+        return index_rows[0]
+    if any(len(r) != len(index_rows[0]) for r in index_rows):
+        raise ValueError("members' training sets differ in size")
+    return torch.stack(index_rows)
+
+
+def _same_weights(nets: list[IncrementalNet]) -> bool:
+    first = nets[0].state_dict()
+    return all(torch.equal(v, net.state_dict()[k]) for net in nets[1:] for k, v in first.items())
+
+
+def run_members(configs: list[Config], states: list[dict | None] | None = None, *, data=None, progress: bool = False,
+                on_epoch: Callable[[int, int, list[float]], None] | None = None, partial: dict | None = None,
+                on_checkpoint: Callable[[dict, list[dict]], None] | None = None,
+                backend: str = "auto") -> Iterator[list[tuple[PhaseResult, dict]]]:
+    """The run of N members over a leading member axis (N = 1: ``run``; N > 1: a fused array,
+    ``lucir.fused``): yields, per phase, each member's ``(PhaseResult, state)``.  The members share the data,
+    class order, schedule shape and seed (``lucir.fused.check_array``); ``states`` (one per member, all at
+    the same completed phase, or None) continue them.  One batch stream from the phase generator serves every
+    member (the same draws as each member's run alone); each member has its own model, loss, param group,
+    exemplars and metrics.  ``backend`` (``Members``): "auto" = grouped on CUDA for N > 1, else loop.
+
+    ``partial`` is the phase in progress: {"phase", "epoch", "head" and "model" (one per member),
+    "optimizer", "scheduler", "gen", "train_seconds"}; ``on_checkpoint(partial, last states)`` gets one every
+    ``checkpoint_every`` epochs and after a phase's last (the last states: each member's state at the end of
+    the previous phase, its own identity)."""
+    cfg, n = configs[0], len(configs)
+    p = cfg.protocol
+    states = list(states) if states is not None else [None] * n
+    for c, st in zip(configs, states):
+        if st is not None:
+            check_state(c, st)
+    device, source = prepare(cfg, data, progress)
+    train_y, test_y, in_channels = source.train_y, source.test_y, source.data.image_shape()[0]
+    held_out = validation_split(train_y, p.val_fraction, p.class_order_seed)
+    pool = torch.nonzero(~held_out).flatten()  # the training images that may be trained on
+    val_pool = torch.nonzero(held_out).flatten()
+    groups = [list(p.phase_classes(t)) for t in range(p.phases + 1)]
+    test_group_sizes = [int(sum((test_y == c).sum() for c in g)) for g in groups]
+    if backend == "auto":
+        backend = "grouped" if device.type == "cuda" and n > 1 else "loop"
+
+    def on_device(nets):
+        for net in nets:
+            net.to(device)
+            if cfg.runtime.channels_last:
+                net.to(memory_format=torch.channels_last)
+        return Members(nets, backend)
+
+    nets, memories, acc_cnn, acc_nme, results, last = [], [], [], [], [], []
+    for c, st in zip(configs, states):
+        if st is None or st["phase"] < 0:
+            nets.append(build_model(c, in_channels, {"kind": "cosine", "old": 0, "new": p.base_classes}
+                                    if c.method.cosine else {"kind": "linear", "classes": p.base_classes}))
+            memories.append(Memory())
+            acc_cnn.append([]), acc_nme.append([]), results.append([])
+            last.append(_empty_state(c))
+        else:
+            nets.append(build_model(c, in_channels, st["head"]))
+            nets[-1].load_state_dict(st["model"])
+            memories.append(Memory(st["memory"]))
+            acc_cnn.append([list(r) for r in st["acc_cnn"]])
+            acc_nme.append([list(r) for r in st["acc_nme"]])
+            results.append([dict(r) for r in st["results"]])
+            # this run's own identity, also when the state came from another config's base phase (same base
+            # key): its checkpoints must resume this config, not the one that trained phase 0
+            last.append({**{k: v for k, v in st.items() if k != "partial"},
+                         "config": c.identity(), "base_key": c.base_key()})
+    start = 0 if states[0] is None else max(states[0]["phase"] + 1, 0)
+    model = on_device(nets)
 
     for phase in range(start, p.phases + 1):
         t_phase = time.perf_counter()
-        gen, new_classes, n_old, n_seen, new_idx = phase_inputs(cfg, env, phase)
-        ctx = learner.PhaseContext(phase, n_old, n_seen, cfg.lambda_at(phase) if phase else 0.0)
+        gen = _phase_gen(p.seed, phase)  # every random draw of phase t comes from it
+        new_classes, n_old, n_seen = groups[phase], p.seen_classes(phase - 1) if phase else 0, p.seen_classes(phase)
+        new_idx = pool[torch.isin(train_y[pool], torch.tensor(new_classes))]
+        ctxs = [learner.PhaseContext(phase, n_old, n_seen, c.lambda_at(phase) if phase else 0.0) for c in configs]
+        # training data: new classes + exemplars (joint: all data of the seen classes)
+        idx = _rows([pool[train_y[pool] < n_seen] if c.method.joint else
+                     torch.cat([new_idx, mem.indices(c.quota(phase - 1))]) if phase else new_idx
+                     for c, mem in zip(configs, memories)])
+        if idx.dim() == 2 and not bool((train_y[idx] == train_y[idx[0]]).all()):
+            raise ValueError("members' training sets differ in their labels position by position")
         ref_model = None
-        resume = None
-        if phase > 0 and learner.needs_reference(cfg, phase):
-            ref_model = copy.deepcopy(model).eval()
+        if any(learner.needs_reference(c, phase) for c in configs):
+            shared = n > 1 and idx.dim() == 1 and _same_weights(nets)  # one frozen forward for all members
+            ref_model = Members([copy.deepcopy(net) for net in (nets[:1] if shared else nets)], backend).eval()
             for q in ref_model.parameters():
                 q.requires_grad_(False)
+        resume = None
         if partial is not None and partial["phase"] == phase:  # the phase in progress: its last checkpoint
-            model = build_model(cfg, in_channels, partial["head"])
-            model.load_state_dict(partial["model"])
-            model.to(device)
-            if rt.channels_last:
-                model.to(memory_format=torch.channels_last)
+            nets = [build_model(c, in_channels, h) for c, h in zip(configs, partial["head"])]
+            for net, sd in zip(nets, partial["model"]):
+                net.load_state_dict(sd)
+            model = on_device(nets)
             gen.set_state(partial["gen"])
             resume = learner.TrainState(partial["epoch"], partial["optimizer"], partial["scheduler"])
         elif phase > 0:
-            rows = None
-            if m.imprint:
+            rows = [None] * n
+            if cfg.method.imprint:
                 f, _, y = learner.extract(model, source, "train", new_idx, cfg, device)
-                rows = imprint_rows([f[y == c] for c in new_classes], model.head.weight())
-            model.head.expand(len(new_classes), rows, gen)
+                rows = [imprint_rows([fi[y == c] for c in new_classes], net.head.weight()) for fi, net in zip(f, nets)]
+            g0 = gen.get_state()
+            for net, r in zip(nets, rows):  # every member the same draws (rows not imprinted)
+                gen.set_state(g0)
+                net.head.expand(len(new_classes), r, gen)
             model.to(device)
 
-        # training data: new classes + exemplars (joint: all data of the seen classes)
-        if m.joint:
-            idx = pool[train_y[pool] < n_seen]
-        else:
-            idx = torch.cat([new_idx, memory.indices(cfg.quota(phase - 1))]) if phase else new_idx
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -335,25 +360,26 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
             bar = tqdm(total=cfg.schedule.epochs, desc=f"phase {phase}/{p.phases}", unit="ep", leave=False,
                        initial=resume.epoch if resume else 0)
 
-        def _on_epoch(ep, loss, _phase=phase):
+        def _on_epoch(ep, losses, _phase=phase):
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}")
+                bar.set_postfix(loss=f"{losses[0]:.3f}")
             if on_epoch is not None:
-                on_epoch(_phase, ep, loss)
+                on_epoch(_phase, ep, losses)
 
         before_s = partial["train_seconds"] if resume is not None else 0.0
         checkpoint = None
         if on_checkpoint is not None:
             def checkpoint(ts: learner.TrainState, _phase=phase, _t0=time.perf_counter(), _before=before_s):
-                on_checkpoint({**last_state, "partial": {
-                    "phase": _phase, "epoch": ts.epoch, "head": _head_spec(model),
-                    "model": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()},
+                on_checkpoint({
+                    "phase": _phase, "epoch": ts.epoch, "head": [_head_spec(net) for net in model.nets],
+                    "model": [{k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
+                              for net in model.nets],
                     "optimizer": ts.optimizer, "scheduler": ts.scheduler, "gen": gen.get_state(),
-                    "train_seconds": _before + time.perf_counter() - _t0}})
+                    "train_seconds": _before + time.perf_counter() - _t0}, last)
 
-        train_s = before_s + learner.train_phase(model, ref_model, source, idx, cfg, ctx, gen, device, _on_epoch,
-                                                 resume=resume, on_checkpoint=checkpoint)
+        train_s = before_s + learner.train_phase(model, ref_model, source, idx, configs, ctxs, gen, device,
+                                                 _on_epoch, resume=resume, on_checkpoint=checkpoint)
         partial = None
         if bar is not None:
             bar.close()
@@ -361,38 +387,42 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
         # herding: one batched feature pass over the new classes' training images
         quota = cfg.quota(phase)
         f, _, y = learner.extract(model, source, "train", new_idx, cfg, device)
-        f = torch.nn.functional.normalize(f, dim=1).cpu()
         y = y.cpu()
-        for c in new_classes:
-            pos = torch.nonzero(y == c).flatten()
-            memory.add(c, new_idx[pos[herding(f[pos], quota)]])
+        for fi, memory in zip(f, memories):
+            fi = torch.nn.functional.normalize(fi, dim=1).cpu()
+            for c in new_classes:
+                pos = torch.nonzero(y == c).flatten()
+                memory.add(c, new_idx[pos[herding(fi[pos], quota)]])
 
-        if m.cbf and phase > 0:
-            train_s += learner.class_balanced_finetune(model, source, memory.indices(quota), cfg, ctx, gen,
-                                                       device)
+        if phase > 0 and any(c.method.cbf for c in configs):
+            ex = _rows([mem.indices(quota) for mem in memories])
+            train_s += learner.class_balanced_finetune(model, source, ex, configs, ctxs, gen, device)
         del ref_model
 
         # evaluation: NME means from the exemplars (and their flipped copies), CNN and NME on the test set
-        ex = memory.indices(quota)
+        ex = _rows([mem.indices(quota) for mem in memories])
         fe, _, ye = learner.extract(model, source, "train", ex, cfg, device)
-        fe_flip = None
-        if m.class_mean_flip != "none":
-            fe_flip, _, _ = learner.extract(model, source, "train", ex, cfg, device, flip=m.class_mean_flip)
-        means = class_means(fe, ye, n_seen, fe_flip)
-        test_idx = torch.nonzero(test_y < n_seen).flatten()
-        test = learner.extract(model, source, "test", test_idx, cfg, device)
+        fe_flip = [None] * n
+        if cfg.method.class_mean_flip != "none":
+            fe_flip = learner.extract(model, source, "train", ex, cfg, device, flip=cfg.method.class_mean_flip)[0]
+        ft, zt, yt = learner.extract(model, source, "test", torch.nonzero(test_y < n_seen).flatten(), cfg, device)
         val = None
         if len(val_pool):
             val = learner.extract(model, source, "train", val_pool[train_y[val_pool] < n_seen], cfg, device)
-        res = score_phase(cfg, phase, groups, test_group_sizes, results, acc_cnn, acc_nme, test, val, means,
-                          train_seconds=train_s, lambda_t=ctx.lambda_t if (phase and m.less_forget) else 0.0,
-                          eta=float(model.head.eta.detach()) if isinstance(model.head, CosineHead) else math.nan,
-                          exemplars=len(ex), head_weight=_head_rows(model))
-        res.phase_seconds = time.perf_counter() - t_phase
-        results.append(res.metrics())
-        new_state = phase_state(cfg, phase, model, memory, acc_cnn, acc_nme, results)
-        last_state = new_state
-        yield res, new_state
+        out = []
+        for i, (c, net) in enumerate(zip(configs, nets)):
+            means = class_means(fe[i], ye, n_seen, fe_flip[i])
+            res = score_phase(c, phase, groups, test_group_sizes, results[i], acc_cnn[i], acc_nme[i],
+                              (ft[i], zt[i], yt), None if val is None else (val[0][i], val[1][i], val[2]), means,
+                              train_seconds=train_s / n, lambda_t=ctxs[i].lambda_t if (phase and c.method.less_forget)
+                              else 0.0, eta=float(net.head.eta.detach()) if isinstance(net.head, CosineHead)
+                              else math.nan, exemplars=len(memories[i].indices(quota)), head_weight=_head_rows(net))
+            out.append(res)
+        for i, (c, res) in enumerate(zip(configs, out)):
+            res.phase_seconds = (time.perf_counter() - t_phase) / n
+            results[i].append(res.metrics())
+            last[i] = phase_state(c, phase, nets[i], memories[i], acc_cnn[i], acc_nme[i], results[i])
+        yield [(res, st) for res, st in zip(out, last)]
 
 
 def score_phase(cfg: Config, phase: int, groups: list[list[int]], test_group_sizes: list[int],

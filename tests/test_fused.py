@@ -11,10 +11,9 @@ import lucir
 from lucir import learner
 from lucir.config import Config
 from lucir.data import load_dataset_for
-from lucir.fused import (FusedNet, FusedSGD, FusionError, _Broadcast, check_array, fuse_key, fused_loss,
-                         ArrayParams, run_fused)
+from lucir.fused import FusionError, check_array, fuse_key, run_fused
 from lucir.heads import CosineHead
-from lucir.models import IncrementalNet, make_backbone
+from lucir.models import IncrementalNet, Members, make_backbone
 
 PRESETS = ["cn", "cn_lf", "lucir", "lucir_cbf"]
 
@@ -81,38 +80,31 @@ def test_fused_sgd_steps_equal_each_members_own_steps_in_fp64(backbone, size, in
     xs = [torch.randn(b, in_ch, size, size, dtype=torch.float64) for _ in range(3)]
     per_member = [[torch.randn(b, in_ch, size, size, dtype=torch.float64) for _ in range(3)] for _ in nets]
 
-    fused = FusedNet(nets, backend)
+    copies = [copy.deepcopy(net) for net in nets]  # the members the array trains (``nets`` train alone)
+    fused = Members(copies, backend)
     if phase == 0:
         ref = None
     elif phase == 1:
-        ref = _Broadcast(refs[0])
+        ref = Members([copy.deepcopy(refs[0])], backend)  # one frozen model read by every member
     else:
-        ref = FusedNet(refs, backend).eval()
-    hp = ArrayParams.of(configs, phase, torch.device("cpu"))
-    frozen = torch.tensor([float(phase > 0 and c.method.less_forget) for c in configs], dtype=torch.float64)
-    opt = FusedSGD(dict(fused.named_parameters()), len(nets),
-                   torch.tensor([c.schedule.lr for c in configs], dtype=torch.float64), 0.9,
-                   torch.tensor([c.schedule.weight_decay for c in configs], dtype=torch.float64),
-                   scale={"head.old": 1.0 - frozen}, member_of=fused.member_of())
-    fused.train()
-    for s in range(3):
-        x = xs[s] if shared else torch.cat([per_member[i][s] for i in range(len(nets))], 1)
-        ref_out = None
-        if ref is not None:
-            with torch.no_grad():
-                ref_out = tuple(t.clone() for t in ref(x))
-        loss = fused_loss(hp, phase, n_old, fused(x), ref_out, y)
-        opt.zero_grad()
-        loss.sum().backward()
-        opt.step()
+        ref = Members([copy.deepcopy(r) for r in refs], backend).eval()
+    ctxs = [learner.PhaseContext(phase, n_old, 0, c.lambda_at(phase) if phase else 0.0) for c in configs]
+    batches = [(xs[s] if shared else torch.cat([per_member[i][s] for i in range(len(nets))], 1), y) for s in range(3)]
+
+    class Batches:  # ``Source.train_batches``: three fixed batches in the first epoch, none after
+        def train_batches(self, *a):
+            yield from batches
+            batches.clear()
+
+    learner.train_phase(fused, ref, Batches(), None, configs, ctxs, torch.Generator(), torch.device("cpu"))
 
     for i, (cfg, net) in enumerate(zip(configs, nets)):
         _unfused_steps(cfg, net, refs[i], xs if shared else per_member[i], y, phase, n_old, 3)
-        mine = fused.member_state(i)
+        mine = copies[i].state_dict()
         for k, v in net.state_dict().items():
             assert torch.allclose(mine[k].double(), v.double(), rtol=1e-9, atol=1e-11), (i, k)
     # the members really trained apart: the weights differ between members
-    assert not torch.equal(fused.member_state(0)["head.new"], fused.member_state(1)["head.new"])
+    assert not torch.equal(copies[0].head.new, copies[1].head.new)
 
 
 def _digits(**kw):
@@ -162,6 +154,21 @@ def test_fused_digits_run_gives_every_rung_its_own_run_s_accuracy_matrices(backe
         assert single[i][1][1]["memory"] == fused[1][i][1]["memory"]  # phase 1 herding: the same exemplars
     # the rungs are not one result copied four times
     assert len({round(fused[-1][i][0].avg_inc_acc_cnn, 6) for i in range(len(PRESETS))}) > 1
+
+
+def test_an_array_of_one_is_the_run_bit_for_bit_with_either_backend():
+    """Property (issue 17: one trainer): ``run_fused`` of one config is ``lucir.run`` of it, weights and
+    accuracy matrices bitwise equal, with the loop backend and with the grouped one (N = 1: plain ops)."""
+    cfg = _digits(preset="lucir_cbf")
+    data = load_dataset_for(cfg)
+    alone = list(lucir.run(cfg, data=data))
+    for backend in ("loop", "grouped"):
+        array = list(run_fused([cfg], data=data, backend=backend))
+        assert len(array) == len(alone)
+        for (r, st), [(r1, st1)] in zip(alone, array):
+            assert (r1.acc_matrix_cnn, r1.acc_matrix_nme) == (r.acc_matrix_cnn, r.acc_matrix_nme), backend
+            assert st1["memory"] == st["memory"]
+            assert all(torch.equal(st1["model"][k], v) for k, v in st["model"].items()), backend
 
 
 def test_member_state_of_a_fused_array_resumes_alone_and_fused():

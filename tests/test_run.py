@@ -506,10 +506,11 @@ def test_lr_steps_down_after_each_milestone_epoch_and_every_parameter_incl_eta_i
     record = []
     original = learner._sgd
 
-    def spy(params, lr, momentum, wd, device):
-        params = list(params)
-        opt = original(params, lr, momentum, wd, device)
-        record.append({"params": {id(p) for p in params}, "lrs": [], "wd": wd, "momentum": momentum})
+    def spy(groups, momentum, device):
+        opt = original(groups, momentum, device)
+        (group,) = opt.param_groups  # one run: one member, one param group
+        record.append({"params": {id(p) for p in group["params"]}, "lrs": [], "wd": group["weight_decay"],
+                       "momentum": momentum})
         opt.register_step_pre_hook(lambda o, args, kwargs: record[-1]["lrs"].append(o.param_groups[0]["lr"]))
         return opt
 
@@ -529,7 +530,7 @@ def test_lr_steps_down_after_each_milestone_epoch_and_every_parameter_incl_eta_i
     assert steps > 1 and len(rec["lrs"]) == 3 * steps  # same number of batches in every epoch
     assert rec["lrs"] == pytest.approx([0.05] * steps + [0.005] * steps + [0.0005] * steps)
     assert rec["wd"] == cfg.schedule.weight_decay and rec["momentum"] == 0.9
-    model = captured["model"]
+    (model,) = captured["model"].nets  # one run: a Members array of one
     assert rec["params"] == {id(p) for p in model.parameters()}
     assert id(model.head.eta) in rec["params"]  # eta is trained, with weight decay, like the reference
 
@@ -543,9 +544,9 @@ def test_cbf_trains_only_the_classifier_rows_with_backbone_bn_and_eta_frozen(ful
     original = learner.class_balanced_finetune
 
     def spy(model, *a, **k):
-        snap["before"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        snap["before"] = {k: v.detach().clone() for k, v in model.nets[0].state_dict().items()}
         out = original(model, *a, **k)
-        snap["after"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        snap["after"] = {k: v.detach().clone() for k, v in model.nets[0].state_dict().items()}
         return out
 
     monkeypatch.setattr(learner, "class_balanced_finetune", spy)
