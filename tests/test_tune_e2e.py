@@ -190,3 +190,26 @@ def test_the_python_api_runs_a_sweep_and_returns_its_long_frame(tmp_path):
     assert set(df["preset"]) == {"cn", "lucir"} and len(df) == 2 * 4  # 2 slots x (base + 3 phases)
     again = tune.resume(str(tmp_path / "api"))  # nothing left to run: the same frame
     assert again[["trial_id", "phase", "acc_cnn"]].equals(df[["trial_id", "phase", "acc_cnn"]])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ctrl_c_during_base_phase_pre_training_leaves_a_folder_the_same_command_finishes(tmp_path):
+    import signal
+
+    cmd = ["ablate", "--presets", "cn,lucir", "--out", str(tmp_path / "exp"), "--no-mlflow", "--set", "epochs=1",
+           "--num-cpus", "2"]
+    log = tmp_path / "a.log"
+    proc = popen_lucir(cmd, tmp_path, log)
+    try:
+        wait_for(lambda: "pre-training 1 shared base phase" in log.read_text(), 120, "pre-training", proc, poll=0.05)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.wait(timeout=60)
+    finally:
+        end_group(proc)
+    exp = tmp_path / "exp"
+    assert (exp / record.EXPERIMENT_FILE).exists() and not (exp / record.LOCK_FILE).exists()
+    assert not any(record.is_final(r) for r in records(exp).values())
+    r = run_lucir(cmd, tmp_path, timeout=300)  # the original command again: it continues the sweep
+    assert r.returncode == 0 and "holds this sweep already: continuing it" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert sorted(records(exp)) == ["s0000", "s0001"] and all(x["status"] == "TERMINATED" for x in records(exp).values())

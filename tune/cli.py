@@ -77,6 +77,16 @@ def add_tune_commands(sub, add_config_args, config_overrides) -> None:
                    help="after the search, re-run the top-k configs and the paper defaults on the full training "
                         "set with --confirm-seeds seeds and report test accuracy (default 3; 0: no confirm stage)")
     p.add_argument("--confirm-seeds", type=int, default=3, help="seeds of the confirm stage (default 3)")
+    p.add_argument("--protocol", default="stream", help="where to tune and where to evaluate (docs/RUNNER.md): "
+                   "stream (every phase of one class order; default), first-task (the base classes and the "
+                   "first phase(s) only), transfer (tune on one scenario, evaluate on others)")
+    p.add_argument("--first-task-phases", type=int, default=1,
+                   help="first-task: incremental phases the search may see (default 1)")
+    p.add_argument("--tune-on", action="append", default=[], metavar="KEY=VALUE",
+                   help="transfer: the tuning scenario, e.g. --tune-on class_order_seed=1993 (default: the command's)")
+    p.add_argument("--evaluate-on", action="append", default=[], metavar="KEY=V1,V2",
+                   help="transfer: the evaluation scenarios, e.g. --evaluate-on class_order_seed=1,2 (default "
+                        "class orders 1 and 2)")
     p.add_argument("--fuse", type=int, default=None,
                    help="ask Optuna for N trials at once and train them as one fused model, one Ray trial per "
                         "array; each member is its own Optuna trial, record and MLflow run (default 1: no "
@@ -209,28 +219,39 @@ def cmd_search(args, config_overrides) -> int:
         fixed = absolute_data_root(fixed)
     fixed.setdefault("preset", base.method.preset)
     fixed.setdefault("dataset", base.protocol.dataset)
+    from tune.protocols import first_task_stats, plan
+
+    pl = plan(args.protocol, fixed, args.tune_on, args.evaluate_on, args.first_task_phases)
+    if pl["last_phase"] is not None:
+        fixed.update(first_task_stats(base, pl["last_phase"]))
+    tuning = {**fixed, **pl["tune"]}
+    base = Config.from_flat(tuning)
+    validate_points([{**fixed, **ev, "val_fraction": 0.0} for ev in pl["evaluate"]])
     points = [paper_defaults(base, fixed)]
-    validate_points(search_corners(fixed, base))
+    validate_points(search_corners(tuning, base))
     runner = _runner(args, max_concurrent=args.concurrency)
     if runner.fuse > 1:
         from lucir.fused import unfusable_reason
 
         if unfusable_reason(base) is not None:
             raise ConfigError(f"--fuse={runner.fuse}: {unfusable_reason(base)}")
-    _check_datasets([base], args.address)
+    _check_datasets([base, *(Config.from_flat({**fixed, **ev}) for ev in pl["evaluate"])], args.address)
     exp = _folder(args, "search", base.protocol.dataset)
     uri, mlexp = _mlflow(args, exp)
     searched = search_domains(base, fixed)
     etas = ETA_CHOICES if "eta_init" not in fixed and args.trials > len(ETA_CHOICES) else \
         [fixed.get("eta_init", points[0].get("eta_init", base.method.eta_init))]
-    pre = [Config.from_flat({**fixed, **points[0], "eta_init": e}).to_flat() for e in etas]
+    pre = [Config.from_flat({**tuning, **points[0], "eta_init": e}).to_flat() for e in etas]
     search = {"study": exp.name, "sampler": args.sampler, "seed": args.search_seed, "prune": bool(args.asha),
-              "searched": searched, "defaults": points[0], "fixed": fixed, "pretrain": pre,
+              "searched": searched, "defaults": points[0], "fixed": fixed, "pretrain": pre, "protocol": pl,
               "confirm": {"top": args.confirm_top, "seeds": args.confirm_seeds}}
-    doc = make_doc("search", exp.name, [dict(fixed)] * args.trials, runner, metric=metric,
+    doc = make_doc("search", exp.name, [dict(tuning)] * args.trials, runner, metric=metric,
                    argv=["lucir", *sys.argv[1:]], mlflow_uri=uri, mlflow_experiment=mlexp, search=search,
                    searched=searched, param_space={**fixed, **searched}, optuna_study=exp.name, num_trials=args.trials)
-    print(f"lucir search: {args.trials} trials, {args.sampler} seed {args.search_seed}, objective {metric}, "
+    if pl["last_phase"] is not None:
+        for slot in doc["slots"]:
+            slot["last_phase"] = pl["last_phase"]
+    print(f"lucir search ({args.protocol}): {args.trials} trials, {args.sampler} seed {args.search_seed}, objective {metric}, "
           f"{'successive halving on phase, ' if args.asha else ''}searching {', '.join(searched)} -> {exp}", flush=True)
     return _go(exp, doc, runner, [base])
 

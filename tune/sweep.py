@@ -480,6 +480,24 @@ def run(exp: str | os.PathLike, runner: RunnerOptions | None = None, *, mlflow_u
     return code
 
 
+def sync_idle(exp: str | os.PathLike) -> bool:
+    """MLflow sync of a folder no driver is running (``lucir report``); False when one is (it syncs itself)."""
+    from tune.mlflow_sync import sync
+
+    exp = Path(exp).absolute()
+    doc = record.read_json_dict(exp / record.EXPERIMENT_FILE) or {}
+    uri = str(doc.get("mlflow_uri") or "")
+    if "slots" not in doc or not uri or (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()):
+        return False  # not a runner v3 folder, no MLflow, or a store the runner never created: nothing to mirror
+    try:
+        DriverLock(exp).check()
+    except ConfigError:
+        return False
+    with DriverLock(exp, stale_after=0.1):
+        done = [sync(d) for d in (exp, exp / record.CONFIRM_DIR) if (d / record.EXPERIMENT_FILE).exists()]
+    return all(done)
+
+
 # ---------------------------------------------------------------------------------------- confirm stage
 def confirm_candidates(exp: Path, doc: dict) -> list[dict]:
     """The paper defaults and the ``top`` best distinct searched configurations on the search's objective
@@ -514,13 +532,15 @@ def run_confirm(exp: Path, runner: RunnerOptions, mlflow_uri: str | None = None)
     if not (folder / record.EXPERIMENT_FILE).exists():
         cands = confirm_candidates(exp, doc)
         fixed = {k: v for k, v in doc["search"]["fixed"].items() if k not in ("val_fraction", "seed")}
-        slots = [{**fixed, **cd["params"], "val_fraction": 0.0, "seed": s} for cd in cands for s in range(c["seeds"])]
-        print(f"lucir search: confirm stage, {len(cands)} configs x {c['seeds']} seeds on the full training set "
-              f"-> {folder}", flush=True)
+        scenarios = (doc["search"].get("protocol") or {}).get("evaluate") or [{}]
+        slots = [{**fixed, **cd["params"], **sc, "val_fraction": 0.0, "seed": s}
+                 for cd in cands for sc in scenarios for s in range(c["seeds"])]
+        print(f"lucir search: confirm stage, {len(cands)} configs x {len(scenarios)} scenario(s) x {c['seeds']} seeds "
+              f"on the full training set -> {folder}", flush=True)
         folder.mkdir(exist_ok=True)
         cdoc = make_doc("confirm", f"{doc['name']}-confirm", slots, RunnerOptions.from_dict(doc["runner"]),
                         metric=record.OBJECTIVE, argv=doc["argv"], mlflow_uri=doc.get("mlflow_uri"),
-                        mlflow_experiment=doc.get("mlflow_experiment"), candidates=cands, seeds=c["seeds"],
+                        mlflow_experiment=doc.get("mlflow_experiment"), candidates=cands, seeds=c["seeds"], scenarios=scenarios,
                         search_metric=doc["metric"], search=str(exp))
         atomic_write_json(folder / record.EXPERIMENT_FILE, cdoc)
     return run(folder, runner, mlflow_uri=mlflow_uri)

@@ -84,17 +84,19 @@ class Member:
         from tune import study
 
         self.exp, self.slot, self.token, self.metric = exp, slot, token, doc["metric"]
-        flat = dict({s["id"]: s for s in doc["slots"]}[slot]["config"])
+        entry = {s["id"]: s for s in doc["slots"]}[slot]
+        flat = dict(entry["config"])
         self.st = study.trial_for_slot(exp, doc, slot) if doc["kind"] == "search" else None
         if self.st is not None:
             flat.update(self.st.params)
         self.cfg = lucir.Config.from_flat(runtime_overrides(flat, cpus, gpus))
-        self.P = self.cfg.protocol.phases
+        self.P = entry.get("last_phase") or self.cfg.protocol.phases  # a first-task search slot stops early
         old = record.read_json_dict(record.record_path(exp, slot))
         self.rec = (record.TrialRecord.from_json(old) if old else
                     record.TrialRecord(trial_id=slot, trial_name=slot, sweep=doc["name"]))
         self.rec.config, self.rec.fused = self.cfg.to_flat(), dict(fused or {})
         self.rec.optuna_trial = None if self.st is None else self.st.number
+        self.rec.last_phase = entry.get("last_phase")
 
     @property
     def final(self) -> bool:
