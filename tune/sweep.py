@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import socket
-import statistics
 import sys
 import threading
 import time
@@ -547,13 +546,6 @@ def run_confirm(exp: Path, runner: RunnerOptions, mlflow_uri: str | None = None)
 
 
 # ---------------------------------------------------------------------------------------- summaries
-def _mean_std(xs: list) -> str:
-    xs = [x for x in map(record.number, xs) if x is not None]
-    if not xs:
-        return "-"
-    return f"{xs[0]:.2f}" if len(xs) == 1 else f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
-
-
 def ranked(exp: Path, metric: str) -> list[dict]:
     """Slots that finished every phase (never a pruned or partial one), best ``metric`` first."""
     docs = [d for d in record.read_trials(exp) if record.is_finished(d)
@@ -561,65 +553,46 @@ def ranked(exp: Path, metric: str) -> list[dict]:
     return sorted(docs, key=lambda d: -d["phases"][-1][metric])
 
 
-def ablation_summary(exp: Path) -> tuple[list[str], list[list[str]]]:
-    """Per preset x protocol: mean ± std over seeds of the last phase's avg_inc_acc_cnn/nme and acc."""
-    from lucir.config import LADDER
-    from tune.spaces import PROTOCOL_KEYS
-
-    groups: dict[tuple, list[dict]] = {}
-    for d in record.read_trials(exp):
-        groups.setdefault((d["config"].get("preset"),) + tuple(d["config"].get(k) for k in PROTOCOL_KEYS), []).append(d)
-    order = {p: i for i, p in enumerate(LADDER)}
-    rows = []
-    for key in sorted(groups, key=lambda k: (tuple(map(str, k[1:])), order.get(k[0], 99), str(k[0]))):
-        docs = groups[key]
-        last = [d["phases"][-1] for d in docs if record.is_finished(d)]
-        rows.append([str(key[0]), *map(str, key[1:]), str(len({d["config"].get("seed") for d in docs})),
-                     f"{len(last)}/{len(docs)}", *(_mean_std([r.get(m) for r in last]) for m in
-                                                   ("avg_inc_acc_cnn", "avg_inc_acc_nme", "acc_cnn", "acc_nme"))])
-    return ["preset", *PROTOCOL_KEYS, "seeds", "finished", "avg_inc_acc_cnn", "avg_inc_acc_nme", "last_acc_cnn",
-            "last_acc_nme"], rows
-
-
 def print_summary(exp: Path, file=None) -> None:
-    from tabulate import tabulate
+    """The end of a sweep, read from its records: mean ± std over seeds of the last phase per preset and
+    protocol (ablate) or per candidate (confirm); a search's slots on its objective and its best slot on it
+    (selection only).  The paired statistics are ``lucir report``'s."""
+    import pandas as pd
 
     from lucir.commands import command_line
-    from tune.spaces import SEARCHED, fmt_value
+    from tune.spaces import PROTOCOL_KEYS, SEARCHED
 
-    doc = read_experiment(exp)
-    if doc["kind"] == "confirm":
-        recs = record.read_trials(exp)
-        rows = []
-        for c in doc["candidates"]:
-            mine = [d for d in recs if all(d["config"].get(k) == v for k, v in c["params"].items())]
-            last = [d["phases"][-1] for d in mine if record.is_finished(d)]
-            rows.append([c["label"], ", ".join(f"{k}={fmt_value(v)}" for k, v in c["params"].items()),
-                         fmt_value(c["search_value"]), f"{len(last)}/{len(mine)}",
-                         *(_mean_std([r.get(m) for r in last]) for m in ("avg_inc_acc_cnn", "avg_inc_acc_nme"))])
-        print(f"\nconfirm stage ({exp}; full training set, {doc['seeds']} seeds, test set, last phase, mean ± std; "
-              "paired tests: `lucir report`):", file=file)
-        print(tabulate(rows, headers=["candidate", "params", f"search {doc['search_metric']}", "finished",
-                                      "avg_inc_acc_cnn", "avg_inc_acc_nme"], tablefmt="github"), file=file)
-    elif doc["kind"] != "search":
-        head, rows = ablation_summary(exp)
-        print(f"\n{doc['kind']} summary ({exp}; mean ± std over seeds, last phase, %):", file=file)
-        print(tabulate(rows, headers=head, tablefmt="github"), file=file)
-    else:
-        metric = doc["metric"]
-        rows = [[d["trial_id"], d.get("status"), f"{len(d['phases']) - 1}/{d.get('num_phases')}",
-                 *[fmt_value(d["config"].get(k)) for k in SEARCHED],
-                 fmt_value((d["phases"] or [{}])[-1].get(metric))] for d in record.read_trials(exp)]
-        print(f"\nsearch slots ({exp}; {metric} at the last phase reached):", file=file)
-        print(tabulate(rows, headers=["slot", "status", "phases", *SEARCHED, metric], tablefmt="github"), file=file)
-        best = ranked(exp, metric)
+    doc, recs = read_experiment(exp), record.read_trials(exp)
+    rows = [{"slot": d["trial_id"], "status": d["status"], "phases": f"{len(d['phases']) - 1} of {d.get('num_phases')}",
+             "finished": record.is_finished(d), **d["config"], **(d["phases"] or [{}])[-1]} for d in recs]
+    df = pd.DataFrame(rows)
+    if doc["kind"] == "search":
+        cols = ["slot", "status", "phases", *[k for k in SEARCHED if k in df], doc["metric"]]
+        print(f"\nsearch slots ({exp}; {doc['metric']} at the last phase reached):", file=file)
+        print(df.reindex(columns=cols).to_markdown(index=False, floatfmt=".4g"), file=file)
+        best = ranked(exp, doc["metric"])
         if best:
-            b = best[0]
-            print(f"\nbest on {metric} (selection only; test accuracy comes from the confirm stage): {b['trial_id']}, "
-                  f"{b['phases'][-1][metric]:.2f}\n  {command_line(b['config'])}", file=file)
+            print(f"\nbest on {doc['metric']} (selection only; test accuracy comes from the confirm stage): "
+                  f"{best[0]['trial_id']}\n  {command_line(best[0]['config'])}", file=file)
         if (exp / record.CONFIRM_DIR / record.EXPERIMENT_FILE).exists():
             print_summary(exp / record.CONFIRM_DIR, file=file)
-    bad = [d["trial_id"] for d in record.read_trials(exp) if not record.is_final(d)]
+    elif len(df):
+        if doc["kind"] == "confirm":
+            label = {json.dumps(c["params"], sort_keys=True): c["label"] for c in doc["candidates"]}
+            df["candidate"] = [label.get(json.dumps({k: d["config"].get(k) for k in doc["candidates"][0]["params"]},
+                                                    sort_keys=True), "?") for d in recs]
+            keys = ["candidate"]
+        else:
+            keys = ["preset", *PROTOCOL_KEYS]
+        fin = df[df.finished]
+        stats = fin.groupby(keys, sort=False)[["avg_inc_acc_cnn", "avg_inc_acc_nme", "acc_cnn", "acc_nme"]]
+        table = stats.agg(lambda x: "-" if x.count() == 0 else f"{x.mean():.2f}" if x.count() == 1
+                          else f"{x.mean():.2f} ± {x.std():.2f}")
+        table.insert(0, "finished", fin.groupby(keys, sort=False).size().astype(str) + "/" +
+                     df.groupby(keys, sort=False).size().reindex(table.index).astype(str))
+        print(f"\n{doc['kind']} summary ({exp}; mean ± std over seeds, last phase, %):", file=file)
+        print(table.reset_index().to_markdown(index=False), file=file)
+    bad = [d["trial_id"] for d in recs if not record.is_final(d)]
     if bad:
         print(f"{len(bad)} slot(s) not finished ({', '.join(bad[:8])}{'…' if len(bad) > 8 else ''}): "
               f"`lucir resume {exp}` runs them again", file=sys.stderr)

@@ -6,9 +6,9 @@ else comes from the experiment folder, the one truth:
 * ``<exp>/lucir_experiment.json`` gives each slot's config (a search slot's searched params come from its
   Optuna trial, ``tune/study.py``).  A worker that cannot see that file refuses to start, naming its host
   and the path: it never creates a folder of its own.
-* ``trials/<slot>.state.pt`` (a fused array: ``trials/<array>.state.pt``, all members in one file) is the
-  resumable state, written atomically every ``checkpoint_every`` epochs (``.partial.pt`` for an array)
-  and at every phase end.  A restarted worker (Tune's ``FailureConfig`` retry, the next driver) goes on
+* ``trials/<slot>.state.pt`` (a fused array: ``trials/<array>.state.pt``; every member's state after
+  their last phase, in one file) is the resumable state, written atomically at every phase end, and
+  ``trials/<slot or array>.partial.pt`` the phase in progress, every ``checkpoint_every`` epochs.  A restarted worker (Tune's ``FailureConfig`` retry, the next driver) goes on
   from it: a kill loses at most the epochs since the last checkpoint.  No Tune checkpoint is used.
 * ``trials/<slot>.json`` (``lucir.record.TrialRecord``) is the slot's record, written only here: after
   every phase (status RUNNING), at every (re)start of training (``starts``), and at the end (TERMINATED or
@@ -173,108 +173,52 @@ def lucir_trainable(config: dict, *, exp_dir: str, token: str, cpus: float = 1.0
     (exp / record.TRIALS_DIR).mkdir(exist_ok=True)  # never parents: the folder is the driver's
     unit = config.get("unit", config)  # {"unit": {...}}: the Tuner's grid over units
     slots, array = list(unit["slots"]), unit.get("array")
-    cache = BaseCache(exp / record.BASE_CACHE_DIR) if base_cache else None
+    members = [Member(exp, doc, s, token, cpus, gpus, fused=None if array is None else
+                      {"array": array, "index": i, "size": len(slots)}) for i, s in enumerate(slots)]
+    torch.set_num_threads(members[0].cfg.runtime.threads)
     try:
-        if array is None:
-            m = Member(exp, doc, slots[0], token, cpus, gpus)
-            torch.set_num_threads(m.cfg.runtime.threads)
-            _run_slot(exp, m, cache)
-        else:
-            members = [Member(exp, doc, s, token, cpus, gpus, fused={"array": array, "index": i, "size": len(slots)})
-                       for i, s in enumerate(slots)]
-            torch.set_num_threads(members[0].cfg.runtime.threads)
-            _run_array(exp, array, [m for m in members if not m.final], cache)
+        _run(exp, array or slots[0], [m for m in members if not m.final],
+             BaseCache(exp / record.BASE_CACHE_DIR) if base_cache else None)
     except Superseded:
         log.warning("slot(s) %s: the driver that started this worker is gone; it writes nothing more", slots)
 
 
-def _run_slot(exp: Path, m: Member, cache: BaseCache | None) -> None:
+def _run(exp: Path, name: str, active: list[Member], cache: BaseCache | None) -> None:
+    """One slot, or a fused array of slots (``lucir.run.run_members`` over the members that are not final):
+    one state file for all members (so they are always at one phase), one record, Optuna trial and prune
+    decision per member; a pruned member's slice stops and the others go on.  ``name``: the slot's id, or
+    the array's."""
     import lucir
-    from ray import tune
-
-    if m.final:
-        return
-    state_path = exp / record.TRIALS_DIR / f"{m.slot}.state.pt"
-    state = lucir.load_state(state_path) if state_path.exists() else None
-    if state is not None and state["phase"] >= 0 and len(m.rec.phases) < state["phase"] + 1:
-        if m.phase_done(state) and state["phase"] < m.P:  # killed between its state and its record
-            return m.end("PRUNED")
-    elif m.judge():  # killed between its record and the pruner's word
-        return m.end("PRUNED")
-    if state is not None and state["phase"] >= m.P:
-        return m.end("TERMINATED")
-
-    def save(st: dict) -> None:
-        m.guard()
-        lucir.save_state(st, state_path)
-
-    if state is None and cache is not None:
-        hit = cache.get(m.cfg.base_key(), who=m.slot)
-        m.rec.base_cache = "miss" if hit is None else "hit"
-        if hit is not None:
-            state = {**hit, "config": m.cfg.identity()}
-            save(state)
-            if m.phase_done(state):
-                return m.end("PRUNED")
-    start = -1 if state is None else state["phase"]
-    m.started(start + 1, int(((state or {}).get("partial") or {}).get("epoch", -1)) + 1)
-    for result, st in lucir.run(m.cfg, state, on_checkpoint=save,
-                                on_epoch=lambda ph, ep, loss: _progress(exp, m.slot, phase=ph, epoch=ep, loss=loss)):
-        save(st)
-        pruned = m.phase_done(st)
-        if result.phase == 0 and cache is not None and m.rec.base_cache == "miss":
-            cache.put(m.cfg.base_key(), st, {"trial_id": m.slot, "config": m.cfg.identity()})
-        if result.phase >= m.P or pruned:
-            m.end("TERMINATED" if result.phase >= m.P else "PRUNED")
-        else:
-            m.started(result.phase + 1)
-        tune.report(report_metrics(result.metrics(), m.P))
-        if m.final:
-            return
-
-
-def _run_array(exp: Path, array: str, active: list[Member], cache: BaseCache | None) -> None:
-    """A fused array (``lucir.fused.run_fused``) of the slots ``active``: one state file for all members
-    (so they are always at one phase), one record, Optuna trial and prune decision per member; a pruned
-    member's slice stops and the array goes on with the others."""
-    import lucir
-    from lucir.fused import member_keys, run_fused
+    from lucir.fused import member_keys
+    from lucir.run import run_members
     from ray import tune
 
     if not active:
         return
-    P = active[0].P
-    state_path, partial_path = (exp / record.TRIALS_DIR / f"{array}{x}" for x in (".state.pt", ".partial.pt"))
-    guard = active[0].guard
-    states = None
-    if state_path.exists():
-        doc = lucir.load_state(state_path)
-        states = {m.slot: doc["members"][m.slot] for m in active}
-    elif cache is not None:
+    P, guard = active[0].P, active[0].guard
+    state_path, partial_path = (exp / record.TRIALS_DIR / f"{name}{x}" for x in (".state.pt", ".partial.pt"))
+    states = lucir.load_state(state_path)["members"] if state_path.exists() else None
+    if states is None and cache is not None:  # the shared base phase, pre-trained by the driver
         found = {m.slot: cache.get(m.cfg.base_key(), who=m.slot) for m in active}
+        for m in active:
+            m.rec.base_cache = "miss" if found[m.slot] is None else "hit"
         if all(st is not None for st in found.values()):
             states = {m.slot: {**found[m.slot], "config": m.cfg.identity()} for m in active}
-            for m in active:
-                m.rec.base_cache = "hit"
 
-    def keep(members: list[Member]) -> list[Member]:
-        """Publish phases a kill left unrecorded, apply the pruner; the members that go on."""
-        out = []
-        for m in members:
-            st = None if states is None else states[m.slot]
-            if st is not None and (len(m.rec.phases) < st["phase"] + 1 and m.phase_done(st) or m.judge()):
-                m.end("PRUNED")
-            elif st is not None and st["phase"] >= P:
-                m.end("TERMINATED")
-            else:
-                out.append(m)
-        return out
+    def goes_on(m: Member) -> bool:
+        """Record phases a kill left unrecorded, apply the pruner; False when the slot ended."""
+        st = None if states is None else states[m.slot]
+        if st is not None and (len(m.rec.phases) < st["phase"] + 1 and m.phase_done(st) or m.judge()):
+            m.end("PRUNED")
+        elif st is not None and st["phase"] >= P:
+            m.end("TERMINATED")
+        return not m.final
 
-    def save_partial(part: dict) -> None:
+    def save_partial(part: dict, last: list[dict]) -> None:
         guard()
-        lucir.save_state(part, partial_path)
+        lucir.save_state({**part, "config_ids": member_keys([m.cfg for m in active])}, partial_path)
 
-    active = keep(active)
+    active = [m for m in active if goes_on(m)]
     while active:
         done = -1 if states is None else states[active[0].slot]["phase"]
         part = lucir.load_state(partial_path) if partial_path.exists() else None
@@ -283,20 +227,24 @@ def _run_array(exp: Path, array: str, active: list[Member], cache: BaseCache | N
             part = None
         for m in active:
             m.started(done + 1, 0 if part is None else int(part["epoch"]) + 1)
-        run = run_fused([m.cfg for m in active], None if states is None else [states[m.slot] for m in active],
-                        partial=part, on_checkpoint=save_partial,
-                        on_epoch=lambda ph, ep, losses: _progress(exp, array, phase=ph, epoch=ep, loss=losses))
+        run = run_members([m.cfg for m in active], None if states is None else [states[m.slot] for m in active],
+                          partial=part, on_checkpoint=save_partial,
+                          on_epoch=lambda ph, ep, losses: _progress(exp, name, phase=ph, epoch=ep, loss=losses))
         for out in run:
             phase = out[0][0].phase
             states = {m.slot: st for m, (_, st) in zip(active, out)}
             guard()
             lucir.save_state({"phase": phase, "members": states}, state_path)
-            pruned = {m.slot for m, (_, st) in zip(active, out) if m.phase_done(st)}
-            metrics = {m.slot: r.metrics() for m, (r, _) in zip(active, out)}
+            pruned = {m.slot for m in active if m.phase_done(states[m.slot])}
+            if phase == 0 and cache is not None:  # a key no other slot shares: published for a resumed sweep
+                for m in active:
+                    if m.rec.base_cache == "miss":
+                        cache.put(m.cfg.base_key(), states[m.slot], {"trial_id": m.slot, "config": m.cfg.identity()})
             for m in active:
                 if phase >= P or m.slot in pruned:
                     m.end("TERMINATED" if phase >= P else "PRUNED")
-            best = max(metrics.values(), key=lambda r: record.number(r.get(active[0].metric)) or -1)
+            metrics = [r.metrics() for r, _ in out]
+            best = max(metrics, key=lambda r: record.number(r.get(active[0].metric)) or -1)
             tune.report({**report_metrics(best, P), "members": len(active)})
             if phase >= P:
                 return
