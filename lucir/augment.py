@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from lucir.config import check_field
+
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     """Zero-pad by ``pad`` and take one random HxW window per sample (shape and dtype kept)."""
@@ -52,15 +54,9 @@ def crop_padding(image_size: int) -> int:
 def augment_settings(mode: str, image_size: int) -> dict:
     """``ImageAugment`` keyword arguments (``pad``, ``flip``, ``resized_crop``) of one ``Protocol.augment``
     mode: imagenet = RandomResizedCrop + flip, cifar = pad-crop + flip, crop = pad-crop, none = nothing."""
-    if mode == "imagenet":
-        return dict(pad=0, flip=True, resized_crop=True)
-    if mode == "cifar":
-        return dict(pad=crop_padding(image_size), flip=True, resized_crop=False)
-    if mode == "crop":
-        return dict(pad=crop_padding(image_size), flip=False, resized_crop=False)
-    if mode == "none":
-        return dict(pad=0, flip=False, resized_crop=False)
-    raise ValueError(f"augment={mode!r} is invalid: allowed one of ['imagenet', 'cifar', 'crop', 'none']")
+    check_field("augment", mode)
+    return dict(pad=crop_padding(image_size) if mode in ("cifar", "crop") else 0, flip=mode in ("imagenet", "cifar"),
+                resized_crop=mode == "imagenet")
 
 
 def resized_crop_boxes(b: int, height: int, width: int, gen: torch.Generator,

@@ -7,6 +7,7 @@ renamed over the target: a crash never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,7 +38,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with _suppress():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
@@ -66,14 +67,6 @@ def _finite_or_none(o):
 
 def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
 
 
 def save_state(state: dict, path: str | os.PathLike) -> None:

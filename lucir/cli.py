@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 
 from lucir.commands import command_line  # noqa: F401  (re-exported: ``lucir.cli.command_line``)
-from lucir.config import FIELD_SECTION, LADDER, Config, ConfigError
+from lucir.config import DATASETS, FIELD_SECTION, LADDER, Config, ConfigError
+from lucir.metrics import METRIC_NAMES
 
 
 def add_config_args(p: argparse.ArgumentParser, *, with_preset: bool = True) -> None:
     """Flags for the common fields; ``--set key=value`` reaches any other config field."""
     g = p.add_argument_group("configuration (defaults depend on --dataset)")
-    g.add_argument("--dataset", choices=["digits", "cifar100", "imagefolder"])
+    g.add_argument("--dataset", choices=list(DATASETS))
     g.add_argument("--data-root", dest="data_root")
     if with_preset:
         g.add_argument("--preset", help=f"one of {', '.join(LADDER)} (default lucir)")
@@ -67,11 +68,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-TABLE_COLS = ("phase", "classes_seen", "acc_cnn", "acc_nme", "acc_old_cnn", "acc_new_cnn", "avg_inc_acc_cnn",
-              "avg_inc_acc_nme", "forgetting_cnn", "train_seconds")
-
-
-def format_table(rows: list[dict], cols=TABLE_COLS) -> str:
+def format_table(rows: list[dict], cols=METRIC_NAMES) -> str:
     from tabulate import tabulate
 
     return tabulate([[_fmt(r[c]) for c in cols] for r in rows], headers=list(cols), tablefmt="github")

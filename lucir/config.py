@@ -16,11 +16,9 @@ per class (``Config.quota``), each class keeping its herding prefix.  The ceilin
 
 Per-phase weight of the less-forget term: ``lambda_t`` (``Config.lambda_at``; the metric of that name).
 
-``Runtime.deterministic`` (CLI ``--deterministic``): ``torch.use_deterministic_algorithms(True,
-warn_only=True)``, ``cudnn.deterministic = True``, ``cudnn.benchmark = False`` and
-``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (set before CUDA is initialised when possible).  On the CPU runs are
-already bit-identical for the same config, seed and threads, and the switch changes nothing.  On a GPU it
-forbids cuDNN's autotuned and atomics-based kernels: usually 10-30% slower training steps in PyTorch's
+``Runtime.deterministic`` (CLI ``--deterministic``; what it sets: ``lucir.run.set_deterministic``).  On the
+CPU runs are already bit-identical for the same config, seed and threads, and the switch changes nothing.  On a
+GPU it forbids cuDNN's autotuned and atomics-based kernels: usually 10-30% slower training steps in PyTorch's
 own guidance (not measured for this project: no GPU was available); an op with no deterministic CUDA
 kernel gives PyTorch's warning instead of failing the run.  ``bf16``, ``channels_last`` and ``compile``
 change the summation order: they are part of ``base_key`` (a bf16 base phase never seeds fp32 trials).
@@ -54,27 +52,23 @@ AUGMENTS = ("imagenet", "cifar", "crop", "none")
 CLASS_MEAN_FLIPS = ("channels", "mirror", "none")
 #: tensor datasets whose images have one size and channel count
 NATIVE_IMAGES = {"digits": (8, 1), "cifar100": (32, 3)}
+IN_MEMORY = ("auto", "true", "false")
+VERIFY_IMAGES = ("header", "full", "off")  # lucir.data.verify_images
 
-# Ablation ladder (paper Fig. 7, official run.sh).  Each preset sets every switch.
+# Ablation ladder (paper Fig. 7, official run.sh).  Each preset sets every switch (1 = on), in this order:
 _SWITCHES = ("cosine", "imprint", "less_forget", "adaptive_lambda", "margin_ranking", "kd",
              "mimic_scores", "cbf", "joint")
-PRESETS: dict[str, dict[str, bool]] = {
-    "finetune": dict(cosine=False, imprint=False, less_forget=False, adaptive_lambda=False,
-                     margin_ranking=False, kd=False, mimic_scores=False, cbf=False, joint=False),
-    "baseline": dict(cosine=False, imprint=False, less_forget=False, adaptive_lambda=False,
-                     margin_ranking=False, kd=True, mimic_scores=False, cbf=False, joint=False),
-    "cn": dict(cosine=True, imprint=True, less_forget=False, adaptive_lambda=False,
-               margin_ranking=False, kd=False, mimic_scores=True, cbf=False, joint=False),
-    "cn_lf": dict(cosine=True, imprint=True, less_forget=True, adaptive_lambda=True,
-                  margin_ranking=False, kd=False, mimic_scores=False, cbf=False, joint=False),
-    "lucir": dict(cosine=True, imprint=True, less_forget=True, adaptive_lambda=True,
-                  margin_ranking=True, kd=False, mimic_scores=False, cbf=False, joint=False),
-    "lucir_cbf": dict(cosine=True, imprint=True, less_forget=True, adaptive_lambda=True,
-                      margin_ranking=True, kd=False, mimic_scores=False, cbf=True, joint=False),
-    "joint": dict(cosine=True, imprint=True, less_forget=False, adaptive_lambda=False,
-                  margin_ranking=False, kd=False, mimic_scores=False, cbf=False, joint=True),
-}
-LADDER = ("finetune", "baseline", "cn", "cn_lf", "lucir", "lucir_cbf", "joint")
+PRESETS: dict[str, dict[str, bool]] = {name: dict(zip(_SWITCHES, map(bool, row))) for name, row in (
+    #             cos imp lf ada mr kd ms cbf joint
+    ("finetune",  (0, 0, 0, 0, 0, 0, 0, 0, 0)),
+    ("baseline",  (0, 0, 0, 0, 0, 1, 0, 0, 0)),
+    ("cn",        (1, 1, 0, 0, 0, 0, 1, 0, 0)),
+    ("cn_lf",     (1, 1, 1, 1, 0, 0, 0, 0, 0)),
+    ("lucir",     (1, 1, 1, 1, 1, 0, 0, 0, 0)),
+    ("lucir_cbf", (1, 1, 1, 1, 1, 0, 0, 1, 0)),
+    ("joint",     (1, 1, 0, 0, 0, 0, 0, 0, 1)),
+)}
+LADDER = tuple(PRESETS)
 
 # Per-dataset defaults, applied where the user gave no value.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -101,6 +95,65 @@ def _err(name: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{name}={value!r} is invalid: allowed {allowed}")
 
 
+def _int_at_least(lo: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _number(lo: float, hi: float = math.inf, *, above: bool = False) -> Callable[[Any], bool]:
+    return lambda v: _finite(v) and (v > lo if above else v >= lo) and v <= hi
+
+
+def _one_of(choices) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), f"one of {list(choices)}"
+
+
+_INT0, _INT1 = (_int_at_least(0), "an integer >= 0"), (_int_at_least(1), "an integer >= 1")
+_BOOL = (lambda v: isinstance(v, bool)), "true or false"
+_POSITIVE, _NONNEGATIVE = (_number(0, above=True), "a finite number > 0"), (_number(0), "a finite number >= 0")
+_BUDGET = _int_at_least(0), "an integer >= 0 (a memory budget cannot be negative)"
+
+#: the one home of the single-field checks: field -> (predicate, the allowed values as the error names them);
+#: the dataclasses below run them at construction (``check_field``; ``lucir.data`` uses it for its arguments)
+FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    # Protocol (and, across fields, Protocol.__post_init__)
+    "dataset": _one_of(sorted(DATASETS)), "base_classes": _INT1, "phases": _INT1, "num_classes": _INT1,
+    "exemplars_per_class": _BUDGET, "memory_total": _BUDGET, "class_order_seed": _INT0, "seed": _INT0,
+    "image_size": (_int_at_least(4), "an integer >= 4 (pixels)"),
+    "channels": ((lambda v: v in (1, 3) and not isinstance(v, bool)), "1 (grayscale) or 3 (RGB)"),
+    "augment": _one_of(AUGMENTS),
+    "val_fraction": (_number(0, 0.5), "a number in [0, 0.5] (0: no validation split)"),
+    # Method
+    "preset": ((lambda v: v in PRESETS or v == "custom"), f"one of {list(LADDER)} or 'custom'"),
+    **dict.fromkeys(_SWITCHES, _BOOL),
+    "backbone": _one_of(BACKBONES), "class_mean_flip": _one_of(CLASS_MEAN_FLIPS),
+    "eta_init": _POSITIVE, "kd_T": _POSITIVE, "K": _INT1,
+    **dict.fromkeys(("lambda_base", "margin", "mr_weight", "kd_beta", "ms_weight"), _NONNEGATIVE),
+    # Schedule (the milestones: Schedule.__post_init__)
+    "epochs": _INT1, "batch_size": _INT1, "cbf_epochs": _INT1, "lr": _POSITIVE, "cbf_lr": _POSITIVE,
+    **dict.fromkeys(("gamma", "momentum", "weight_decay", "cbf_weight_decay"), _NONNEGATIVE),
+    # Runtime
+    "device": ((lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None),
+               "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    **dict.fromkeys(("bf16", "channels_last", "compile", "download", "deterministic"), _BOOL),
+    "threads": _INT0, "eval_batch_size": _INT1, "checkpoint_every": _INT0, "workers": _INT0,
+    "gpu_memory_fraction": (_number(0, 1), "a number in [0, 1]"),
+    "in_memory": _one_of(IN_MEMORY), "verify_images": _one_of(VERIFY_IMAGES),
+}
+
+
+def check_field(name: str, value: Any) -> None:
+    """A ``ConfigError`` naming the field and the allowed values unless ``FIELD_CHECKS[name]`` accepts ``value``."""
+    ok, allowed = FIELD_CHECKS[name]
+    if not ok(value):
+        raise _err(name, value, allowed)
+
+
+def _check_fields(section) -> None:
+    for f in fields(section):
+        if f.name in FIELD_CHECKS:
+            check_field(f.name, getattr(section, f.name))
+
+
 @dataclass(frozen=True)
 class Protocol:
     """Class-incremental protocol (DESIGN §3 'Protocol')."""
@@ -122,46 +175,17 @@ class Protocol:
     val_fraction: float = 0.0  # share of each class's training images held out for validation (search)
 
     def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise _err("dataset", self.dataset, f"one of {sorted(DATASETS)}")
-        for name in ("base_classes", "phases", "num_classes"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise _err(name, v, "an integer >= 1")
-        for name in ("exemplars_per_class", "memory_total"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise _err(name, v, "an integer >= 0 (a memory budget cannot be negative)")
-        for name in ("class_order_seed", "seed"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise _err(name, v, "an integer >= 0")
+        _check_fields(self)
         if self.base_classes >= self.num_classes:
             raise _err("base_classes", self.base_classes,
                        f"1..{self.num_classes - 1} ({self.dataset} has {self.num_classes} classes "
                        "and at least one incremental phase needs classes)")
-        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 4:
-            raise _err("image_size", self.image_size, "an integer >= 4 (pixels)")
-        if self.channels not in (1, 3) or isinstance(self.channels, bool):
-            raise _err("channels", self.channels, "1 (grayscale) or 3 (RGB)")
-        if self.augment not in AUGMENTS:
-            raise _err("augment", self.augment, f"one of {list(AUGMENTS)}")
-        for name in ("mean", "std"):
-            v = getattr(self, name)
-            if v and (len(v) != self.channels or not all(_finite(x) for x in v)):
-                raise _err(name, v, f"empty (the dataset's) or {self.channels} finite numbers (one per channel)")
-        if any(x <= 0 for x in self.std):
-            raise _err("std", self.std, "numbers > 0")
-        if bool(self.mean) != bool(self.std):
-            raise _err("mean" if not self.mean else "std", self.mean or self.std,
-                       "given together with " + ("std" if self.mean else "mean"))
+        check_normalisation(self.mean, self.std, self.channels)
         native = NATIVE_IMAGES.get(self.dataset)
         if native and (self.image_size, self.channels) != native:
             bad = "image_size" if self.image_size != native[0] else "channels"
             raise _err(bad, getattr(self, bad), f"{native[0] if bad == 'image_size' else native[1]} "
                                                 f"for {self.dataset} (its images are {native[1]}x{native[0]}x{native[0]})")
-        if not _finite(self.val_fraction) or not 0 <= self.val_fraction <= 0.5:
-            raise _err("val_fraction", self.val_fraction, "a number in [0, 0.5] (0: no validation split)")
         rest = self.num_classes - self.base_classes
         if rest % self.phases:
             ok = [p for p in range(1, rest + 1) if rest % p == 0]
@@ -210,25 +234,7 @@ class Method:
     class_mean_flip: str = "none"  # one of CLASS_MEAN_FLIPS (lucir.memory.class_means)
 
     def __post_init__(self):
-        if self.preset not in PRESETS and self.preset != "custom":
-            raise _err("preset", self.preset, f"one of {list(LADDER)} or 'custom'")
-        for name in _SWITCHES:
-            if not isinstance(getattr(self, name), bool):
-                raise _err(name, getattr(self, name), "true or false")
-        if self.backbone not in BACKBONES:
-            raise _err("backbone", self.backbone, f"one of {list(BACKBONES)}")
-        if self.class_mean_flip not in CLASS_MEAN_FLIPS:
-            raise _err("class_mean_flip", self.class_mean_flip, f"one of {list(CLASS_MEAN_FLIPS)}")
-        for name in ("eta_init", "kd_T"):
-            v = getattr(self, name)
-            if not _finite(v) or v <= 0:
-                raise _err(name, v, "a finite number > 0")
-        for name in ("lambda_base", "margin", "mr_weight", "kd_beta", "ms_weight"):
-            v = getattr(self, name)
-            if not _finite(v) or v < 0:
-                raise _err(name, v, "a finite number >= 0")
-        if not isinstance(self.K, int) or isinstance(self.K, bool) or self.K < 1:
-            raise _err("K", self.K, "an integer >= 1")
+        _check_fields(self)
         needs_cos = [s for s in ("imprint", "less_forget", "margin_ranking", "mimic_scores", "cbf")
                      if getattr(self, s)]
         if needs_cos and not self.cosine:
@@ -252,18 +258,7 @@ class Schedule:
     cbf_weight_decay: float = 1e-4
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "cbf_epochs"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise _err(name, v, "an integer >= 1")
-        for name in ("lr", "cbf_lr"):
-            v = getattr(self, name)
-            if not _finite(v) or v <= 0:
-                raise _err(name, v, "a finite number > 0")
-        for name in ("gamma", "momentum", "weight_decay", "cbf_weight_decay"):
-            v = getattr(self, name)
-            if not _finite(v) or v < 0:
-                raise _err(name, v, "a finite number >= 0")
+        _check_fields(self)
         for name, limit in (("milestones", self.epochs), ("cbf_milestones", self.cbf_epochs)):
             ms = getattr(self, name)
             if list(ms) != sorted(set(ms)) or any((not isinstance(m, int)) or m < 1 or m >= limit for m in ms):
@@ -294,32 +289,12 @@ class Runtime:
     deterministic: bool = False  # deterministic GPU kernels (module docstring: what it sets and costs)
 
     def __post_init__(self):
-        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise _err("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
-        for name in ("bf16", "channels_last", "compile", "download", "deterministic"):
-            if not isinstance(getattr(self, name), bool):
-                raise _err(name, getattr(self, name), "true or false")
-        if not isinstance(self.threads, int) or self.threads < 0:
-            raise _err("threads", self.threads, "an integer >= 0")
-        if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
-            raise _err("eval_batch_size", self.eval_batch_size, "an integer >= 1")
-        if not _finite(self.gpu_memory_fraction) or not 0 <= self.gpu_memory_fraction <= 1:
-            raise _err("gpu_memory_fraction", self.gpu_memory_fraction, "a number in [0, 1]")
-        for name in ("checkpoint_every", "workers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise _err(name, v, "an integer >= 0")
-        if self.in_memory not in IN_MEMORY:
-            raise _err("in_memory", self.in_memory, f"one of {list(IN_MEMORY)}")
-        if self.verify_images not in VERIFY_IMAGES:
-            raise _err("verify_images", self.verify_images, f"one of {list(VERIFY_IMAGES)}")
+        _check_fields(self)
 
 
-IN_MEMORY = ("auto", "true", "false")
 #: dataset name -> function(data_root) -> number of classes, for datasets whose class count lies on disk
 #: (``lucir.data`` registers ``imagefolder``'s on import: config stays a leaf, data depends on config)
 CLASS_COUNTERS: dict[str, Callable[[str], int]] = {}
-VERIFY_IMAGES = ("header", "full", "off")  # lucir.data.verify_images
 _INT_TUPLES = ("milestones", "cbf_milestones")
 _FLOAT_TUPLES = ("mean", "std")
 
@@ -374,21 +349,14 @@ class Config:
         unknown = sorted(k for k in flat if k not in FIELD_SECTION)
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}: allowed {sorted(FIELD_SECTION)}")
-        dataset = flat.get("dataset", "digits")
-        if dataset not in DATASETS:
-            raise _err("dataset", dataset, f"one of {sorted(DATASETS)}")
-        values: dict[str, Any] = dict(DATASET_DEFAULTS[dataset])
-        preset = flat.get("preset", "lucir")
-        if preset in PRESETS:
-            values.update(PRESETS[preset])
-        elif preset != "custom":
-            raise _err("preset", preset, f"one of {list(LADDER)} or 'custom'")
-        if "epochs" in flat and "milestones" not in flat:
-            values["milestones"] = scale_milestones(values["milestones"], values["epochs"],
-                                                    _as_int("epochs", flat["epochs"]))
-        if "cbf_epochs" in flat and "cbf_milestones" not in flat:
-            values["cbf_milestones"] = scale_milestones(values["cbf_milestones"], values["cbf_epochs"],
-                                                        _as_int("cbf_epochs", flat["cbf_epochs"]))
+        dataset, preset = flat.get("dataset", "digits"), flat.get("preset", "lucir")
+        check_field("dataset", dataset)
+        check_field("preset", preset)
+        values: dict[str, Any] = {**DATASET_DEFAULTS[dataset], **PRESETS.get(preset, {})}
+        for epochs, milestones in (("epochs", "milestones"), ("cbf_epochs", "cbf_milestones")):
+            if epochs in flat and milestones not in flat:
+                values[milestones] = scale_milestones(values[milestones], values[epochs],
+                                                      _as_int(epochs, flat[epochs]))
         values.update(flat)
         if preset in PRESETS and any(values[s] != PRESETS[preset][s] for s in _SWITCHES):
             values["preset"] = "custom"
@@ -402,7 +370,6 @@ class Config:
                 raise _err("num_classes", None, f"an integer >= 2 for {dataset} (the number of class folders; "
                                                 "give it, or import lucir.data, which counts the folders)")
             values["num_classes"] = counter(values.get("data_root", "data"))
-        kwargs: dict[str, dict[str, Any]] = {sec: {} for sec in _SECTIONS}
         for k, v in values.items():
             if k in _INT_TUPLES or k in _FLOAT_TUPLES:
                 if isinstance(v, str):
@@ -411,24 +378,27 @@ class Config:
                 v = tuple(conv(k, x, v) for x in (v if isinstance(v, (list, tuple)) else [v]))
             elif k == "in_memory" and isinstance(v, bool):
                 v = "true" if v else "false"
-            kwargs[FIELD_SECTION[k]][k] = _coerce(_SECTIONS[FIELD_SECTION[k]], k, v)
-        return cls(**{sec: c(**kwargs[sec]) for sec, c in _SECTIONS.items()})
+            values[k] = _coerce(_SECTIONS[FIELD_SECTION[k]], k, v)
+        return cls._of_sections(values)
 
     def replace(self, **flat: Any) -> "Config":
         """A copy with some flat fields changed (other fields kept, no defaults re-applied)."""
-        cur = self.to_flat()
-        cur.update(flat)
-        kwargs = {sec: {} for sec in _SECTIONS}
-        for k, v in cur.items():
-            if k not in FIELD_SECTION:
-                raise ConfigError(f"unknown config field {k!r}: allowed {sorted(FIELD_SECTION)}")
-            if k in _INT_TUPLES or k in _FLOAT_TUPLES:
-                v = tuple(v)
+        unknown = [k for k in flat if k not in FIELD_SECTION]
+        if unknown:
+            raise ConfigError(f"unknown config field {unknown[0]!r}: allowed {sorted(FIELD_SECTION)}")
+        values = {**self.to_flat(), **flat}
+        return self._of_sections({k: tuple(v) if k in _INT_TUPLES + _FLOAT_TUPLES else v for k, v in values.items()})
+
+    @classmethod
+    def _of_sections(cls, values: dict[str, Any]) -> "Config":
+        """The config of a value for every flat field; a preset whose switches were changed becomes "custom"."""
+        preset = values.get("preset")
+        if preset in PRESETS and any(values[s] != PRESETS[preset][s] for s in _SWITCHES):
+            values["preset"] = "custom"
+        kwargs: dict[str, dict[str, Any]] = {sec: {} for sec in _SECTIONS}
+        for k, v in values.items():
             kwargs[FIELD_SECTION[k]][k] = v
-        preset = kwargs["method"].get("preset")
-        if preset in PRESETS and any(kwargs["method"][s] != PRESETS[preset][s] for s in _SWITCHES):
-            kwargs["method"]["preset"] = "custom"
-        return Config(**{sec: c(**kwargs[sec]) for sec, c in _SECTIONS.items()})
+        return cls(**{sec: c(**kwargs[sec]) for sec, c in _SECTIONS.items()})
 
     # ------------------------------------------------------------------ identity
     def identity(self) -> dict[str, Any]:
@@ -478,6 +448,17 @@ class Config:
         if self.method.backbone != "auto":
             return self.method.backbone
         return DATASET_DEFAULTS[self.protocol.dataset]["backbone"]
+
+
+def check_normalisation(mean, std, channels: int) -> None:
+    """``mean``/``std``: both empty (the dataset's) or both ``channels`` finite numbers, std > 0."""
+    for name, v in (("mean", mean), ("std", std)):
+        if v and (len(v) != channels or not all(_finite(x) for x in v)):
+            raise _err(name, v, f"empty (the dataset's) or {channels} finite numbers (one per channel)")
+    if any(x <= 0 for x in std):
+        raise _err("std", std, "numbers > 0")
+    if bool(mean) != bool(std):
+        raise _err("mean" if not mean else "std", mean or std, "given together with " + ("std" if mean else "mean"))
 
 
 def scale_milestones(milestones, old_epochs: int, new_epochs: int) -> tuple[int, ...]:

@@ -6,14 +6,9 @@
   torchvision when absent and the network allows) or ``<root>/cifar-100-binary/`` (the
   official binary version).
 * ``imagefolder``: ``<root>/train/<class>/...`` and ``<root>/val/<class>/...`` (ImageNet-Subset, or
-  any folder of images).  ``load_dataset_for(cfg)`` honours ``image_size``, ``channels``, ``augment``,
-  ``mean``/``std``, ``in_memory`` and ``workers``: a folder whose images all have at most
-  ``image_size``^2 pixels (read from the file headers) is decoded once into uint8 tensors and then
-  takes the CIFAR-100 path (batched augmentation on the device, no DataLoader); any other folder is
-  read through a DataLoader that decodes the files (the reference's ImageNet pipeline,
-  ``class_incremental_cosine_imagenet.py``: RandomResizedCrop(224) + flip; Resize(256) + CenterCrop(224)).
-  Mean/std that are neither given nor ImageNet's are computed from the training split and cached
-  in ``<root>/lucir_stats.json``.  See docs/DATASETS.md.
+  any folder of images), decoded once into uint8 tensors (then the CIFAR-100 path) or read through a
+  DataLoader (the reference's ImageNet pipeline): ``load_imagefolder`` says when and how, ``dataset_stats``
+  where its mean/std come from.  See docs/DATASETS.md.
 
 Labels are remapped to positions in the class order (DESIGN §3): class k in training is the
 original label ``order[k]``.
@@ -32,7 +27,7 @@ import numpy as np
 import torch
 
 from lucir.augment import ImageAugment, augment_settings
-from lucir.config import AUGMENTS, CLASS_COUNTERS, IN_MEMORY, VERIFY_IMAGES, ConfigError
+from lucir.config import CLASS_COUNTERS, check_field, check_normalisation
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -231,24 +226,6 @@ STATS_FILE = "lucir_stats.json"
 IN_MEMORY_RAM_SHARE = 0.5
 
 
-def _check_image_args(image_size, channels, augment, in_memory, mean, std) -> None:
-    """The ``Protocol``/``Runtime`` checks again, for callers that bypass ``Config`` (fail before any I/O)."""
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 4:
-        raise ConfigError(f"image_size={image_size!r} is invalid: allowed an integer >= 4 (pixels)")
-    if channels not in (1, 3) or isinstance(channels, bool):
-        raise ConfigError(f"channels={channels!r} is invalid: allowed 1 (grayscale) or 3 (RGB)")
-    if augment not in AUGMENTS:
-        raise ConfigError(f"augment={augment!r} is invalid: allowed one of {list(AUGMENTS)}")
-    if in_memory not in IN_MEMORY:
-        raise ConfigError(f"in_memory={in_memory!r} is invalid: allowed one of {list(IN_MEMORY)}")
-    for name, v in (("mean", mean), ("std", std)):
-        if v and len(v) != channels:
-            raise ConfigError(f"{name}={tuple(v)!r} is invalid: allowed empty (the dataset's) or {channels} "
-                              "numbers (one per channel)")
-    if bool(mean) != bool(std):
-        raise ConfigError("mean and std are invalid: allowed both empty or both given")
-
-
 def _n_workers(workers: int = 0) -> int:
     """DataLoader workers / decoding threads: ``workers``, else the threads torch was given."""
     return int(workers) if workers else max(1, torch.get_num_threads())
@@ -289,24 +266,31 @@ def fits_in_memory(paths: list[str], image_size: int, channels: int, workers: in
     """``in_memory="auto"``: every image has at most ``image_size``^2 pixels (PIL reads only the headers;
     the scan stops at the first larger one) and the uint8 tensors fit in ``IN_MEMORY_RAM_SHARE`` of the RAM.
     An unreadable header raises ``DatasetError`` naming the file."""
-    from concurrent.futures import ThreadPoolExecutor
-
     limit = image_size * image_size
     ram = _physical_memory()
     if ram and len(paths) * channels * limit > IN_MEMORY_RAM_SHARE * ram:
         return False
-    chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
 
-    def small(chunk):
-        for p in chunk:
-            w, h = _read_size(p)
-            if w * h > limit:
-                return False
-        return True
+    def small(lo, hi):
+        return all(w * h <= limit for w, h in map(_read_size, paths[lo:hi]))
 
-    ex = ThreadPoolExecutor(max(1, workers))
+    return all(_in_threads(small, len(paths), 256, workers))  # ``all`` stops at the first chunk with a large image
+
+
+def _in_threads(fn, n: int, chunk: int, workers: int, progress: bool = False, desc: str = ""):
+    """``fn(lo, hi)`` over ``range(n)`` in chunks, in ``workers`` threads (PIL releases the GIL), yielding the
+    results in order, with a tqdm bar of the items when ``progress``.  An exception (the first bad file), or the
+    caller stopping early, cancels the chunks not started yet: the scan stops at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    ex, starts = ThreadPoolExecutor(max(1, workers)), range(0, n, chunk)
     try:
-        return all(ex.map(small, chunks))  # ``all`` stops at the first chunk with a large image
+        with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for lo, result in zip(starts, ex.map(lambda lo: fn(lo, min(lo + chunk, n)), starts)):
+                bar.update(min(lo + chunk, n) - lo)
+                yield result
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
 
@@ -317,22 +301,29 @@ def eval_resize(augment: str, image_size: int) -> int:
     return round(image_size * 256 / 224) if augment == "imagenet" else image_size
 
 
+def open_image(path: str, mode: str):
+    """The file as a PIL image of ``mode`` ("RGB" or "L"); a truncated, corrupt or unsupported file raises a
+    ``DatasetError`` naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; all mean "not a usable image"
+        raise DatasetError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from exc
+
+
 def decode_image(path: str, image_size: int, channels: int, resize: int | None = None) -> np.ndarray:
     """One file as a uint8 C x S x S array: grayscale (``channels`` 1) or RGB (3; grayscale repeated),
     the shorter side resized to ``resize`` (default S) and the centre S x S kept (no resize when the file
     is S x S already and ``resize`` is S): exactly the DataLoader path's eval transform
     (``folder_transform``) with ``resize = eval_resize(augment, S)``."""
-    from PIL import Image
     from torchvision.transforms import functional as TF
 
     resize = resize or image_size
-    try:
-        with Image.open(path) as im:
-            img = im.convert("L" if channels == 1 else "RGB")
-        if img.size != (image_size, image_size) or resize != image_size:
-            img = TF.center_crop(TF.resize(img, resize), [image_size, image_size])
-    except Exception as exc:  # noqa: BLE001 - truncated, corrupt or unsupported file: name it
-        raise DatasetError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from exc
+    img = open_image(path, "L" if channels == 1 else "RGB")
+    if img.size != (image_size, image_size) or resize != image_size:
+        img = TF.center_crop(TF.resize(img, resize), [image_size, image_size])
     a = np.asarray(img, dtype=np.uint8)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
@@ -341,25 +332,14 @@ def decode_images(paths: list[str], image_size: int, channels: int, workers: int
                   desc: str = "decoding", resize: int | None = None) -> torch.Tensor:
     """All ``paths`` through ``decode_image`` (``workers`` threads; PIL releases the GIL while decoding),
     as one uint8 N x C x S x S tensor, with a tqdm progress bar when ``progress``."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
-
     out = np.empty((len(paths), channels, image_size, image_size), np.uint8)
-    starts = range(0, len(paths), 64)
 
-    def fill(lo):
-        for i in range(lo, min(lo + 64, len(paths))):
+    def fill(lo, hi):
+        for i in range(lo, hi):
             out[i] = decode_image(paths[i], image_size, channels, resize)
-        return min(lo + 64, len(paths)) - lo
 
-    ex = ThreadPoolExecutor(max(1, workers))
-    try:
-        with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-            for n in ex.map(fill, starts):
-                bar.update(n)
-    finally:  # a corrupt file stops the decoding at once, not after the remaining chunks
-        ex.shutdown(wait=True, cancel_futures=True)
+    for _ in _in_threads(fill, len(paths), 64, workers, progress, desc):
+        pass
     return torch.from_numpy(out)
 
 
@@ -411,8 +391,6 @@ def dataset_stats(root, image_size: int, channels: int, augment: str, mean=(), s
     return m, s
 
 
-
-
 def verify_images(paths: list[str], mode: str = "header", workers: int = 1, progress: bool = False,
                   desc: str = "checking images") -> None:
     """Check every file before any training (the DataLoader path would otherwise find a corrupt file only when
@@ -420,18 +398,13 @@ def verify_images(paths: list[str], mode: str = "header", workers: int = 1, prog
     for PNG, the chunk checksums), ``full`` decodes every pixel (catches truncated JPEGs), ``off`` nothing.
     ``workers`` threads, a tqdm bar when ``progress``; the first bad file raises a one-line ``DatasetError``
     naming it."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from PIL import Image
-    from tqdm.auto import tqdm
 
-    if mode not in VERIFY_IMAGES:
-        raise ConfigError(f"verify_images={mode!r} is invalid: allowed one of {list(VERIFY_IMAGES)}")
+    check_field("verify_images", mode)
     if mode == "off" or not paths:
         return
 
-    def check(lo):
-        hi = min(lo + 256, len(paths))
+    def check(lo, hi):
         for p in paths[lo:hi]:
             try:
                 with Image.open(p) as im:
@@ -443,15 +416,9 @@ def verify_images(paths: list[str], mode: str = "header", workers: int = 1, prog
                 msg = " ".join(str(exc).split())
                 raise DatasetError(f"cannot {'decode' if mode == 'full' else 'read'} image {p}: "
                                    f"{type(exc).__name__}: {msg} (verify_images={mode})") from None
-        return hi - lo
 
-    ex = ThreadPoolExecutor(max(1, workers))
-    try:
-        with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-            for n in ex.map(check, range(0, len(paths), 256)):
-                bar.update(n)
-    finally:  # the first bad file stops the scan at once
-        ex.shutdown(wait=True, cancel_futures=True)
+    for _ in _in_threads(check, len(paths), 256, workers, progress, desc):
+        pass
 
 
 def load_imagefolder(root: str | os.PathLike, image_size: int = 224, channels: int = 3, augment: str = "imagenet",
@@ -472,9 +439,10 @@ def load_imagefolder(root: str | os.PathLike, image_size: int = 224, channels: i
     every file, ``verify``: ``verify_images``; the in-memory path decodes every file), or later in the
     DataLoader (``verify="off"``, or a truncated file that only a "full" scan finds).
     """
-    _check_image_args(image_size, channels, augment, in_memory, mean, std)
-    if verify not in VERIFY_IMAGES:
-        raise ConfigError(f"verify_images={verify!r} is invalid: allowed one of {list(VERIFY_IMAGES)}")
+    for name, value in (("image_size", image_size), ("channels", channels), ("augment", augment),
+                        ("in_memory", in_memory), ("verify_images", verify)):
+        check_field(name, value)  # the checks of lucir.config, for callers without a Config: before any I/O
+    check_normalisation(mean, std, channels)
     train, test, classes = _imagefolder_samples(root)
     n_workers = _n_workers(workers)
     resize = eval_resize(augment, image_size)
@@ -507,13 +475,12 @@ def load_imagefolder(root: str | os.PathLike, image_size: int = 224, channels: i
 
 
 def load_dataset(name: str, root: str | os.PathLike = "data", download: bool = True):
+    check_field("dataset", name)
     if name == "digits":
         return load_digits_dataset()
     if name == "cifar100":
         return load_cifar100(root, download=download)
-    if name == "imagefolder":
-        return load_imagefolder(root)
-    raise ValueError(f"dataset={name!r} is invalid: allowed one of ['cifar100', 'digits', 'imagefolder']")
+    return load_imagefolder(root)
 
 
 def load_dataset_for(cfg, progress: bool = False):
@@ -694,13 +661,7 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from PIL import Image
-
-        try:
-            with Image.open(self.paths[i]) as im:
-                img = im.convert(self.mode)
-        except Exception as exc:  # noqa: BLE001 - truncated, corrupt or unsupported file: name it
-            raise DatasetError(f"cannot decode image {self.paths[i]}: {type(exc).__name__}: {exc}") from exc
+        img = open_image(self.paths[i], self.mode)
         if self.seed is None:
             return self.transform(img), self.labels[i]
         with torch.random.fork_rng(devices=[]):

@@ -4,20 +4,13 @@ and seed cost one pass of the data instead of N.
 
 There is one trainer: ``lucir.run.run_members`` over a leading member axis, of which ``lucir.run`` is
 N = 1.  This module says which configs may be one array (``FUSABLE_FIELDS``, ``fuse_key``,
-``check_array``) and runs an array (``run_fused``):
-
-* **Model** (``lucir.models.Members``): each trial keeps its own ``IncrementalNet`` (weights, head, eta,
-  BatchNorm statistics), so its phase states are ordinary ``lucir.run`` states.  Two implementations of the
-  backbones alone: "grouped" (every ``Conv2d`` one grouped convolution over the members' weights, every
-  ``BatchNorm2d`` one batch norm over N x C channels) and "loop" (the members' backbones one after another;
-  faster on the CPU, docs/PERFORMANCE.md).
-* **Per-trial hyperparameters**: each member's own loss (``learner.phase_loss`` with its switches, lambda,
-  margin, K) and its own param group of torch's SGD (lr, weight decay; frozen old rows and CBF by leaving
-  parameters out of a member's group).
-* **Shared work once**: one augmented batch stream for all N (the same generator draws as each run alone;
-  an N x L index matrix stacks the rows' images on the channel axis); a shared base phase (equal
-  ``Config.base_key``) is trained once, as one run; in phase 1 the frozen model is that shared base model,
-  so its forward runs once for all N; feature passes (imprinting, herding, evaluation) are fused.
+``check_array``) and runs an array (``run_fused``).  Each trial keeps its own ``IncrementalNet`` in a
+``lucir.models.Members`` (backbones "grouped", or "loop": faster on the CPU, docs/PERFORMANCE.md), so its
+phase states are ordinary ``lucir.run`` states, and its own loss (switches, lambda, margin, K) and param
+group of torch's SGD (``lucir.learner.train_phase``).  Shared work is done once: one augmented batch stream
+for all N (the same generator draws as each run alone), a shared base phase (equal ``Config.base_key``)
+trained as one run, whose model is the frozen model of every member in phase 1 (one forward for all N),
+and fused feature passes (imprinting, herding, evaluation).
 
 Equivalence: each trial gets the result of its own ``lucir.run`` up to summation order (tests: fp64 weights
 after SGD steps with ``torch.allclose``; accuracy matrices of a reduced digits run).
@@ -88,7 +81,6 @@ def check_array(configs: list[Config]) -> None:
 def member_keys(configs: list[Config]) -> list[str]:
     """What an array checkpoint records of its members (their identities): it resumes only the same array."""
     return [json.dumps(c.identity(), sort_keys=True) for c in configs]
-
 
 
 #: how an array runs its N backbones (``lucir.models.Members``): "auto" = loop on the CPU, grouped on CUDA

@@ -77,7 +77,7 @@ def weighted_old_new(acc_row: list[float], group_sizes: list[int]) -> tuple[floa
     return old, new
 
 
-def _pct(hit: torch.Tensor) -> float:
+def pct(hit: torch.Tensor) -> float:
     return 100.0 * float(hit.float().mean()) if hit.numel() else math.nan
 
 
@@ -87,7 +87,7 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 5) -> flo
     if k == 0 or labels.numel() == 0:
         return math.nan
     top = scores.topk(k, dim=1).indices
-    return _pct((top == labels[:, None]).any(1))
+    return pct((top == labels[:, None]).any(1))
 
 
 def cross_group_shares(pred: torch.Tensor, labels: torch.Tensor, n_old: int, n_seen: int) -> tuple[float, float]:
@@ -98,7 +98,7 @@ def cross_group_shares(pred: torch.Tensor, labels: torch.Tensor, n_old: int, n_s
     old = labels < n_old
     new = (labels >= n_old) & (labels < n_seen)
     p_old, p_new = pred[old], pred[new]
-    return _pct((p_old >= n_old) & (p_old < n_seen)), _pct(p_new < n_old)
+    return pct((p_old >= n_old) & (p_old < n_seen)), pct(p_new < n_old)
 
 
 def mean_norm(rows: torch.Tensor) -> float:

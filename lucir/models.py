@@ -53,57 +53,50 @@ def _init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class ResNetCifar(nn.Module):
-    """ResNet-(6n+2) for 32x32 inputs; n=5 gives ResNet-32 (feature_dim 64)."""
+class _ResNet(nn.Module):
+    """Stem (``conv1``, BN, ReLU, and a 3x3 max-pool stride 2 when ``max_pool``), ``stages`` of ``blocks``
+    BasicBlocks each ((width, stride of the first block)), global average pool; no ReLU after the last
+    block unless ``last_relu`` (feature_dim: the last width)."""
 
-    def __init__(self, n: int = 5, in_channels: int = 3, last_relu: bool = False):
+    def __init__(self, conv1: nn.Conv2d, stages, blocks: int, last_relu: bool, max_pool: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        blocks, cin = [], 16
-        for stage, (cout, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
-            for i in range(n):
-                last = stage == 2 and i == n - 1 and not last_relu
-                blocks.append(BasicBlock(cin, cout, stride if i == 0 else 1, last=last))
+        self.conv1, self.bn1, self.max_pool = conv1, nn.BatchNorm2d(conv1.out_channels), max_pool
+        layers, cin = [], conv1.out_channels
+        for stage, (cout, stride) in enumerate(stages):
+            for i in range(blocks):
+                last = stage == len(stages) - 1 and i == blocks - 1 and not last_relu
+                layers.append(BasicBlock(cin, cout, stride if i == 0 else 1, last=last))
                 cin = cout
-        self.blocks = nn.Sequential(*blocks)
-        self.feature_dim = 64
+        self.blocks = nn.Sequential(*layers)
+        self.feature_dim = cin
         _init(self)
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        if self.max_pool:
+            x = F.max_pool2d(x, 3, 2, 1)
         x = self.blocks(x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-class ResNet18(nn.Module):
+class ResNetCifar(_ResNet):
+    """ResNet-(6n+2) for 32x32 inputs; n=5 gives ResNet-32 (feature_dim 64)."""
+
+    def __init__(self, n: int = 5, in_channels: int = 3, last_relu: bool = False):
+        super().__init__(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), ((16, 1), (32, 2), (64, 2)), n, last_relu)
+
+
+class ResNet18(_ResNet):
     """ResNet-18 with no ReLU after the last block of layer4 (feature_dim 512).
 
     ``small_stem=False``: the ImageNet stem (7x7 conv stride 2 + 3x3 max-pool stride 2, reference
     ``modified_resnet.py``); ``True``: a 3x3 conv stride 1 and no max-pool, for images of 64 px or less."""
 
     def __init__(self, in_channels: int = 3, last_relu: bool = False, small_stem: bool = False):
-        super().__init__()
+        conv1 = (nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False) if small_stem
+                 else nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False))
+        super().__init__(conv1, ((64, 1), (128, 2), (256, 2), (512, 2)), 2, last_relu, max_pool=not small_stem)
         self.small_stem = small_stem
-        self.conv1 = (nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False) if small_stem
-                      else nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False))
-        self.bn1 = nn.BatchNorm2d(64)
-        layers, cin = [], 64
-        for stage, (cout, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2))):
-            for i in range(2):
-                layers.append(BasicBlock(cin, cout, stride if i == 0 else 1,
-                                         last=(stage == 3 and i == 1 and not last_relu)))
-                cin = cout
-        self.blocks = nn.Sequential(*layers)
-        self.feature_dim = 512
-        _init(self)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        if not self.small_stem:
-            x = F.max_pool2d(x, 3, 2, 1)
-        x = self.blocks(x)
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
 class ConvNet(nn.Module):

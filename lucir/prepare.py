@@ -33,14 +33,13 @@ _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTS
 def subset_classes(wnids: list[str], classes: int = 100, seed: int = 1993) -> list[str]:
     """The reference's choice: ``np.random.seed(seed); np.random.choice(sorted(wnids), classes,
     replace=False)`` (= the first ``classes`` of ``class_order(len(wnids), seed)``), sorted."""
-    from lucir.config import ConfigError
+    from lucir.config import ConfigError, check_field
 
     wnids = sorted(wnids)
     if not isinstance(classes, int) or isinstance(classes, bool) or not 2 <= classes <= len(wnids):
         raise ConfigError(f"classes={classes!r} is invalid: allowed an integer in 2..{len(wnids)} "
                           f"(the class folders found)")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed={seed!r} is invalid: allowed an integer >= 0")
+    check_field("seed", seed)
     return sorted(wnids[i] for i in class_order(len(wnids), seed)[:classes])
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -42,12 +41,12 @@ import torch
 
 from lucir import learner
 from lucir.checkpoint import CheckpointError
-from lucir.config import Config, ConfigError
+from lucir.config import Config, ConfigError, check_field
 from lucir.data import Source, class_order, load_dataset_for, validation_split
 from lucir.heads import CosineHead, LinearHead, imprint_rows
 from lucir.memory import Memory, class_means, herding, nme_scores
 from lucir.metrics import (average_incremental_accuracy, backward_transfer, cross_group_shares, forgetting,
-                           mean_norm, old_new_norms, topk_accuracy, weighted_old_new)
+                           mean_norm, old_new_norms, pct, topk_accuracy, weighted_old_new)
 from lucir.record import VAL_METRICS
 from lucir.models import IncrementalNet, Members, make_backbone
 
@@ -107,17 +106,15 @@ class PhaseResult:
 def resolve_device(name: str) -> torch.device:
     """``Runtime.device`` as a torch device; a device this machine lacks is a ``ConfigError`` naming the field
     (raised before any output is written: ``lucir train`` calls it first)."""
+    check_field("device", name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    m = re.fullmatch(r"cuda(?::(\d+))?", str(name))
-    if m is None:
-        raise ConfigError(f"device={name!r} is invalid: allowed 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} is invalid here: no CUDA device is available (allowed 'cpu' or 'auto')")
     n = torch.cuda.device_count()
-    if m.group(1) is not None and int(m.group(1)) >= n:
+    if name != "cuda" and int(name[5:]) >= n:
         raise ConfigError(f"device={name!r} is invalid here: this machine has {n} CUDA device(s) "
                           f"(allowed 'cuda', 'cuda:0'..'cuda:{n - 1}', 'cpu' or 'auto')")
     return torch.device(name)
@@ -438,48 +435,32 @@ def score_phase(cfg: Config, phase: int, groups: list[list[int]], test_group_siz
     n_seen = cfg.protocol.seen_classes(phase)
     n_old = cfg.protocol.seen_classes(phase - 1) if phase else 0
     ft, zt, yt = test
-    zs = zt[:, :n_seen]
-    pred_cnn = zs.argmax(1)
-    sim_nme = nme_scores(ft, means)
-    pred_nme = sim_nme.argmax(1)
-    row_cnn, row_nme = [], []
-    for g in range(phase + 1):
-        mask = torch.isin(yt, torch.tensor(groups[g], device=yt.device))
-        row_cnn.append(_pct(pred_cnn[mask] == yt[mask]))
-        row_nme.append(_pct(pred_nme[mask] == yt[mask]))
-    acc_cnn.append(row_cnn)
-    acc_nme.append(row_nme)
-    old, new = weighted_old_new(row_cnn, test_group_sizes)
-    old_nme, new_nme = weighted_old_new(row_nme, test_group_sizes)
-    on_cnn, no_cnn = cross_group_shares(pred_cnn, yt, n_old, n_seen)
-    on_nme, no_nme = cross_group_shares(pred_nme, yt, n_old, n_seen)
+    masks = [torch.isin(yt, torch.tensor(groups[g], device=yt.device)) for g in range(phase + 1)]
+    m: dict[str, float] = {}
+    for k, scores, matrix in (("cnn", zt[:, :n_seen], acc_cnn), ("nme", nme_scores(ft, means), acc_nme)):
+        pred = scores.argmax(1)
+        matrix.append([pct(pred[mask] == yt[mask]) for mask in masks])
+        m[f"acc_{k}"] = pct(pred == yt)
+        m[f"acc_old_{k}"], m[f"acc_new_{k}"] = weighted_old_new(matrix[-1], test_group_sizes)
+        m[f"avg_inc_acc_{k}"] = average_incremental_accuracy([r[f"acc_{k}"] for r in results] + [m[f"acc_{k}"]])
+        m[f"top5_{k}"] = topk_accuracy(scores, yt, 5)
+        m[f"old_as_new_{k}"], m[f"new_as_old_{k}"] = cross_group_shares(pred, yt, n_old, n_seen)
+        m[f"forgetting_{k}"], m[f"bwt_{k}"] = forgetting(matrix, phase), backward_transfer(matrix, phase)
+    if val is not None:
+        fv, zv, yv = val
+        for k, scores in (("cnn", zv[:, :n_seen]), ("nme", nme_scores(fv, means))):
+            m[f"val_acc_{k}"] = pct(scores.argmax(1) == yv)
+            m[f"val_avg_inc_acc_{k}"] = average_incremental_accuracy([r[f"val_acc_{k}"] for r in results]
+                                                                     + [m[f"val_acc_{k}"]])
     f_old, f_new = old_new_norms(ft, yt, n_old)
     w_old = w_new = math.nan
     if head_weight is not None:
         w = head_weight.detach()
         w_old, w_new = mean_norm(w[:n_old]), mean_norm(w[n_old:n_seen])
-    res = PhaseResult(
-        phase=phase, classes_seen=n_seen, acc_cnn=_pct(pred_cnn == yt), acc_nme=_pct(pred_nme == yt),
-        acc_old_cnn=old, acc_new_cnn=new,
-        avg_inc_acc_cnn=0.0, avg_inc_acc_nme=0.0, forgetting_cnn=forgetting(acc_cnn, phase),
-        train_seconds=train_seconds, phase_seconds=0.0, eta=eta, lambda_t=lambda_t, exemplars=exemplars,
-        acc_old_nme=old_nme, acc_new_nme=new_nme, top5_cnn=topk_accuracy(zs, yt, 5),
-        top5_nme=topk_accuracy(sim_nme, yt, 5), old_as_new_cnn=on_cnn, new_as_old_cnn=no_cnn,
-        old_as_new_nme=on_nme, new_as_old_nme=no_nme, weight_norm_old=w_old, weight_norm_new=w_new,
-        feature_norm_old=f_old, feature_norm_new=f_new, forgetting_nme=forgetting(acc_nme, phase),
-        bwt_cnn=backward_transfer(acc_cnn, phase), bwt_nme=backward_transfer(acc_nme, phase),
-        acc_matrix_cnn=[list(r) for r in acc_cnn], acc_matrix_nme=[list(r) for r in acc_nme])
-    res.avg_inc_acc_cnn = average_incremental_accuracy([r["acc_cnn"] for r in results] + [res.acc_cnn])
-    res.avg_inc_acc_nme = average_incremental_accuracy([r["acc_nme"] for r in results] + [res.acc_nme])
-    if val is not None:
-        fv, zv, yv = val
-        res.val_acc_cnn = _pct(zv[:, :n_seen].argmax(1) == yv)
-        res.val_acc_nme = _pct(nme_scores(fv, means).argmax(1) == yv)
-        res.val_avg_inc_acc_cnn = average_incremental_accuracy([r["val_acc_cnn"] for r in results]
-                                                               + [res.val_acc_cnn])
-        res.val_avg_inc_acc_nme = average_incremental_accuracy([r["val_acc_nme"] for r in results]
-                                                               + [res.val_acc_nme])
-    return res
+    return PhaseResult(phase=phase, classes_seen=n_seen, train_seconds=train_seconds, phase_seconds=0.0, eta=eta,
+                       lambda_t=lambda_t, exemplars=exemplars, weight_norm_old=w_old, weight_norm_new=w_new,
+                       feature_norm_old=f_old, feature_norm_new=f_new, acc_matrix_cnn=[list(r) for r in acc_cnn],
+                       acc_matrix_nme=[list(r) for r in acc_nme], **m)
 
 
 def _head_rows(model: IncrementalNet) -> torch.Tensor:
@@ -498,7 +479,3 @@ def phase_state(cfg: Config, phase: int, model: IncrementalNet, memory: Memory, 
         "acc_cnn": [list(r) for r in acc_cnn], "acc_nme": [list(r) for r in acc_nme],
         "results": [dict(r) for r in results], "rng": torch.get_rng_state(), "format": 1,
     }
-
-
-def _pct(correct: torch.Tensor) -> float:
-    return 100.0 * float(correct.float().mean()) if correct.numel() else math.nan
