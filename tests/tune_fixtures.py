@@ -165,11 +165,17 @@ def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = No
     return True
 
 
-def progress_pids(exp: Path) -> list[int]:
+def progress_pids(exp: Path, within: float = 3.0) -> list[int]:
+    """The pids of workers training now: a progress file written in the last ``within`` seconds by a live
+    process (files of slots that ended, or of a killed driver's workers, are left behind)."""
     out = []
     for p in (exp / record.TRIALS_DIR).glob("*.progress"):
         try:
-            out.append(int(json.loads(p.read_text())["pid"]))
+            doc = json.loads(p.read_text())
+            pid = int(doc["pid"])
+            if time.time() - float(doc["time"]) < within:
+                os.kill(pid, 0)
+                out.append(pid)
         except (OSError, ValueError, KeyError):
             pass
     return out

@@ -65,8 +65,8 @@ def add_tune_commands(sub, add_config_args, config_overrides) -> None:
     p.add_argument("--trials", type=int, default=12, help="number of trials (default 12)")
     p.add_argument("--concurrency", type=int, default=None, help="trials at once (default: what resources allow)")
     p.add_argument("--asha", action="store_true",
-                   help="asynchronous successive halving on phase (Optuna's SuccessiveHalvingPruner, its rungs in "
-                        "the study); pruned slots never win")
+                   help="asynchronous successive halving on phase (the rule of Optuna's SuccessiveHalvingPruner, "
+                        "on the study's intermediate values); pruned slots never win")
     p.add_argument("--search-seed", type=int, default=0, help="seed of the sampler (default 0)")
     p.add_argument("--sampler", default="tpe", help="Optuna sampler: tpe, gp or random (default tpe; "
                                                   "start-up random draws: max(4, trials // 4))")

@@ -46,11 +46,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a server that i
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
-def default_tracking_uri(exp: str | os.PathLike) -> str:
-    """``sqlite:///<absolute experiment dir>/mlflow.db`` (the file store raises in MLflow >= 3.13)."""
-    return "sqlite:///" + str(Path(exp).resolve() / "mlflow.db")
-
-
 def check_tracking_uri(uri: str) -> None:
     """Raise ``ValueError`` naming ``uri`` when it cannot be an MLflow store: an http(s) server that does not
     answer within seconds, a sqlite URI that is malformed, in memory or unwritable, a file store."""
@@ -117,6 +112,11 @@ class _Store:
     def __init__(self, exp: Path, doc: dict, uri: str):
         from mlflow import MlflowClient
 
+        db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        if db is not None and not db.exists():  # the schema takes seconds to create: a kill then breaks the store
+            tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+            MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+            os.replace(tmp, db)
         self.exp, self.doc, self.uri = exp, doc, uri
         self.c = MlflowClient(tracking_uri=uri)
         self.path = exp / record.MLFLOW_RUNS_FILE

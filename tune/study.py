@@ -7,8 +7,9 @@ one and tags it; ask-and-tag runs under an exclusive ``flock`` on ``<exp>/optuna
 releases when its holder dies, so an untagged RUNNING trial seen under the lock is an orphan.  Nothing
 else asks, so the study holds exactly one trial per slot: the budget is exact whatever was killed when.
 Slot 0 takes the paper defaults (``PartialFixedSampler``).  Per phase the worker reports the objective at
-``step = phase`` and asks the pruner (``SuccessiveHalvingPruner``: its rungs live in the study, so a
-resumed search prunes as an uninterrupted one); it tells COMPLETE or PRUNED after writing its record.
+``step = phase`` and applies successive halving (``halving``: a pure function of the intermediate values
+in the study, so a resumed search prunes as an uninterrupted one); it tells COMPLETE or PRUNED after
+writing its record.
 Samplers are seeded per slot, so a slot's draw depends only on its number and the study's history.
 No private attribute of Optuna's or Ray's classes is used.
 """
@@ -89,12 +90,10 @@ def load(exp: Path, doc: dict, index: int = 0):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.PartialFixedSampler(dict(s["defaults"]), sampler)
-    pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
-              if s.get("prune") else optuna.pruners.NopPruner())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stor = storage(exp)
     return optuna.create_study(storage=stor, study_name=s["study"], direction="maximize", sampler=sampler,
-                               pruner=pruner, load_if_exists=True), stor
+                               pruner=optuna.pruners.NopPruner(), load_if_exists=True), stor
 
 
 @contextlib.contextmanager
@@ -166,16 +165,28 @@ def trial_for_slot(exp: Path, doc: dict, slot: str) -> SlotTrial:
     return st
 
 
-def report(st: SlotTrial, value: float | None, phase: int) -> bool:
-    """Report the objective at ``step = phase`` (once: a resumed slot's repeats are ignored) and return
-    whether the pruner stops the slot here."""
-    if not st.running:
+def halving(study, step: int, value: float) -> bool:
+    """Asynchronous successive halving (Li et al., MLSys 2020; the rule of Optuna's
+    ``SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)``) as a pure function of the study's
+    intermediate values: at a rung step (1, 2, 4, ...) a slot is stopped unless its value is in the top half
+    of the values the study's trials reported at that step (the first trial at a rung goes on).  Optuna's
+    pruner records a rung on every ``should_prune`` call, so asking again after a worker died between its
+    decision and its record gives another answer; this rule gives the same answer every time it is asked."""
+    if step < 1 or step & (step - 1):
         return False
-    if value is not None and phase not in st.frozen.intermediate_values:
+    vals = sorted(t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
+                  if step in t.intermediate_values)
+    return value < vals[-max(len(vals) // 2, 1)]
+
+
+def report(st: SlotTrial, value: float | None, phase: int, prune: bool) -> bool:
+    """Report the objective at ``step = phase`` (once: a resumed slot's repeats are ignored) and return
+    whether successive halving stops the slot here (``prune``: the search's ``--asha``)."""
+    if not st.running or value is None:
+        return False
+    if phase not in st.frozen.intermediate_values:
         st.trial.report(float(value), phase)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return bool(st.trial.should_prune())
+    return prune and halving(st.study, phase, float(value))
 
 
 def tell(study, number: int, status: str, value: float | None) -> None:

@@ -563,11 +563,12 @@ def print_summary(exp: Path, file=None) -> None:
     from tune.spaces import PROTOCOL_KEYS, SEARCHED
 
     doc, recs = read_experiment(exp), record.read_trials(exp)
-    rows = [{"slot": d["trial_id"], "status": d["status"], "phases": f"{len(d['phases']) - 1} of {d.get('num_phases')}",
-             "finished": record.is_finished(d), **d["config"], **(d["phases"] or [{}])[-1]} for d in recs]
+    rows = [{**d["config"], **(d["phases"] or [{}])[-1], "slot": d["trial_id"], "status": d["status"],
+             "phases done": f"{len(d['phases']) - 1} of {d.get('num_phases')}", "finished": record.is_finished(d)}
+            for d in recs]
     df = pd.DataFrame(rows)
     if doc["kind"] == "search":
-        cols = ["slot", "status", "phases", *[k for k in SEARCHED if k in df], doc["metric"]]
+        cols = ["slot", "status", "phases done", *[k for k in SEARCHED if k in df], doc["metric"]]
         print(f"\nsearch slots ({exp}; {doc['metric']} at the last phase reached):", file=file)
         print(df.reindex(columns=cols).to_markdown(index=False, floatfmt=".4g"), file=file)
         best = ranked(exp, doc["metric"])

@@ -84,6 +84,7 @@ class Member:
         from tune import study
 
         self.exp, self.slot, self.token, self.metric = exp, slot, token, doc["metric"]
+        self.prune = doc["kind"] == "search" and bool(doc["search"].get("prune"))
         entry = {s["id"]: s for s in doc["slots"]}[slot]
         flat = dict(entry["config"])
         self.st = study.trial_for_slot(exp, doc, slot) if doc["kind"] == "search" else None
@@ -135,7 +136,7 @@ class Member:
         pruned = False
         if self.st is not None:
             for row in self.rec.phases:
-                pruned = study.report(self.st, record.number(row.get(self.metric)), int(row["phase"]))
+                pruned = study.report(self.st, record.number(row.get(self.metric)), int(row["phase"]), self.prune)
         return pruned and len(self.rec.phases) < self.P + 1
 
     def end(self, status: str) -> None:
