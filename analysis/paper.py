@@ -52,7 +52,11 @@ DEFINITIONS = {
     "old_new": "old-/new-class accuracy: top-1 accuracy on the test images of the classes of earlier phases / "
                "of the classes added in this phase, over all classes seen",
     "norm_ratio": "norm ratio: the mean L2 norm of the classifier weight rows of the new classes over that of the "
-                  "old classes, before normalisation (1 = no magnitude bias; the paper's Fig. 3 argument)",
+                  "old classes, before normalisation. With the linear head (Finetune, Baseline, Joint) the norms "
+                  "enter the scores, so a ratio above 1 biases predictions towards the new classes (the paper's "
+                  "Fig. 1 argument); the cosine head (CN and above) divides every row by its norm, so its raw "
+                  "norms do not enter the scores at all (with LF the old rows are frozen and only the new ones "
+                  "grow)",
 }
 
 
