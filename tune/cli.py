@@ -26,7 +26,11 @@ def _runner_args(p: argparse.ArgumentParser) -> None:
                         "trial's GPU memory to its share (default 0)")
     g.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
     g.add_argument("--max-failures", type=int, default=3,
-                   help="retries of a crashed trial, each from its last phase checkpoint (default 3)")
+                   help="retries of a crashed worker in one driver run, each from the slot's state file (default 3)")
+    g.add_argument("--fuse", type=int, default=None,
+                   help="train up to N compatible slots (same protocol, seed, schedule, backbone; cosine rungs) as "
+                        "one fused model, one Ray trial per array; each member keeps its own record, Optuna trial "
+                        "and MLflow run (default 1: no GPU measurement shows a gain yet, docs/PERFORMANCE.md)")
     g.add_argument("--no-base-cache", action="store_true",
                    help="train the base phase in every trial (default: once per base key, shared)")
     g.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///<experiment folder>/mlflow.db; "
@@ -50,10 +54,6 @@ def add_tune_commands(sub, add_config_args, config_overrides) -> None:
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 1)")
     p.add_argument("--grid-set", dest="grid_sets", action="append", default=[], metavar="KEY=V1,V2",
                    help="grid any config field, e.g. --grid-set phases=1,3 --grid-set memory_total=0,40")
-    p.add_argument("--fuse", type=int, default=None,
-                   help="train up to N compatible trials (same protocol, seed, schedule, backbone; cosine rungs) "
-                        "as one fused model, one Ray trial per array; each member keeps its own record and "
-                        "MLflow run (default 1: no GPU measurement shows a gain yet, docs/PERFORMANCE.md)")
     _runner_args(p)
     p.set_defaults(func=lambda a: cmd_ablate(a, config_overrides))
 
@@ -87,10 +87,6 @@ def add_tune_commands(sub, add_config_args, config_overrides) -> None:
     p.add_argument("--evaluate-on", action="append", default=[], metavar="KEY=V1,V2",
                    help="transfer: the evaluation scenarios, e.g. --evaluate-on class_order_seed=1,2 (default "
                         "class orders 1 and 2)")
-    p.add_argument("--fuse", type=int, default=None,
-                   help="ask Optuna for N trials at once and train them as one fused model, one Ray trial per "
-                        "array; each member is its own Optuna trial, record and MLflow run (default 1: no "
-                        "GPU measurement yet; with --asha each member is judged and stopped alone)")
     _runner_args(p)
     p.set_defaults(func=lambda a: cmd_search(a, config_overrides))
 

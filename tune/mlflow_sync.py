@@ -17,7 +17,6 @@ sync catches up; nothing is ever dropped, because nothing is queued: the records
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -89,20 +88,13 @@ def _param_str(v: Any) -> str:
 def write_artifacts(rec: dict, folder: Path) -> None:
     """``phases.csv`` (one row per phase), ``acc_matrix_cnn.csv``, ``acc_matrix_nme.csv`` (phase x class
     group, group 0 = base classes; groups not yet seen empty) and ``trial.json``."""
-    phases = rec.get("phases") or []
-    cols = list(dict.fromkeys(k for p in phases for k in p))
-    with open(folder / "phases.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        w.writerows([[p.get(c, "") for c in cols] for p in phases])
+    import pandas as pd
+
+    pd.DataFrame(rec.get("phases") or []).to_csv(folder / "phases.csv", index=False)
     for key in ("acc_matrix_cnn", "acc_matrix_nme"):
-        mat = rec.get(key) or []
-        if mat:
-            width = max(len(r) for r in mat)
-            with open(folder / f"{key}.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["phase"] + [f"group_{g}" for g in range(width)])
-                w.writerows([[t] + list(r) + [""] * (width - len(r)) for t, r in enumerate(mat)])
+        if rec.get(key):
+            mat = pd.DataFrame(rec[key]).rename(columns=lambda g: f"group_{g}").rename_axis("phase")
+            mat.to_csv(folder / f"{key}.csv")
     (folder / "trial.json").write_text(json.dumps(rec, indent=2))
 
 
