@@ -192,6 +192,8 @@ def test_the_python_api_runs_a_sweep_and_returns_its_long_frame(tmp_path):
     df = tune.ablate(out=str(tmp_path / "api"), presets=["cn", "lucir"], seeds=1, set={"epochs": 1},
                      no_mlflow=True, num_cpus=2)
     assert set(df["preset"]) == {"cn", "lucir"} and len(df) == 2 * 4  # 2 slots x (base + 3 phases)
+    last = df[df.phase == df.phases]  # the README's example
+    assert len(last) == 2 and last.groupby("preset").avg_inc_acc_cnn.agg(["mean", "std"]).shape == (2, 2)
     again = tune.resume(str(tmp_path / "api"))  # nothing left to run: the same frame
     assert again[["trial_id", "phase", "acc_cnn"]].equals(df[["trial_id", "phase", "acc_cnn"]])
 

@@ -11,7 +11,7 @@ returns it as the long DataFrame the reports use (one row per slot x phase)::
     df = tune.ablate(presets=["cn", "lucir"], seeds=2, set={"epochs": 2}, out="experiments/ab")
     df = tune.search(trials=8, set={"epochs": 2}, out="experiments/se")
     df = tune.resume("experiments/se")
-    df[df.phase == df.num_phases].groupby("preset").avg_inc_acc_cnn.mean()
+    df[df.phase == df.phases].groupby("preset").avg_inc_acc_cnn.mean()
 
 Keyword arguments are the command-line options with ``_`` for ``-`` (``max_concurrent=2``,
 ``gpus_per_trial=0.25``); ``set`` is a dict of config fields (``--set``), ``grid_set`` a dict of lists
