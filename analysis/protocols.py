@@ -17,10 +17,6 @@ import pandas as pd
 from lucir import record
 
 
-def _last(rec: dict, metric: str) -> float | None:
-    return record.number(rec["phases"][-1].get(metric)) if rec.get("phases") else None
-
-
 def _scenarios(protocol: str, evaluate: list[dict]) -> str:
     same = "the whole stream (same class order)" if protocol == "first-task" else "the tuning scenario (new seeds)"
     return "; ".join(", ".join(f"{k}={v}" for k, v in e.items()) or same for e in evaluate)
@@ -37,9 +33,9 @@ def protocol_row(search: str | Path) -> dict:
     metric = doc.get("metric", record.OBJECTIVE)
     recs = {r["trial_id"]: r for r in record.read_trials(exp)}
     fin = [r for r in recs.values() if record.is_finished(r)]
-    best = max(fin, key=lambda r: _last(r, metric) or -math.inf, default=None)
+    best = max(fin, key=lambda r: record.last_value(r, metric) or -math.inf, default=None)
     d0 = recs.get(record.slot_id(0))
-    tune_gain = (_last(best, metric) - _last(d0, metric)) if best and d0 and record.is_finished(d0) else None
+    tune_gain = (record.last_value(best, metric) - record.last_value(d0, metric)) if best and d0 and record.is_finished(d0) else None
     row = {"search": exp.name, "protocol": pl["protocol"],
            "tuned on": ", ".join(f"{k}={v}" for k, v in pl["tune"].items()) or
                        f"class_order_seed={(s.get('fixed') or {}).get('class_order_seed', 1993)}",
@@ -65,7 +61,7 @@ def protocol_row(search: str | Path) -> dict:
             c = r["config"]
             if record.is_finished(r) and all(c.get(k) == v for k, v in params.items()):
                 out[(c.get("dataset"), c.get("class_order_seed"), c.get("base_classes"), c.get("phases"),
-                     c.get("seed"))] = _last(r, record.OBJECTIVE)
+                     c.get("seed"))] = record.last_value(r, record.OBJECTIVE)
         return out
 
     a, b = by_pair(cands["paper defaults"]), by_pair(cands[chosen])

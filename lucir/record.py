@@ -79,6 +79,12 @@ def number(v: Any) -> float | None:
     return float(v)
 
 
+def last_value(record: dict[str, Any] | None, metric: str) -> float | None:
+    """``metric`` at the record's last phase (None: no phase, or undefined)."""
+    phases = (record or {}).get("phases") or []
+    return number(phases[-1].get(metric)) if phases else None
+
+
 def phases_done(record: dict[str, Any]) -> int:
     return len(record.get("phases") or [])
 

@@ -56,6 +56,9 @@ class BaseCache:
     def counts(self) -> dict[str, int]:
         return {"hit": 0, "miss": 0, "publish": 0, **Counter(e["event"] for e in self.events())}
 
+    def has(self, key: str) -> bool:
+        return (self.entry(key) / "state.pt").exists()
+
     def get(self, key: str, who: str = "") -> dict | None:
         """The published phase-0 state of ``key`` (a hit), or None (a miss: the caller trains it)."""
         p = self.entry(key) / "state.pt"
@@ -107,7 +110,9 @@ def _train_base(flat: dict, cache_dir: str) -> str:
 def pretrain(exp: Path, cfgs: list[Config], runner, min_share: int = 2) -> dict[str, str]:
     """Train the base phases that ``min_share`` or more of ``cfgs`` share, in parallel Ray tasks with the
     trials' resources; {base_key: "hit" | "trained"}.  Needs Ray; nothing with the base cache off."""
-    todo = shared_base_configs(cfgs, min_share) if runner.base_cache else []
+    cache_dir = Path(exp) / BASE_CACHE_DIR
+    todo = [c for c in shared_base_configs(cfgs, min_share) if not BaseCache(cache_dir).has(c.base_key())] \
+        if runner.base_cache else []
     if not todo:
         return {}
     import ray
@@ -117,7 +122,7 @@ def pretrain(exp: Path, cfgs: list[Config], runner, min_share: int = 2) -> dict[
     cpus, gpus = runner.cpus_per_trial, runner.gpus_per_trial
     task = ray.remote(_train_base).options(num_cpus=cpus, num_gpus=gpus, max_retries=runner.max_failures)
     print(f"pre-training {len(todo)} shared base phase(s) before the trials start", flush=True)
-    refs = {c.base_key(): task.remote(runtime_overrides(c.to_flat(), cpus, gpus), str(Path(exp) / BASE_CACHE_DIR))
+    refs = {c.base_key(): task.remote(runtime_overrides(c.to_flat(), cpus, gpus), str(cache_dir))
             for c in todo}
     out = {k: ray.get(r) for k, r in refs.items()}
     log.info("base phases: %s", out)

@@ -179,22 +179,22 @@ def halving(study, step: int, value: float) -> bool:
     return value < vals[-max(len(vals) // 2, 1)]
 
 
-def report(st: SlotTrial, value: float | None, phase: int, prune: bool) -> bool:
-    """Report the objective at ``step = phase`` (once: a resumed slot's repeats are ignored) and return
-    whether successive halving stops the slot here (``prune``: the search's ``--asha``)."""
-    if not st.running or value is None:
-        return False
-    if phase not in st.frozen.intermediate_values:
-        st.trial.report(float(value), phase)
-    return prune and halving(st.study, phase, float(value))
+def report(st: SlotTrial, rows: list[dict], metric: str) -> None:
+    """Report the objective of every record row at ``step = phase`` that the study does not hold yet (a
+    resumed slot reports what it recorded before it was killed, and nothing twice)."""
+    if not st.running:
+        return
+    done = st.frozen.intermediate_values
+    for row in rows:
+        value = record.number(row.get(metric))
+        if value is not None and int(row["phase"]) not in done:
+            st.trial.report(value, int(row["phase"]))
 
 
 def tell(study, number: int, status: str, value: float | None) -> None:
-    """Tell a slot's final status once (TERMINATED: COMPLETE with ``value``; PRUNED)."""
+    """Tell a RUNNING trial a slot's final status (TERMINATED: COMPLETE with ``value``; PRUNED)."""
     from optuna.trial import TrialState
 
-    if [t for t in study.get_trials(deepcopy=False) if t.number == number][0].state != TrialState.RUNNING:
-        return
     if status == "TERMINATED" and value is not None:
         study.tell(number, value)
     else:
@@ -215,7 +215,6 @@ def reconcile(exp: Path, doc: dict) -> int:
         slot = t.user_attrs.get(record.SLOT_ATTR)
         rec = record.read_trial(exp, slot) if slot else None
         if t.state == TrialState.RUNNING and record.is_final(rec):
-            value = record.number(rec["phases"][-1].get(metric)) if rec["phases"] else None
-            tell(study, t.number, rec["status"], value)
+            tell(study, t.number, rec["status"], record.last_value(rec, metric))
             told += 1
     return told

@@ -367,7 +367,7 @@ class _SlotCallback:
     """Driver-side Tune callback: pokes the MLflow syncer, and writes the driver's ERROR status of the slots
     of a trial that failed for good (the worker could not: it was killed or never started)."""
 
-    def __new__(cls, exp: Path, syncer):
+    def __new__(cls, exp: Path, configs: dict[str, dict], syncer):
         from ray.tune import Callback
 
         class SlotCallback(Callback):
@@ -385,7 +385,7 @@ class _SlotCallback:
                     if not record.is_final(record.read_trial(exp, slot)):
                         atomic_write_json(record.status_path(exp, slot),
                                           {"trial_id": slot, "status": "ERROR", "error": err.strip()[-4000:] or
-                                           "trial failed", "config": _slot_config(exp, slot),
+                                           "trial failed", "config": configs[slot],
                                            "updated": _dt.datetime.now().isoformat(timespec="seconds")})
                 syncer.poke()
 
@@ -393,10 +393,6 @@ class _SlotCallback:
                 return (object, ())
 
         return SlotCallback()
-
-
-def _slot_config(exp: Path, slot: str) -> dict:
-    return {s["id"]: s for s in read_experiment(exp)["slots"]}[slot]["config"]
 
 
 def todo_units(exp: Path, doc: dict) -> list[dict]:
@@ -464,7 +460,7 @@ def run(exp: str | os.PathLike, runner: RunnerOptions | None = None, *, mlflow_u
                                                     trial_name_creator=name, trial_dirname_creator=name),
                         run_config=tune.RunConfig(
                             name=f"run-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{lock.token[:6]}",
-                            storage_path=str(exp / record.RAY_DIR), callbacks=[_SlotCallback(exp, syncer)],
+                            storage_path=str(exp / record.RAY_DIR), callbacks=[_SlotCallback(exp, {s["id"]: s["config"] for s in doc["slots"]}, syncer)],
                             failure_config=tune.FailureConfig(max_failures=runner.max_failures), verbose=1))
                     tuner.fit()
                 if doc["kind"] == "search":
@@ -548,9 +544,8 @@ def run_confirm(exp: Path, runner: RunnerOptions, mlflow_uri: str | None = None)
 # ---------------------------------------------------------------------------------------- summaries
 def ranked(exp: Path, metric: str) -> list[dict]:
     """Slots that finished every phase (never a pruned or partial one), best ``metric`` first."""
-    docs = [d for d in record.read_trials(exp) if record.is_finished(d)
-            and record.number(d["phases"][-1].get(metric)) is not None]
-    return sorted(docs, key=lambda d: -d["phases"][-1][metric])
+    docs = [d for d in record.read_trials(exp) if record.is_finished(d) and record.last_value(d, metric) is not None]
+    return sorted(docs, key=lambda d: -record.last_value(d, metric))
 
 
 def print_summary(exp: Path, file=None) -> None:

@@ -131,22 +131,23 @@ class Member:
         return self.judge()
 
     def judge(self) -> bool:
+        """Report the recorded phases to the study; whether successive halving stops the slot at its last."""
         from tune import study
 
-        pruned = False
-        if self.st is not None:
-            for row in self.rec.phases:
-                pruned = study.report(self.st, record.number(row.get(self.metric)), int(row["phase"]), self.prune)
-        return pruned and len(self.rec.phases) < self.P + 1
+        if self.st is None or not self.st.running:
+            return False
+        study.report(self.st, self.rec.phases, self.metric)
+        last = record.last_value(self.rec.to_json(), self.metric)
+        return (self.prune and last is not None and len(self.rec.phases) < self.P + 1
+                and study.halving(self.st.study, len(self.rec.phases) - 1, last))
 
     def end(self, status: str) -> None:
         from tune import study
 
         self.rec.status = status
         self.write()
-        if self.st is not None:
-            last = self.rec.phases[-1] if self.rec.phases else {}
-            study.tell(self.st.study, self.st.number, status, record.number(last.get(self.metric)))
+        if self.st is not None and self.st.running:
+            study.tell(self.st.study, self.st.number, status, record.last_value(self.rec.to_json(), self.metric))
 
 
 def report_metrics(metrics: dict, num_phases: int) -> dict:
