@@ -4,7 +4,7 @@ and seed cost one pass of the data instead of N.
 
 There is one trainer: ``lucir.run.run_members`` over a leading member axis, of which ``lucir.run`` is
 N = 1.  This module says which configs may be one array (``FUSABLE_FIELDS``, ``fuse_key``,
-``check_array``) and runs an array (``run_fused``).  Each trial keeps its own ``IncrementalNet`` in a
+``check_array``, ``member_keys``); ``run_members`` runs an array.  Each trial keeps its own ``IncrementalNet`` in a
 ``lucir.models.Members`` (backbones "grouped", or "loop": faster on the CPU, docs/PERFORMANCE.md), so its
 phase states are ordinary ``lucir.run`` states, and its own loss (switches, lambda, margin, K) and param
 group of torch's SGD (``lucir.learner.train_phase``).  Shared work is done once: one augmented batch stream
@@ -18,14 +18,10 @@ after SGD steps with ``torch.allclose``; accuracy matrices of a reduced digits r
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-from typing import Callable, Iterator
 
 from lucir.config import Config
-from lucir.data import load_dataset_for
-from lucir.run import PhaseResult, check_state, run, run_members
 
 #: config fields that may differ between the members of one array (everything else must be equal)
 FUSABLE_FIELDS = ("preset", "eta_init", "lambda_base", "adaptive_lambda", "margin", "K", "mr_weight", "ms_weight",
@@ -81,54 +77,3 @@ def check_array(configs: list[Config]) -> None:
 def member_keys(configs: list[Config]) -> list[str]:
     """What an array checkpoint records of its members (their identities): it resumes only the same array."""
     return [json.dumps(c.identity(), sort_keys=True) for c in configs]
-
-
-#: how an array runs its N backbones (``lucir.models.Members``): "auto" = loop on the CPU, grouped on CUDA
-BACKENDS = ("auto", "grouped", "loop")
-
-
-def run_fused(configs: list[Config], states: list[dict | None] | None = None, *, data=None, progress: bool = False,
-              on_epoch: Callable[[int, int, list[float]], None] | None = None, backend: str = "auto",
-              partial: dict | None = None, on_checkpoint: Callable[[dict], None] | None = None
-              ) -> Iterator[list[tuple[PhaseResult, dict]]]:
-    """``lucir.run`` for an array of configs (``check_array``; ``lucir.run.run_members``): yields, for every
-    phase, the list of the members' ``(PhaseResult, state)``; each state is the one ``lucir.run`` would give
-    that member and resumes it fused or alone.  ``states`` (one per member, all at the same completed phase,
-    or None) continue an array; a member state's training in progress (a single run's ``partial``) is
-    dropped: the array redoes that phase.  ``backend``: ``BACKENDS``.
-
-    Mid-phase checkpoints of the array (``Runtime.checkpoint_every``): ``on_checkpoint(partial)`` gets
-    ``run_members``' checkpoint plus "config_ids" (``member_keys``) every k epochs of a fused phase and after
-    its last (a shared base phase, trained once as one run, has none); ``run_fused(configs, states,
-    partial=that)`` with the states the phase started from goes on from that epoch, with the result of an
-    uninterrupted array on the CPU."""
-    if backend not in BACKENDS:
-        raise FusionError(f"backend={backend!r} is invalid: allowed one of {list(BACKENDS)}")
-    check_array(configs)
-    n, cfg = len(configs), configs[0]
-    states = list(states) if states is not None else [None] * n
-    if len(states) != n:
-        raise FusionError(f"{len(states)} states for {n} configs")
-    for c, st in zip(configs, states):
-        if st is not None:
-            check_state(c, st)
-    done = {(-1 if st is None else st["phase"]) for st in states}
-    if len(done) > 1:
-        raise FusionError(f"members' states are at different phases {sorted(done)}; an array resumes together")
-    states = [None if st is None or st["phase"] < 0 else {k: v for k, v in st.items() if k != "partial"}
-              for st in states]
-    ids = member_keys(configs)
-    if partial is not None and "head" not in partial:  # a checkpoint of the former fused trainer: redo the phase
-        partial = None
-    if partial is not None and partial.get("phase") == max(done.pop() + 1, 0) and partial.get("config_ids") != ids:
-        raise FusionError("the array checkpoint belongs to other members")
-    data = load_dataset_for(cfg, progress=progress) if data is None else data
-    if states[0] is None and len({c.base_key() for c in configs}) == 1:
-        # one shared base phase: trained once, as one run, and given to every member
-        result, base = next(run(cfg, data=data, progress=progress,
-                                on_epoch=(lambda ph, ep, loss: on_epoch(ph, ep, [loss] * n)) if on_epoch else None))
-        states = [{**base, "config": c.identity()} for c in configs]
-        yield [(copy.deepcopy(result), st) for st in states]
-    yield from run_members(configs, states, data=data, progress=progress, on_epoch=on_epoch, backend=backend,
-                           partial=partial, on_checkpoint=(lambda part, _last: on_checkpoint({**part, "config_ids": ids}))
-                           if on_checkpoint else None)

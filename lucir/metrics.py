@@ -42,8 +42,10 @@ import math
 
 import torch
 
-METRIC_NAMES = ("phase", "classes_seen", "acc_cnn", "acc_nme", "acc_old_cnn", "acc_new_cnn",
-                "avg_inc_acc_cnn", "avg_inc_acc_nme", "forgetting_cnn", "train_seconds")
+from lucir.record import METRICS
+
+#: the columns of ``lucir train``'s per-phase table
+METRIC_NAMES = ("phase", "classes_seen", *METRICS)
 
 
 def average_incremental_accuracy(accs: list[float]) -> float:

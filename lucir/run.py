@@ -22,9 +22,9 @@ most k epochs, not the phase).  Before the base phase completes, ``phase`` is -1
 A phase-0 state can seed any config with the same ``Config.base_key()`` (the runner's shared
 base-phase cache); a later state only the config it came from.
 
-One trainer for one run or many: ``run`` is ``run_members`` with one member; ``lucir.fused.run_fused``
-trains an array of N trials with it (a leading member axis, ``lucir.models.Members``), each member's
-states being ordinary states of this module.
+One trainer for one run or many: ``run`` is ``run_members`` with one member; with N members it trains a
+fused array of N trials (a leading member axis, ``lucir.models.Members``; ``lucir.fused`` says which configs
+may be one), each member's states being ordinary states of this module.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field, make_dataclass
 from typing import Any, Callable, Iterator
 
 import torch
@@ -43,64 +43,31 @@ from lucir import learner
 from lucir.checkpoint import CheckpointError
 from lucir.config import Config, ConfigError, check_field
 from lucir.data import Source, class_order, load_dataset_for, validation_split
+from lucir.fused import FusionError, check_array, member_keys
 from lucir.heads import CosineHead, LinearHead, imprint_rows
 from lucir.memory import Memory, class_means, herding, nme_scores
 from lucir.metrics import (average_incremental_accuracy, backward_transfer, cross_group_shares, forgetting,
                            mean_norm, old_new_norms, pct, topk_accuracy, weighted_old_new)
-from lucir.record import VAL_METRICS
+from lucir.record import DIAGNOSTIC_METRICS, EXTRA_METRICS, METRICS, VAL_METRICS
 from lucir.models import IncrementalNet, Members, make_backbone
 
 
-@dataclass
-class PhaseResult:
-    """Metrics of one phase (DESIGN §4) plus the accuracy matrices so far (phase x class group)."""
+def _metrics(self) -> dict[str, float]:
+    """The phase's row: every field but the accuracy matrices (and the validation metrics without a split)."""
+    d = asdict(self)
+    del d["acc_matrix_cnn"], d["acc_matrix_nme"]
+    return {k: v for k, v in d.items() if not (k in VAL_METRICS and math.isnan(self.val_acc_cnn))}
 
-    phase: int
-    classes_seen: int
-    acc_cnn: float
-    acc_nme: float
-    acc_old_cnn: float
-    acc_new_cnn: float
-    avg_inc_acc_cnn: float
-    avg_inc_acc_nme: float
-    forgetting_cnn: float
-    train_seconds: float
-    phase_seconds: float
-    eta: float
-    lambda_t: float
-    exemplars: int
-    # imbalance diagnostics (lucir.metrics docstring; record.DIAGNOSTIC_METRICS): NaN where undefined
-    acc_old_nme: float = math.nan
-    acc_new_nme: float = math.nan
-    top5_cnn: float = math.nan
-    top5_nme: float = math.nan
-    old_as_new_cnn: float = math.nan
-    new_as_old_cnn: float = math.nan
-    old_as_new_nme: float = math.nan
-    new_as_old_nme: float = math.nan
-    weight_norm_old: float = math.nan
-    weight_norm_new: float = math.nan
-    feature_norm_old: float = math.nan
-    feature_norm_new: float = math.nan
-    forgetting_nme: float = math.nan
-    bwt_cnn: float = math.nan
-    bwt_nme: float = math.nan
-    acc_matrix_cnn: list[list[float]] = field(default_factory=list)
-    acc_matrix_nme: list[list[float]] = field(default_factory=list)
-    # on the held-out validation images of the seen classes (Protocol.val_fraction > 0; else NaN, not reported)
-    val_acc_cnn: float = math.nan
-    val_acc_nme: float = math.nan
-    val_avg_inc_acc_cnn: float = math.nan
-    val_avg_inc_acc_nme: float = math.nan
 
-    def metrics(self) -> dict[str, float]:
-        d = asdict(self)
-        d.pop("acc_matrix_cnn")
-        d.pop("acc_matrix_nme")
-        if math.isnan(self.val_acc_cnn):
-            for k in VAL_METRICS:
-                d.pop(k)
-        return d
+#: metrics of one phase (DESIGN §4; the names and their order are ``lucir.record``'s, which the results rows
+#: keep: ``METRICS``, ``EXTRA_METRICS``, the imbalance diagnostics ``DIAGNOSTIC_METRICS`` (NaN where undefined),
+#: then the validation metrics, NaN and not reported without ``Protocol.val_fraction``) plus the accuracy
+#: matrices so far (phase x class group); ``metrics()`` is the row
+PhaseResult = make_dataclass(
+    "PhaseResult", [("phase", int), ("classes_seen", int)]
+    + [(k, float, field(default=math.nan)) for k in METRICS + EXTRA_METRICS + DIAGNOSTIC_METRICS]
+    + [(k, list, field(default_factory=list)) for k in ("acc_matrix_cnn", "acc_matrix_nme")]
+    + [(k, float, field(default=math.nan)) for k in VAL_METRICS], namespace={"metrics": _metrics})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -231,7 +198,8 @@ def run(config: Config, state: dict | None = None, *, data=None, progress: bool 
         part = {**part, "head": [part["head"]], "model": [part["model"]]}
 
     def checkpoint(p: dict, last: list[dict]) -> None:
-        on_checkpoint({**last[0], "partial": {**p, "head": p["head"][0], "model": p["model"][0]}})
+        one = {k: v for k, v in p.items() if k != "config_ids"}
+        on_checkpoint({**last[0], "partial": {**one, "head": p["head"][0], "model": p["model"][0]}})
 
     for out in run_members([config], [state], data=data, progress=progress, partial=part,
                            on_epoch=(lambda ph, ep, loss: on_epoch(ph, ep, loss[0])) if on_epoch else None,
@@ -262,19 +230,40 @@ def run_members(configs: list[Config], states: list[dict | None] | None = None, 
     class order, schedule shape and seed (``lucir.fused.check_array``); ``states`` (one per member, all at
     the same completed phase, or None) continue them.  One batch stream from the phase generator serves every
     member (the same draws as each member's run alone); each member has its own model, loss, param group,
-    exemplars and metrics.  ``backend`` (``Members``): "auto" = grouped on CUDA for N > 1, else loop.
+    exemplars and metrics.  ``backend`` (``Members``): "auto" = grouped on CUDA for N > 1, else loop.  An array
+    whose members share the base key and start from nothing trains its base phase once, as one run.
 
     ``partial`` is the phase in progress: {"phase", "epoch", "head" and "model" (one per member),
-    "optimizer", "scheduler", "gen", "train_seconds"}; ``on_checkpoint(partial, last states)`` gets one every
-    ``checkpoint_every`` epochs and after a phase's last (the last states: each member's state at the end of
-    the previous phase, its own identity)."""
+    "optimizer", "scheduler", "gen", "train_seconds", "config_ids" (``lucir.fused.member_keys``: it resumes only
+    the same members)}; ``on_checkpoint(partial, last states)`` gets one every ``checkpoint_every`` epochs and
+    after a phase's last (the last states: each member's state at the end of the previous phase, its own
+    identity).  A member state's own training in progress (a single run's ``partial``) is not used: the array
+    redoes that phase."""
     cfg, n = configs[0], len(configs)
-    p = cfg.protocol
+    p, ids = cfg.protocol, member_keys(configs)
     states = list(states) if states is not None else [None] * n
+    if n > 1:
+        check_array(configs)
+    if len(states) != n:
+        raise FusionError(f"{len(states)} states for {n} configs")
     for c, st in zip(configs, states):
         if st is not None:
             check_state(c, st)
+    if len({-1 if st is None else max(st["phase"], -1) for st in states}) > 1:
+        raise FusionError("members' states are at different phases; an array resumes together")
+    if partial is not None and partial.get("config_ids", ids) != ids:
+        raise FusionError("the array checkpoint belongs to other members")
     device, source = prepare(cfg, data, progress)
+    if n > 1 and states[0] is None and partial is None and len({c.base_key() for c in configs}) == 1:
+        # one shared base phase (equal base keys): trained once, as one run, and given to every member; its
+        # checkpoints are the array's (every member the one model), from which the array goes on as N members
+        [(result, base)] = next(run_members(
+            configs[:1], data=source.data, on_epoch=(lambda ph, ep, loss: on_epoch(ph, ep, loss * n)) if on_epoch
+            else None, on_checkpoint=(lambda part, _last: on_checkpoint(
+                {**part, "head": part["head"] * n, "model": part["model"] * n, "config_ids": ids},
+                [_empty_state(c) for c in configs])) if on_checkpoint else None))
+        states = [{**base, "config": c.identity()} for c in configs]
+        yield [(copy.deepcopy(result), st) for st in states]
     train_y, test_y, in_channels = source.train_y, source.test_y, source.data.image_shape()[0]
     held_out = validation_split(train_y, p.val_fraction, p.class_order_seed)
     pool = torch.nonzero(~held_out).flatten()  # the training images that may be trained on
@@ -369,7 +358,7 @@ def run_members(configs: list[Config], states: list[dict | None] | None = None, 
         if on_checkpoint is not None:
             def checkpoint(ts: learner.TrainState, _phase=phase, _t0=time.perf_counter(), _before=before_s):
                 on_checkpoint({
-                    "phase": _phase, "epoch": ts.epoch, "head": [_head_spec(net) for net in model.nets],
+                    "phase": _phase, "config_ids": ids, "epoch": ts.epoch, "head": [_head_spec(net) for net in model.nets],
                     "model": [{k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
                               for net in model.nets],
                     "optimizer": ts.optimizer, "scheduler": ts.scheduler, "gen": gen.get_state(),

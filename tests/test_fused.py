@@ -11,7 +11,8 @@ import lucir
 from lucir import learner
 from lucir.config import Config
 from lucir.data import load_dataset_for
-from lucir.fused import FusionError, check_array, fuse_key, run_fused
+from lucir.fused import FusionError, check_array, fuse_key
+from lucir.run import run_members
 from lucir.heads import CosineHead
 from lucir.models import IncrementalNet, Members, make_backbone
 
@@ -139,7 +140,7 @@ def test_fused_digits_run_gives_every_rung_its_own_run_s_accuracy_matrices(backe
     that reordering alone moves cells by up to 10 points and averages by up to 1.1 over 6 epochs; fused runs
     stayed within 3.9 and 0.28); the exemplar sets (herding) are identical."""
     configs, data, single, bound = digits_rungs
-    fused = list(run_fused(configs, data=data, backend=backend))
+    fused = list(run_members(configs, data=data, backend=backend))
     assert len(fused) == configs[0].protocol.phases + 1
     for i, p in enumerate(PRESETS):
         (r_s, st_s), (r_f, st_f) = single[i][-1], fused[-1][i]
@@ -157,13 +158,13 @@ def test_fused_digits_run_gives_every_rung_its_own_run_s_accuracy_matrices(backe
 
 
 def test_an_array_of_one_is_the_run_bit_for_bit_with_either_backend():
-    """Property (issue 17: one trainer): ``run_fused`` of one config is ``lucir.run`` of it, weights and
+    """Property (issue 17: one trainer): ``run_members`` of one config is ``lucir.run`` of it, weights and
     accuracy matrices bitwise equal, with the loop backend and with the grouped one (N = 1: plain ops)."""
     cfg = _digits(preset="lucir_cbf")
     data = load_dataset_for(cfg)
     alone = list(lucir.run(cfg, data=data))
     for backend in ("loop", "grouped"):
-        array = list(run_fused([cfg], data=data, backend=backend))
+        array = list(run_members([cfg], data=data, backend=backend))
         assert len(array) == len(alone)
         for (r, st), [(r1, st1)] in zip(alone, array):
             assert (r1.acc_matrix_cnn, r1.acc_matrix_nme) == (r.acc_matrix_cnn, r.acc_matrix_nme), backend
@@ -173,12 +174,12 @@ def test_an_array_of_one_is_the_run_bit_for_bit_with_either_backend():
 
 def test_member_state_of_a_fused_array_resumes_alone_and_fused():
     """A fused member's phase state is an ordinary run state: ``lucir.run`` resumes it alone, and
-    ``run_fused`` resumes the array from its members' states with the result of the uninterrupted array."""
+    ``run_members`` resumes the array from its members' states with the result of the uninterrupted array."""
     configs = [_digits(preset="lucir"), _digits(preset="lucir", lambda_base=2.0, margin=0.2)]
     data = load_dataset_for(configs[0])
-    full = list(run_fused(configs, data=data))
+    full = list(run_members(configs, data=data))
     # resume the array after phase 1
-    rest = list(run_fused(configs, [full[1][0][1], full[1][1][1]], data=data))
+    rest = list(run_members(configs, [full[1][0][1], full[1][1][1]], data=data))
     assert len(rest) == len(full) - 2
     for i in range(2):
         assert rest[-1][i][0].acc_matrix_cnn == full[-1][i][0].acc_matrix_cnn
@@ -200,7 +201,7 @@ def test_arrays_group_only_compatible_configs_with_a_clear_reason():
         check_array([a, _digits(preset="baseline")])
     with pytest.raises(FusionError, match="different phases"):
         st = next(lucir.run(a))[1]
-        list(run_fused([a, a], [st, None]))
+        list(run_members([a, a], [st, None]))
 
 
 def test_an_array_resumed_inside_a_phase_equals_the_uninterrupted_array_bitwise():
@@ -210,10 +211,10 @@ def test_an_array_resumed_inside_a_phase_equals_the_uninterrupted_array_bitwise(
                                                                       checkpoint_every=1)]
     data = load_dataset_for(configs[0])
     partials = []
-    full = list(run_fused(configs, data=data, on_checkpoint=partials.append))
+    full = list(run_members(configs, data=data, on_checkpoint=lambda part, _last: partials.append(part)))
     inside = [p for p in partials if p["phase"] == 2 and p["epoch"] == 3]
     assert len(inside) == 1 and all(0 < p["epoch"] <= 6 for p in partials)
-    rest = list(run_fused(configs, [full[1][i][1] for i in range(2)], data=data, partial=inside[0]))
+    rest = list(run_members(configs, [full[1][i][1] for i in range(2)], data=data, partial=inside[0]))
     assert [out[0][0].phase for out in rest] == [2, 3]
     for i in range(2):
         assert rest[-1][i][0].acc_matrix_cnn == full[-1][i][0].acc_matrix_cnn
@@ -221,4 +222,4 @@ def test_an_array_resumed_inside_a_phase_equals_the_uninterrupted_array_bitwise(
         for k, v in full[-1][i][1]["model"].items():
             assert torch.equal(rest[-1][i][1]["model"][k], v), k
     with pytest.raises(FusionError, match="other members"):
-        list(run_fused(configs[::-1], [full[1][i][1] for i in (1, 0)], data=data, partial=inside[0]))
+        list(run_members(configs[::-1], [full[1][i][1] for i in (1, 0)], data=data, partial=inside[0]))

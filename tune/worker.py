@@ -218,7 +218,7 @@ def _run(exp: Path, name: str, active: list[Member], cache: BaseCache | None) ->
 
     def save_partial(part: dict, last: list[dict]) -> None:
         guard()
-        lucir.save_state({**part, "config_ids": member_keys([m.cfg for m in active])}, partial_path)
+        lucir.save_state(part, partial_path)  # with the members' config_ids (lucir.fused.member_keys)
 
     active = [m for m in active if goes_on(m)]
     while active:
