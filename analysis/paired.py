@@ -517,6 +517,32 @@ def variance_split(df: pd.DataFrame, metric: str | Sequence[str] = "avg_inc_acc_
     return _sorted(pd.DataFrame(rows, columns=lead + VARIANCE_COLUMNS), lead)
 
 
+VARIANCE_NOTE = ("; var. order: variance of the class-order means; var. seed: mean within-order variance over "
+                 "seeds; adj.: max(0, var. order - var. seed / n_h), n_h the harmonic mean of seeds per order; "
+                 "order share: adj. / (adj. + var. seed)")
+
+
+def format_variance(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``variance_split`` for a paper: method and classifier in words, numbers at 2 decimals, the columns that
+    hold one value in every row (the protocol, orders, seeds, an empty note) left out and returned."""
+    from analysis import tables
+    from analysis.paper import short_name
+
+    lead = [c for c in table.columns if c not in VARIANCE_COLUMNS]
+    out = table[lead].copy().rename(columns={"base_classes": "base", "memory": "exemplars"})
+    out["method"] = table["preset"].map(short_name)
+    out["classifier"] = table["metric"].map(lambda m: METRIC_SHORT.get(m, m))
+    for col, name in (("orders", "class orders"), ("seeds", "seeds per order"), ("trials", "trials")):
+        out[name] = table[col].astype(int)
+    for col, name in (("mean", "mean (%)"), ("var_total", "var. total"), ("var_order", "var. order"),
+                      ("var_seed", "var. seed"), ("var_order_adj", "adj."), ("order_share", "order share")):
+        out[name] = [tables.DASH if pd.isna(v) else f"{v:.2f}" for v in table[col]]
+    if table["note"].astype(str).str.len().any():
+        out["note"] = table["note"]
+    return tables.drop_constant(out, ("dataset", "base", "phases", "exemplars", "class orders", "seeds per order",
+                                      "trials"))
+
+
 def variance_components(values: Sequence[float], orders: Sequence[Any]) -> dict[str, Any]:
     """The estimator of ``variance_split`` on one group: values (one per trial) and their class orders."""
     s = pd.Series(np.asarray(values, dtype=float)).reset_index(drop=True)
@@ -691,9 +717,13 @@ def report_section(exp, root: Path, formats: Iterable[str], rep=None, reference:
             lines += [f"![{f.stem}]({rel})", "", f"*{plots.FIGURE_NOTES.get(f.stem, '')}*", ""]
     var = variance_split(df, list(METRICS))
     if len(var):
-        vpaths = tables.export_table(var, tdir / "variance_split", formats, label_prefix=exp.name,
+        from analysis.paper import with_schedule
+
+        shown, consts = format_variance(var)
+        vpaths = tables.export_table(var, tdir / "variance_split", formats, label_prefix=exp.name, display=shown,
+                                     note=with_schedule(tables.constant_note(consts) + VARIANCE_NOTE, df),
                                      caption="Seed vs class-order variance of the last-phase average incremental "
-                                             "accuracy")
+                                             "accuracy (points squared)")
         if rep is not None:
             rep.tables += vpaths
         lines += ["### Seed vs class-order variance", "",
@@ -816,6 +846,18 @@ def format_compare(table: pd.DataFrame, name_a: str = "A", name_b: str = "B") ->
     return out
 
 
+def compare_for_paper(display: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``format_compare``'s table for a paper (the LaTeX export): method and classifier in words, the columns
+    that hold one value in every row (protocol, test, n, note) left out and returned for the caption."""
+    from analysis import tables
+    from analysis.paper import short_name
+
+    out = display.assign(preset=display["preset"].map(short_name),
+                         metric=display["metric"].map(lambda m: METRIC_SHORT.get(m, m)))
+    out = out.rename(columns={"preset": "method", "metric": "classifier", "n": "pairs", "mean diff": "paired diff"})
+    return tables.drop_constant(out, ("dataset", "base", "phases", "exemplars", "test", "pairs", "note"))
+
+
 def _safe_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "experiment"
 
@@ -837,8 +879,11 @@ def build_compare(exp_a: str | os.PathLike, exp_b: str | os.PathLike, out: str |
     tab, notes = compare_table(a.frame, b.frame)
     display = format_compare(tab, a.name, b.name)
     fmts = [f for f in dict.fromkeys(("csv", "md", *formats)) if f in ("csv", "md", "tex")]
-    paths = tables.export_table(tab, out / "compare", [f for f in fmts if f != "md"], display=display,
-                                caption=f"{b.name} against {a.name} (last phase)")
+    paper, consts = compare_for_paper(display)
+    paths = tables.export_table(tab, out / "compare", [f for f in fmts if f != "md"], display=paper,
+                                note=tables.constant_note(consts) or None,
+                                caption=f"{tables.header_words(b.name)} (B) against {tables.header_words(a.name)} (A): "
+                                        "last-phase average incremental accuracy (%)")
     lines = [f"# Compare: {b.name} (B) against {a.name} (A)", "",
              f"- A: `{a.path}`", f"- B: `{b.path}`", "",
              "Last-phase average incremental accuracy (CNN and NME, %) of the finished trials, per protocol and "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
+import itertools
 import math
 import os
 import platform
@@ -25,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -41,18 +42,14 @@ SHAPES = {  # image shape, classes, train/test images per class of the real data
 }
 SECTIONS = ("data", "train_base", "train_inc", "herding", "eval", "fused")
 DEFAULT_SECTIONS = "data,train_base,train_inc,herding,eval"
+PRECISIONS, LAYOUTS = ("fp32", "tf32", "bf16"), ("nchw", "cl")
 QUICK = dict(steps=1, rounds=1, batch_size=16, train_per_class=24, test_per_class=8, eval_images=64,
              herd_classes=1)
-#: dense peak TFLOP/s per precision from NVIDIA's data sheets (SXM unless named; sparsity halved away),
+#: dense peak TFLOP/s (fp32, tf32, bf16) from NVIDIA's data sheets (SXM unless named; sparsity halved away),
 #: matched as a substring of the device name, first match wins
-CUDA_PEAK_TFLOPS = (
-    ("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0}),
-    ("H100 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5}),
-    ("H200 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5}),
-    ("H100", {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4}),
-    ("H200", {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4}),
-    ("A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0}),
-)
+CUDA_PEAK_TFLOPS = {"H100 PCIe": (51.2, 378.0, 756.0), "H100 NVL": (60.0, 417.5, 835.5),
+                    "H200 NVL": (60.0, 417.5, 835.5), "H100": (66.9, 494.7, 989.4), "H200": (66.9, 494.7, 989.4),
+                    "A100": (19.5, 156.0, 312.0)}
 FUSE_MEMBER_HP = ((5.0, 0.5, 2), (2.0, 0.3, 1), (10.0, 0.7, 3), (3.5, 0.4, 2))  # lambda_base, margin, K
 
 
@@ -84,9 +81,14 @@ def add_bench_args(p) -> None:
 
 
 # ----------------------------------------------------------------------------- timing
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _call(fn: Callable, device: torch.device) -> tuple:
+    """``fn()`` with a CUDA synchronize before and after: its result and seconds."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
+    sync(device)
+    t0 = time.perf_counter()
+    n = fn()
+    sync(device)
+    return n, time.perf_counter() - t0
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -124,23 +126,15 @@ def timed(variants: dict[str, Callable[[], int]], device: torch.device, rounds: 
     out = {}
     for name, fn in variants.items():
         _reset_peak(device)
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        out[name] = {"first_call_s": time.perf_counter() - t0, "peak_mem_mb": peak_memory_mb(device), "samples": []}
+        out[name] = {"first_call_s": _call(fn, device)[1], "peak_mem_mb": peak_memory_mb(device), "samples": []}
     if barrier:
         _wait_barrier(barrier)
     for r in range(rounds):
         for name, fn in variants.items():
-            sync(device)
-            t0 = time.perf_counter()
-            n = fn()
-            sync(device)
-            dt = max(time.perf_counter() - t0, 1e-9)
-            out[name]["samples"].append(n / dt)
+            n, dt = _call(fn, device)
+            out[name]["samples"].append(n / max(dt, 1e-9))
             out[name]["images"] = n
-            log(f"  round {r + 1}/{rounds} {name}: {n / dt:.1f} images/s ({dt:.2f} s)")
+            log(f"  round {r + 1}/{rounds} {name}: {n / max(dt, 1e-9):.1f} images/s ({dt:.2f} s)")
     for v in out.values():
         v["images_per_s"] = statistics.median(v["samples"])
         v["measure_s"] = v["images"] / v["images_per_s"]
@@ -150,11 +144,9 @@ def timed(variants: dict[str, Callable[[], int]], device: torch.device, rounds: 
 @contextlib.contextmanager
 def precision(prec: str, device: torch.device):
     """TF32 on for ``tf32`` and off otherwise (CUDA; cuDNN's default is on, so fp32 here is true fp32)."""
-    if device.type != "cuda":
-        yield
-        return
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = prec == "tf32"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = prec == "tf32"
     try:
         yield
     finally:
@@ -169,73 +161,62 @@ def gflop_per_image(fn: Callable[[], int]) -> float:
     return fc.get_total_flops() / max(n, 1) / 1e9
 
 
-def measured_peak_gflops(device: torch.device, seconds: float = 0.3) -> float:
-    """Best fp32 GFLOP/s of 1024^2 matrix products at the current threads: a lower bound of the peak."""
-    a, b = torch.randn(1024, 1024, device=device), torch.randn(1024, 1024, device=device)
-    best, t_end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        best = max(best, 2 * 1024**3 / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
 # ----------------------------------------------------------------------------- setup
-def synthetic_dataset(name: str, train_per_class: int, test_per_class: int, seed: int = 0):
-    """uint8 images of the dataset's shape, balanced labels, its normalisation and augmentation."""
-    from lucir.data import CIFAR100_MEAN, CIFAR100_STD, TensorDataset
-
-    s = SHAPES[name]
-    c = s["classes"]
-    g = torch.Generator().manual_seed(seed)
-    ntr, nte = c * train_per_class, c * test_per_class
-    x = torch.randint(0, 256, (ntr + nte, *s["shape"]), generator=g, dtype=torch.uint8)
-    y = torch.arange(ntr + nte) % c
-    norm = (CIFAR100_MEAN, CIFAR100_STD, 4, True) if name == "cifar100" else ((0.3,), (0.35,), 1, False)
-    return TensorDataset(name, x[:ntr], y[:ntr], x[ntr:], y[ntr:], [f"c{i}" for i in range(c)], *norm)
-
-
-@dataclass
 class Bench:
-    """What every section needs: the arguments, device, synthetic data, sizes and the protocol's numbers."""
+    """What every section needs: the arguments, device, synthetic data, sizes, the protocol's numbers (base
+    classes, classes per incremental phase, exemplars per old class) and the fused section's arrays."""
 
-    args: object
-    device: torch.device
-    dataset: str
-    data: object
-    batch: int
-    steps: int
-    base: int  # base classes
-    per_phase: int  # classes per incremental phase
-    exemplars: int  # per old class
-    sources: dict = field(default_factory=dict)  # layout -> lucir.data.Source
-    gen: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+    def __init__(self, args, device: torch.device, fuse_sizes: list[int], fuse_variant: list[str]):
+        from lucir.config import Config
+        from lucir.data import CIFAR100_MEAN, CIFAR100_STD, Source, TensorDataset
 
-    def grid(self, training: bool) -> list[tuple[str, str, str]]:
-        precs = ("fp32", "tf32", "bf16") if self.device.type == "cuda" else ("fp32", "bf16")
+        q, shp = (QUICK if args.quick else {}), SHAPES[args.dataset]
+        args.herd_classes = q.get("herd_classes", args.herd_classes)
+        self.args, self.device, self.cfg0 = args, device, Config.from_flat(dataset=args.dataset)
+        self.fuse_sizes, (self.fuse_prec, self.fuse_lay) = fuse_sizes, fuse_variant
+        # synthetic data: uint8 images of the dataset's shape, balanced labels, its normalisation and augmentation
+        c, g = shp["classes"], torch.Generator().manual_seed(0)
+        ntr = c * q.get("train_per_class", shp["train_per_class"])
+        nte = c * q.get("test_per_class", shp["test_per_class"])
+        x = torch.randint(0, 256, (ntr + nte, *shp["shape"]), generator=g, dtype=torch.uint8)
+        y = torch.arange(ntr + nte) % c
+        norm = (CIFAR100_MEAN, CIFAR100_STD, 4, True) if args.dataset == "cifar100" else ((0.3,), (0.35,), 1, False)
+        self.data = TensorDataset(args.dataset, x[:ntr], y[:ntr], x[ntr:], y[ntr:], [f"c{i}" for i in range(c)], *norm)
+        self.batch = args.batch_size or q.get("batch_size") or self.cfg0.schedule.batch_size
+        self.steps, self.rounds = q.get("steps", args.steps), q.get("rounds", args.rounds)
+        p = self.cfg0.protocol
+        self.base, self.per_phase, self.exemplars = p.base_classes, p.classes_per_phase, p.exemplars_per_class
+        self.sources = {lay: Source(self.data, np.arange(c), device, lay == "cl") for lay in LAYOUTS}
+        self.gen = torch.Generator().manual_seed(0)
+
+    def grid(self, make: Callable, training: bool) -> dict[str, Callable[[], int]]:
+        """{variant name: make(precision, layout, mode)} over the precisions, layouts and modes to run."""
+        precs = PRECISIONS if self.device.type == "cuda" else ("fp32", "bf16")
         modes = ("eager", "compile") if training and self.args.compile else ("eager",)
-        return [(p, lay, m) for m in modes for p in precs for lay in ("nchw", "cl")]
+        return {f"{p} {lay}" + (" compile" if m == "compile" else ""): make(p, lay, m)
+                for m in modes for p in precs for lay in LAYOUTS}
 
     def config(self, prec="fp32", layout="nchw", mode="eager", **kw):
         from lucir.config import Config
 
-        return Config.from_flat(dataset=self.dataset, epochs=1, batch_size=self.batch, bf16=prec == "bf16",
+        return Config.from_flat(dataset=self.args.dataset, epochs=1, batch_size=self.batch, bf16=prec == "bf16",
                                 channels_last=layout == "cl", compile=mode == "compile", device=str(self.device),
                                 threads=int(self.args.threads), **kw)
 
-    def nets(self, cfg, phase: int, seed: int = 1):
-        """(model, frozen model or None) as ``lucir.run`` builds them for phase 0 or 1."""
+    def job(self, cfg, phase: int, seed: int = 1) -> tuple:
+        """(model, frozen model or None, ``cfg``, ``lucir.learner.PhaseContext``) as ``lucir.run`` builds them
+        for phase 0 or 1."""
+        from lucir.learner import PhaseContext
         from lucir.run import build_model
 
-        net = build_model(cfg, self.data.image_shape()[0], {"kind": "cosine", "old": 0, "new": self.base})
-        ref = None
-        if phase:
-            ref = copy.deepcopy(net).eval().requires_grad_(False)
-            net.head.expand(self.per_phase, None, torch.Generator().manual_seed(seed))
         fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
-        return net.to(self.device, memory_format=fmt), None if ref is None else ref.to(self.device, memory_format=fmt)
+        net = build_model(cfg, self.data.image_shape()[0], {"kind": "cosine", "old": 0, "new": self.base})
+        ref, ctx = None, PhaseContext(0, 0, self.base, 0.0)
+        if phase:
+            ref = copy.deepcopy(net).eval().requires_grad_(False).to(self.device, memory_format=fmt)
+            net.head.expand(self.per_phase, None, torch.Generator().manual_seed(seed))
+            ctx = PhaseContext(1, self.base, self.base + self.per_phase, cfg.lambda_at(1))
+        return net.to(self.device, memory_format=fmt), ref, cfg, ctx
 
     def pool(self, phase: int) -> torch.Tensor:
         """Train positions of phase 0 (base classes) or 1 (new classes + ``exemplars`` per old class)."""
@@ -249,17 +230,6 @@ class Bench:
         return torch.cat([pool[torch.randperm(len(pool), generator=self.gen)]
                           for _ in range(math.ceil(n / len(pool)))])[:n]
 
-    def ctx(self, phase: int, cfg=None):
-        from lucir.learner import PhaseContext
-
-        cfg = cfg or self.config()
-        return PhaseContext(phase, self.base if phase else 0, self.base + (self.per_phase if phase else 0),
-                            cfg.lambda_at(1) if phase else 0.0)
-
-
-def _name(prec: str, layout: str, mode: str) -> str:
-    return f"{prec} {layout}" + (" compile" if mode == "compile" else "")
-
 
 # ----------------------------------------------------------------------------- sections
 def data_section(b: Bench) -> tuple[dict, Callable | None]:
@@ -267,25 +237,28 @@ def data_section(b: Bench) -> tuple[dict, Callable | None]:
 
     def make(src):
         return lambda: sum(len(y) for _, y in src.train_batches(b.draw(pool, n), b.batch, b.gen))
-    return {lay: make(b.sources[lay]) for lay in ("nchw", "cl")}, None
+    return {lay: make(b.sources[lay]) for lay in LAYOUTS}, None
 
 
-def train_step(b: Bench, phase: int, prec="fp32", lay="nchw", mode="eager", steps: int = 0) -> Callable[[], int]:
-    """``steps`` (default ``--steps``) training steps of phase 0 or 1 through ``lucir.learner.train_phase``."""
+def train_step(b: Bench, phase: int, prec="fp32", lay="nchw", mode="eager", steps: int = 0, jobs: list = (),
+               trials: int = 1) -> Callable[[], int]:
+    """``steps`` (default ``--steps``) training steps of phase 0 or 1 through ``lucir.learner.train_phase``, of
+    a new model of the variant or of each of ``jobs`` (as ``Bench.job``, or arrays); images x ``trials``."""
     from lucir.learner import train_phase
 
-    cfg, pool, images = b.config(prec, lay, mode), b.pool(phase), (steps or b.steps) * b.batch
-    (net, ref), ctx = b.nets(cfg, phase), b.ctx(phase, cfg)
+    pool, images = b.pool(phase), (steps or b.steps) * b.batch
+    jobs = jobs or [b.job(b.config(prec, lay, mode), phase)]
 
     def run():
         with precision(prec, b.device):
-            train_phase(net, ref, b.sources[lay], b.draw(pool, images), cfg, ctx, b.gen, b.device)
-        return images
+            for net, ref, cfg, ctx in jobs:
+                train_phase(net, ref, b.sources[lay], b.draw(pool, images), cfg, ctx, b.gen, b.device)
+        return images * trials
     return run
 
 
 def train_section(b: Bench, phase: int) -> tuple[dict, Callable]:
-    return {_name(*v): train_step(b, phase, *v) for v in b.grid(training=True)}, train_step(b, phase, steps=1)
+    return b.grid(partial(train_step, b, phase), training=True), train_step(b, phase, steps=1)
 
 
 def pass_section(b: Bench, herd: bool) -> tuple[dict, Callable]:
@@ -303,7 +276,7 @@ def pass_section(b: Bench, herd: bool) -> tuple[dict, Callable]:
 
     def make(prec="fp32", lay="nchw", mode="eager", select=herd):
         cfg = b.config(prec, lay)
-        net = b.nets(cfg, 0)[0]
+        net = b.job(cfg, 0)[0]
 
         def run():
             with precision(prec, b.device):
@@ -314,14 +287,7 @@ def pass_section(b: Bench, herd: bool) -> tuple[dict, Callable]:
                     herding(f[y == c], b.exemplars)
             return len(idx)
         return run
-    return {_name(*v): make(*v) for v in b.grid(training=False)}, make(select=False)
-
-
-def fuse_configs(b: Bench, n: int, prec: str, layout: str) -> list:
-    """N members differing in lambda_base, margin and K; K is capped at the classes per phase (digits: 2)."""
-    return [b.config(prec, layout, preset="lucir", lambda_base=lam + i // len(FUSE_MEMBER_HP), margin=margin,
-                     K=min(k, b.per_phase))
-            for i, (lam, margin, k) in ((i, FUSE_MEMBER_HP[i % len(FUSE_MEMBER_HP)]) for i in range(n))]
+    return b.grid(make, training=False), make(select=False)
 
 
 def fused_section(b: Bench) -> tuple[dict, Callable]:
@@ -329,64 +295,46 @@ def fused_section(b: Bench) -> tuple[dict, Callable]:
     shared batch stream, as from phase 2 on) vs the same N members' ``train_phase`` one after another.
     Images count x N: images/s per trial; FLOPs per image are one member's."""
     from lucir.fused import check_array
-    from lucir.learner import train_phase
     from lucir.models import Members
 
-    prec, lay = _fuse_variant(b.args.fuse_variant)
-    backend = "loop" if b.device.type == "cpu" else "grouped"  # what lucir.fused.run_fused uses
-    pool, n_img, src = b.pool(1), b.steps * b.batch, b.sources[lay]
+    prec, lay = b.fuse_prec, b.fuse_lay
+    backend = "loop" if b.device.type == "cpu" else "grouped"  # what lucir.run.run_members uses ("auto")
     out = {}
-    for n in _fuse_sizes(b.args.fuse_sizes):
-        configs = fuse_configs(b, n, prec, lay)
+    for n in b.fuse_sizes:
+        # N members differing in lambda_base, margin and K; K is capped at the classes per phase (digits: 2)
+        configs = [b.config(prec, lay, preset="lucir", lambda_base=lam + i // len(FUSE_MEMBER_HP), margin=margin,
+                            K=min(k, b.per_phase))
+                   for i, (lam, margin, k) in zip(range(n), itertools.cycle(FUSE_MEMBER_HP))]
         check_array(configs)
-        members = [b.nets(c, 1, seed=1 + i) + (c, b.ctx(1, c)) for i, c in enumerate(configs)]
-        model = Members([copy.deepcopy(m[0]) for m in members], backend)  # the separate runs keep their own
-        ref = Members([copy.deepcopy(m[1]) for m in members], backend).eval()
-
-        def fused(model=model, ref=ref.requires_grad_(False), configs=configs, n=n, ctxs=[m[3] for m in members]):
-            with precision(prec, b.device):
-                train_phase(model, ref, src, b.draw(pool, n_img), configs, ctxs, b.gen, b.device)
-            return n_img * n
-
-        def separate(members=members, n=n):
-            with precision(prec, b.device):
-                for net, r, c, ctx in members:
-                    train_phase(net, r, src, b.draw(pool, n_img), c, ctx, b.gen, b.device)
-            return n_img * n
-        out[f"N={n} fused"], out[f"N={n} separate"] = fused, separate
+        members = [b.job(c, 1, seed=1 + i) for i, c in enumerate(configs)]  # the separate runs keep their own
+        model, ref = (Members([copy.deepcopy(m[j]) for m in members], backend) for j in (0, 1))
+        array = (model, ref.eval().requires_grad_(False), configs, [m[3] for m in members])
+        out[f"N={n} fused"] = train_step(b, 1, prec, lay, jobs=[array], trials=n)
+        out[f"N={n} separate"] = train_step(b, 1, prec, lay, jobs=members, trials=n)
     return out, train_step(b, 1, prec, lay, steps=1)
 
 
-def _fuse_variant(text: str) -> tuple[str, str]:
-    parts = text.split()
-    if len(parts) != 2 or parts[0] not in ("fp32", "tf32", "bf16") or parts[1] not in ("nchw", "cl"):
-        raise ConfigError(f"--fuse-variant {text!r} is invalid: allowed '<fp32|tf32|bf16> <nchw|cl>'")
-    return parts[0], parts[1]
-
-
-def _fuse_sizes(text: str) -> list[int]:
-    sizes = [x.strip() for x in text.split(",") if x.strip()]
-    if not sizes or not all(x.isdigit() and int(x) >= 1 for x in sizes):
-        raise ConfigError(f"--fuse-sizes {text!r} is invalid: allowed comma-separated integers >= 1")
-    return list(dict.fromkeys(int(x) for x in sizes))
-
-
 # ----------------------------------------------------------------------------- report
-def peaks(device: torch.device, stated: float) -> tuple[dict[str, float], str]:
-    """Peak GFLOP/s per precision and where they come from."""
+def peaks(device: torch.device, stated: float, seconds: float = 0.3) -> tuple[dict[str, float], str]:
+    """Peak GFLOP/s per precision and where they come from.  Measured (CPU): the best fp32 GFLOP/s of 1024^2
+    matrix products for ``seconds`` at the current threads, a lower bound of the peak."""
     if stated:
-        return {p: stated for p in ("fp32", "tf32", "bf16")}, "stated (--peak-gflops)"
+        return dict.fromkeys(PRECISIONS, stated), "stated (--peak-gflops)"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, t in CUDA_PEAK_TFLOPS:
+        for key, t in CUDA_PEAK_TFLOPS.items():
             if key in name:
-                return {p: v * 1000 for p, v in t.items()}, f"data sheet of {key} (dense)"
+                return {p: v * 1000 for p, v in zip(PRECISIONS, t)}, f"data sheet of {key} (dense)"
         return {}, f"unknown card {name!r}: pass --peak-gflops"
-    g = measured_peak_gflops(device)
-    return {p: g for p in ("fp32", "bf16")}, "measured: best fp32 1024^2 matrix product, used for every precision"
+    a, b = torch.randn(1024, 1024, device=device), torch.randn(1024, 1024, device=device)
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        best = max(best, 2 * 1024**3 / _call(lambda: a @ b, device)[1] / 1e9)
+    return dict.fromkeys(("fp32", "bf16"), best), "measured: best fp32 1024^2 matrix product, used for every precision"
 
 
-def machine() -> dict:
+def meta(b: Bench, peak: dict, peak_source: str, wall_seconds: float) -> dict:
+    """The run (arguments, sizes, peaks) and the machine (CPU, versions, git sha, ``OMP_WAIT_POLICY``)."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
@@ -395,7 +343,14 @@ def machine() -> dict:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         sha = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=10).stdout.strip() or None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+    return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "argv": {k: v for k, v in vars(b.args).items() if k != "func"}, "dataset": b.args.dataset,
+            "image_shape": list(SHAPES[b.args.dataset]["shape"]), "backbone": b.cfg0.resolved_backbone(),
+            "batch_size": b.batch, "steps": b.steps, "rounds": b.rounds, "device": str(b.device),
+            "threads": torch.get_num_threads(),
+            "device_name": torch.cuda.get_device_name(b.device) if b.device.type == "cuda" else None,
+            "peak_gflops": peak, "peak_source": peak_source, "wall_seconds": wall_seconds, "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "cuda": torch.version.cuda, "git_sha": sha, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
@@ -417,78 +372,68 @@ def section_table(name: str, sec: dict) -> str:
     return out
 
 
-TITLES = {"data": "augmented batches only (lucir.data.Source.train_batches)",
-          "train_base": "base-phase training steps (lucir.learner.train_phase: cosine head, CE)",
-          "train_inc": "incremental training steps (old rows frozen, frozen model, CE + LF + MR)",
-          "herding": "feature pass (lucir.learner.extract) + herding per class",
-          "eval": "evaluation pass (lucir.learner.extract) over test images",
-          "fused": "incremental step of fused arrays of N trials (lucir.fused) vs N trials one after another, "
-                   "images/s per trial"}
+RUNS = {  # section: its title, its builder (variants, the one call whose FLOPs are counted)
+    "data": ("augmented batches only (lucir.data.Source.train_batches)", data_section),
+    "train_base": ("base-phase training steps (lucir.learner.train_phase: cosine head, CE)",
+                   partial(train_section, phase=0)),
+    "train_inc": ("incremental training steps (old rows frozen, frozen model, CE + LF + MR)",
+                  partial(train_section, phase=1)),
+    "herding": ("feature pass (lucir.learner.extract) + herding per class", partial(pass_section, herd=True)),
+    "eval": ("evaluation pass (lucir.learner.extract) over test images", partial(pass_section, herd=False)),
+    "fused": ("incremental step of fused arrays of N trials (lucir.fused) vs N trials one after another, "
+              "images/s per trial", fused_section),
+}
+
+
+def _items(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def cmd_bench(args) -> int:
-    from lucir.config import Config
-    from lucir.data import Source
+    from lucir.checkpoint import atomic_write_json
     from lucir.run import resolve_device
 
     t_start = time.perf_counter()
-    wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
+    wanted, sizes, fuse = _items(args.sections), _items(args.fuse_sizes), args.fuse_variant.split()
     bad = [s for s in wanted if s not in SECTIONS] or ([] if wanted else [args.sections])
     if bad:
         raise ConfigError(f"--sections {bad[0]!r} is invalid: allowed {','.join(SECTIONS)}")
-    sizes, (fuse_prec, fuse_lay) = _fuse_sizes(args.fuse_sizes), _fuse_variant(args.fuse_variant)
+    if not sizes or not all(x.isdigit() and int(x) >= 1 for x in sizes):
+        raise ConfigError(f"--fuse-sizes {args.fuse_sizes!r} is invalid: allowed comma-separated integers >= 1")
+    if len(fuse) != 2 or fuse[0] not in PRECISIONS or fuse[1] not in LAYOUTS:
+        raise ConfigError(f"--fuse-variant {args.fuse_variant!r} is invalid: allowed '<fp32|tf32|bf16> <nchw|cl>'")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"--device {args.device!r} is invalid: {e}") from None
-    q, shp, cfg0 = (QUICK if args.quick else {}), SHAPES[args.dataset], Config.from_flat(dataset=args.dataset)
-    args.herd_classes = q.get("herd_classes", args.herd_classes)
-    data = synthetic_dataset(args.dataset, q.get("train_per_class", shp["train_per_class"]),
-                             q.get("test_per_class", shp["test_per_class"]))
-    p, rounds = cfg0.protocol, q.get("rounds", args.rounds)
-    b = Bench(args, device, args.dataset, data, args.batch_size or q.get("batch_size") or cfg0.schedule.batch_size,
-              q.get("steps", args.steps), p.base_classes, p.classes_per_phase, p.exemplars_per_class)
-    b.sources = {lay: Source(data, np.arange(shp["classes"]), device, lay == "cl") for lay in ("nchw", "cl")}
+    b = Bench(args, device, list(dict.fromkeys(int(x) for x in sizes)), fuse)
     peak, peak_source = peaks(device, args.peak_gflops)
-    only = [o.strip() for o in args.only.split(",") if o.strip()]
-    builders = {"data": lambda: data_section(b), "train_base": lambda: train_section(b, 0),
-                "train_inc": lambda: train_section(b, 1), "herding": lambda: pass_section(b, True),
-                "eval": lambda: pass_section(b, False), "fused": lambda: fused_section(b)}
+    only, log = _items(args.only), partial(print, file=sys.stderr, flush=True)
     secs = {}
-    for name in (s for s in SECTIONS if s in wanted):
-        print(f"lucir bench: section {name}", file=sys.stderr, flush=True)
-        variants, one = builders[name]()
+    for name, (title, build) in ((s, r) for s, r in RUNS.items() if s in wanted):
+        log(f"lucir bench: section {name}")
+        variants, one = build(b)
         gflop = gflop_per_image(one) if one else 0.0
         if only and name != "fused":
             variants = {k: v for k, v in variants.items() if any(o in k for o in only)}
-        res = timed(variants, device, rounds, lambda m: print(m, file=sys.stderr, flush=True), args.barrier)
+        res = timed(variants, device, b.rounds, log, args.barrier)
         for v, r in res.items():
-            prec = fuse_prec if name == "fused" else v.split()[0]
+            prec = b.fuse_prec if name == "fused" else v.split()[0]
             r["share_of_peak"] = r["images_per_s"] * gflop / peak[prec] if gflop and peak.get(prec) else None
             r["compile_s"] = r["first_call_s"] - r["measure_s"] if v.endswith("compile") else None
-        secs[name] = {"title": TITLES[name], "gflop_per_image": gflop, "variants": res}
+        secs[name] = {"title": title, "gflop_per_image": gflop, "variants": res}
         if name == "fused":
-            secs[name]["fused"] = [{"N": n, "fused": res[f"N={n} fused"]["images_per_s"],
-                                    "separate": res[f"N={n} separate"]["images_per_s"],
-                                    "ratio": statistics.median(a / s for a, s in zip(
-                                        res[f"N={n} fused"]["samples"], res[f"N={n} separate"]["samples"]))}
-                                   for n in sizes]
+            pairs = [(n, res[f"N={n} fused"], res[f"N={n} separate"]) for n in b.fuse_sizes]
+            secs[name]["fused"] = [{"N": n, "fused": f["images_per_s"], "separate": s["images_per_s"], "ratio":
+                                    statistics.median(x / y for x, y in zip(f["samples"], s["samples"]))}
+                                   for n, f, s in pairs]
         print(section_table(name, secs[name]) + "\n", flush=True)
-    meta = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "argv": {k: v for k, v in vars(args).items() if k != "func"}, "dataset": args.dataset,
-            "image_shape": list(shp["shape"]), "backbone": cfg0.resolved_backbone(), "batch_size": b.batch,
-            "steps": b.steps, "rounds": rounds, "device": str(device), "threads": torch.get_num_threads(),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "peak_gflops": peak, "peak_source": peak_source, "wall_seconds": time.perf_counter() - t_start,
-            **machine()}
-    print(f"{device} {meta['device_name'] or meta['cpu']}, torch {meta['torch']}, {meta['threads']} threads, batch "
-          f"{b.batch}, {b.steps} steps x {rounds} rounds; peak {peak_source}; {meta['wall_seconds']:.0f} s")
+    m = meta(b, peak, peak_source, time.perf_counter() - t_start)
+    print(f"{device} {m['device_name'] or m['cpu']}, torch {m['torch']}, {m['threads']} threads, batch "
+          f"{b.batch}, {b.steps} steps x {b.rounds} rounds; peak {peak_source}; {m['wall_seconds']:.0f} s")
     if args.json_path:
-        from lucir.checkpoint import atomic_write_json
-
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.json_path, {"meta": meta, "sections": secs})
+        atomic_write_json(args.json_path, {"meta": m, "sections": secs})
         print(f"results written to {args.json_path}")
     return 0

@@ -245,16 +245,6 @@ def _imagefolder_samples(root) -> tuple[list[tuple[str, int]], list[tuple[str, i
     return list(tr.samples), list(te.samples), list(tr.classes)
 
 
-def _read_size(path: str) -> tuple[int, int]:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:  # reads the header only
-            return im.size
-    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; all mean "not an image"
-        raise DatasetError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
-
-
 def _physical_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -272,7 +262,7 @@ def fits_in_memory(paths: list[str], image_size: int, channels: int, workers: in
         return False
 
     def small(lo, hi):
-        return all(w * h <= limit for w, h in map(_read_size, paths[lo:hi]))
+        return all(w * h <= limit for w, h in (read_image(p, "read", lambda im: im.size) for p in paths[lo:hi]))
 
     return all(_in_threads(small, len(paths), 256, workers))  # ``all`` stops at the first chunk with a large image
 
@@ -301,16 +291,22 @@ def eval_resize(augment: str, image_size: int) -> int:
     return round(image_size * 256 / 224) if augment == "imagenet" else image_size
 
 
-def open_image(path: str, mode: str):
-    """The file as a PIL image of ``mode`` ("RGB" or "L"); a truncated, corrupt or unsupported file raises a
-    ``DatasetError`` naming it."""
+def read_image(path: str, what: str, fn, note: str = ""):
+    """``fn`` of the PIL image of ``path`` (opened lazily: the header only until ``fn`` reads pixels); a truncated,
+    corrupt or unsupported file raises a one-line ``DatasetError`` naming it (``what``: "read" or "decode")."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return im.convert(mode)
+            return fn(im)
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; all mean "not a usable image"
-        raise DatasetError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from exc
+        msg = " ".join(str(exc).split())
+        raise DatasetError(f"cannot {what} image {path}: {type(exc).__name__}: {msg}{note}") from None
+
+
+def open_image(path: str, mode: str):
+    """The file as a PIL image of ``mode`` ("RGB" or "L"), or a ``DatasetError`` naming it."""
+    return read_image(path, "decode", lambda im: im.convert(mode))
 
 
 def decode_image(path: str, image_size: int, channels: int, resize: int | None = None) -> np.ndarray:
@@ -398,24 +394,15 @@ def verify_images(paths: list[str], mode: str = "header", workers: int = 1, prog
     for PNG, the chunk checksums), ``full`` decodes every pixel (catches truncated JPEGs), ``off`` nothing.
     ``workers`` threads, a tqdm bar when ``progress``; the first bad file raises a one-line ``DatasetError``
     naming it."""
-    from PIL import Image
-
     check_field("verify_images", mode)
     if mode == "off" or not paths:
         return
 
+    what, fn = ("decode", lambda im: im.load()) if mode == "full" else ("read", lambda im: im.verify())
+
     def check(lo, hi):
         for p in paths[lo:hi]:
-            try:
-                with Image.open(p) as im:
-                    if mode == "full":
-                        im.load()
-                    else:
-                        im.verify()
-            except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; all mean "not a usable image"
-                msg = " ".join(str(exc).split())
-                raise DatasetError(f"cannot {'decode' if mode == 'full' else 'read'} image {p}: "
-                                   f"{type(exc).__name__}: {msg} (verify_images={mode})") from None
+            read_image(p, what, fn, f" (verify_images={mode})")
 
     for _ in _in_threads(check, len(paths), 256, workers, progress, desc):
         pass

@@ -7,11 +7,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 from analysis_fixtures import ablation_trials, make_trial, search_with_confirm, write_experiment
 
+from analysis.paired import build_compare
 from analysis.report import build_report
 
 PDFLATEX = shutil.which("pdflatex")
@@ -81,6 +83,13 @@ def reports(tmp_path_factory):
     pub = write_experiment(root / "cifar_full", full, name="cifar_full")
     out.append(build_report(pub, formats=("tex",), mlflow=False, echo=lambda *_: None))
     assert (pub / "report" / "tables" / "scoreboard.tex").is_file()           # the published protocol: compared
+    orders = [make_trial(f"{p}_o{o}_s{s}", preset=p, seed=s, class_order_seed=o, acc=60.0 + 2 * i + s + 0.5 * j)
+              for i, p in enumerate(("cn", "lucir")) for j, o in enumerate((1993, 7)) for s in range(3)]
+    var = write_experiment(root / "digits_orders", orders, name="digits_orders")
+    out.append(build_report(var, formats=("tex",), mlflow=False, echo=lambda *_: None))
+    assert (var / "report" / "tables" / "variance_split.tex").is_file()      # seeds x class orders: split
+    compare = build_compare(abl, var, root / "compare", formats=("tex",), echo=lambda *_: None).parent
+    out.append(SimpleNamespace(tables=[compare / "compare.tex"]))           # `lucir report --compare`
     return out
 
 
@@ -97,8 +106,8 @@ def test_tables_paste_math_minus_escaped_less_than_labels_by_experiment(reports)
     texs = {p.name: p.read_text() for r in reports for p in r.tables if p.suffix == ".tex"}
     labels = [m for t in texs.values() for m in re.findall(r"\\label\{([^}]*)\}", t)]
     assert len(labels) == len(set(labels))                                    # unique across the three reports
-    assert all(lab.startswith(("tab:digits-ablation-", "tab:digits-search-", "tab:cifar-reduced-", "tab:cifar-full-"))
-               for lab in labels)
+    assert all(lab.startswith(("tab:digits-ablation-", "tab:digits-search-", "tab:cifar-reduced-", "tab:cifar-full-",
+                                "tab:digits-orders-", "tab:compare")) for lab in labels), labels
     for name, t in texs.items():
         assert all(ord(c) < 128 for c in t), name                            # no raw unicode (OT1 mangles it)
         body = t.split("\\midrule", 1)[-1]
