@@ -164,15 +164,15 @@ def mlflow_runs(exp) -> dict[str, str]:
     """slot -> a link (http(s) tracking server) or 'run <id> in <uri>' from the folder's ``mlflow_runs.json``."""
     from lucir import record
 
-    name = getattr(record, "MLFLOW_RUNS_FILE", "mlflow_runs.json")
-    doc = record.read_json_dict(exp.path / name) if exp.path is not None else None
+    doc = record.read_json_dict(exp.path / record.MLFLOW_RUNS_FILE) if exp.path is not None else None
     out: dict[str, str] = {}
     for uri, entry in (doc or {}).items():
         if not isinstance(entry, dict):
             continue
         exp_id = entry.get("experiment_id")
         for slot, run in (entry.get("slots") or {}).items():
-            if not run:
+            run = run.get("run") if isinstance(run, dict) else run  # {"run": id, ...}; an id in older folders
+            if not isinstance(run, str) or not run:
                 continue
             if str(uri).startswith(("http://", "https://")):
                 url = (f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run}" if exp_id

@@ -9,6 +9,7 @@ run has every phase once, and no finished phase was trained again (the records' 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -176,12 +177,35 @@ def test_a_tracking_server_down_during_the_sweep_and_at_resume_blocks_nothing_an
         r = run_lucir(["resume", str(exp)], tmp_path, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         check_mlflow(url, exp.name, exp)
+        check_report_links(url, exp)
         # the store can change at resume: the new one is filled from the records
         other = f"sqlite:///{tmp_path / 'other.db'}"
         assert run_lucir(["resume", str(exp), "--mlflow-uri", other], tmp_path, timeout=300).returncode == 0
         check_mlflow(other, exp.name, exp)
     finally:
         server.stop()
+
+
+def check_report_links(url: str, exp) -> None:
+    """The report's MLflow links (``analysis.html.mlflow_runs``) open on the live server: its UI answers, and
+    each link's run exists there, in the link's experiment, named after its slot."""
+    import re
+    import urllib.request
+
+    from analysis.html import mlflow_runs
+    from analysis.results import read_experiment
+
+    links = mlflow_runs(read_experiment(exp))
+    assert set(links) == set(records(exp)), links
+    with urllib.request.urlopen(url + "/", timeout=30) as r:
+        assert r.status == 200 and b"<html" in r.read().lower()
+    for slot, link in links.items():
+        m = re.fullmatch(re.escape(url) + r"/#/experiments/(\d+)/runs/(\w+)\)", link.split("(", 1)[1])
+        assert m, link
+        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/runs/get?run_id={m.group(2)}", timeout=30) as r:
+            run = json.loads(r.read())["run"]
+        assert run["info"]["experiment_id"] == m.group(1)
+        assert any(t["key"] == "lucir.trial_id" and t["value"] == slot for t in run["data"]["tags"]), slot
 
 
 @pytest.mark.slow

@@ -114,7 +114,7 @@ class _Store:
         self.path = exp / record.MLFLOW_RUNS_FILE
         self.all = record.read_json_dict(self.path) or {}
         self.mine = self.all.setdefault(uri, {"parent": None, "slots": {}})
-        self.exp_id = self._experiment()
+        self.exp_id = self.mine["experiment_id"] = self._experiment()  # the reports' links need it
         self.parent = self.mine["parent"] or self._find_or_create(None)
         self.mine["parent"] = self.parent
         self.save()
