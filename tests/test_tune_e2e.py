@@ -177,7 +177,7 @@ def test_a_tracking_server_down_during_the_sweep_and_at_resume_blocks_nothing_an
         r = run_lucir(["resume", str(exp)], tmp_path, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         check_mlflow(url, exp.name, exp)
-        check_report_links(url, exp)
+        check_report_reads(url, exp)
         # the store can change at resume: the new one is filled from the records
         other = f"sqlite:///{tmp_path / 'other.db'}"
         assert run_lucir(["resume", str(exp), "--mlflow-uri", other], tmp_path, timeout=300).returncode == 0
@@ -186,14 +186,22 @@ def test_a_tracking_server_down_during_the_sweep_and_at_resume_blocks_nothing_an
         server.stop()
 
 
-def check_report_links(url: str, exp) -> None:
-    """The report's MLflow links (``analysis.html.mlflow_runs``) open on the live server: its UI answers, and
-    each link's run exists there, in the link's experiment, named after its slot."""
+def check_report_reads(url: str, exp) -> None:
+    """The reports read what the runner wrote to the live server: ``analysis.results.load_mlflow`` gives the
+    folder's long frame, and the MLflow links (``analysis.html.mlflow_runs``) open there: the UI answers, and
+    each link's run exists in the link's experiment, tagged with its slot."""
     import re
     import urllib.request
 
+    import pandas as pd
+
     from analysis.html import mlflow_runs
-    from analysis.results import read_experiment
+    from analysis.results import load_experiment, load_mlflow, read_experiment
+
+    key = ["trial_id", "phase"]
+    folder = load_experiment(exp).drop(columns=["updated"]).sort_values(key).reset_index(drop=True)
+    store = load_mlflow(url, exp.name).drop(columns=["updated"]).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(store[folder.columns], folder, check_dtype=False)
 
     links = mlflow_runs(read_experiment(exp))
     assert set(links) == set(records(exp)), links

@@ -36,7 +36,7 @@ from lucir.checkpoint import atomic_write_json
 log = logging.getLogger("lucir.tune")
 
 TAG_ROLE, TAG_SWEEP, TAG_TRIAL, TAG_EXP_DIR = "lucir.role", "lucir.sweep", "lucir.trial_id", "lucir.experiment_dir"
-TAG_STATUS, TAG_PARENT = "lucir.status", "mlflow.parentRunId"
+TAG_STATUS, TAG_PARENT, TAG_BASE_CACHE = "lucir.status", "mlflow.parentRunId", "lucir.base_cache"
 TRIAL_TAG_FIELDS = ("preset", "dataset", "base_classes", "phases", "seed")
 RUN_STATUS = {"TERMINATED": "FINISHED", "PRUNED": "KILLED", "ERROR": "FAILED", "ABANDONED": "KILLED"}
 HTTP_TIMEOUT_S = 5.0
@@ -186,6 +186,8 @@ class _Store:
         status = rec.get("status", "RUNNING")
         if status != e["status"]:
             self.c.set_tag(rid, TAG_STATUS, status)
+            if rec.get("base_cache"):  # "hit" / "miss": known from the slot's first phase on
+                self.c.set_tag(rid, TAG_BASE_CACHE, rec["base_cache"])
             if status in RUN_STATUS:
                 with tempfile.TemporaryDirectory() as d:
                     write_artifacts(rec, Path(d))
