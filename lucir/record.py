@@ -120,7 +120,8 @@ class TrialRecord:
     #: a member of a fused array (``lucir.fused``): {"array": array id, "index": i, "size": N}; else {}
     fused: dict[str, Any] = field(default_factory=dict)
     #: every time a worker started (or resumed) training: {"phase", "epoch" (first epoch it trains), "time",
-    #: "host", "pid"}; a finished phase never appears again after its row (the runner's chaos test counts them)
+    #: "host", "pid", "node" (Ray's node id)}; a finished phase never appears again after its row (the runner's
+    #: chaos test counts them)
     starts: list[dict[str, Any]] = field(default_factory=list)
     #: unix time at which each phase row was written (MLflow's timestamp of that phase)
     ended: list[float] = field(default_factory=list)

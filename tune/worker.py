@@ -114,8 +114,8 @@ class Member:
     def started(self, phase: int, epoch: int = 0) -> None:
         self.rec.status = "RUNNING"
         self.rec.error = ""
-        self.rec.starts.append({"phase": phase, "epoch": epoch, "time": time.time(),
-                                "host": socket.gethostname(), "pid": os.getpid()})
+        self.rec.starts.append({"phase": phase, "epoch": epoch, "time": time.time(), "host": socket.gethostname(),
+                                "pid": os.getpid(), "node": _ray_node()})
         self.write()
 
     def phase_done(self, state: dict) -> bool:
@@ -183,6 +183,13 @@ def lucir_trainable(config: dict, *, exp_dir: str, token: str, cpus: float = 1.0
              BaseCache(exp / record.BASE_CACHE_DIR) if base_cache else None)
     except Superseded:
         log.warning("slot(s) %s: the driver that started this worker is gone; it writes nothing more", slots)
+
+
+def _ray_node() -> str | None:
+    """The Ray node this worker runs on (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _run(exp: Path, name: str, active: list[Member], cache: BaseCache | None) -> None:
