@@ -2,15 +2,15 @@
 Fused Training Array", MLSys 2021), so that a sweep's trials that share the data, class order, schedule
 and seed cost one pass of the data instead of N.
 
-There is one trainer: ``lucir.run.run_members`` over a leading member axis, of which ``lucir.run`` is
-N = 1.  This module says which configs may be one array (``FUSABLE_FIELDS``, ``fuse_key``,
-``check_array``, ``member_keys``); ``run_members`` runs an array.  Each trial keeps its own ``IncrementalNet`` in a
+There is one trainer: ``lucir.run.run_members`` over a leading member axis, of which ``lucir.run`` is N = 1.
+This module says which configs may be one array (``FUSABLE_FIELDS``, ``fuse_key``, ``check_array``,
+``member_keys``); ``run_members`` runs an array. Each trial keeps its own ``IncrementalNet`` in a
 ``lucir.models.Members`` (backbones "grouped", or "loop": faster on the CPU, docs/PERFORMANCE.md), so its
 phase states are ordinary ``lucir.run`` states, and its own loss (switches, lambda, margin, K) and param
-group of torch's SGD (``lucir.learner.train_phase``).  Shared work is done once: one augmented batch stream
+group of torch's SGD (``lucir.learner.train_phase``). Shared work is done once: one augmented batch stream
 for all N (the same generator draws as each run alone), a shared base phase (equal ``Config.base_key``)
-trained as one run, whose model is the frozen model of every member in phase 1 (one forward for all N),
-and fused feature passes (imprinting, herding, evaluation).
+trained as one run, whose model is the frozen model of every member in phase 1 (one forward for all N), and
+fused feature passes (imprinting, herding, evaluation).
 
 Equivalence: each trial gets the result of its own ``lucir.run`` up to summation order (tests: fp64 weights
 after SGD steps with ``torch.allclose``; accuracy matrices of a reduced digits run).

@@ -358,7 +358,8 @@ def run_members(configs: list[Config], states: list[dict | None] | None = None, 
         if on_checkpoint is not None:
             def checkpoint(ts: learner.TrainState, _phase=phase, _t0=time.perf_counter(), _before=before_s):
                 on_checkpoint({
-                    "phase": _phase, "config_ids": ids, "epoch": ts.epoch, "head": [_head_spec(net) for net in model.nets],
+                    "phase": _phase, "config_ids": ids, "epoch": ts.epoch,
+                    "head": [_head_spec(net) for net in model.nets],
                     "model": [{k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
                               for net in model.nets],
                     "optimizer": ts.optimizer, "scheduler": ts.scheduler, "gen": gen.get_state(),

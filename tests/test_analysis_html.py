@@ -45,10 +45,12 @@ def test_mlflow_runs_are_linked_when_the_folder_names_them(tmp_path):
     from analysis.results import read_experiment
 
     exp = search_with_confirm(tmp_path / "s")
-    entry = {"run": "0123456789abcdef", "logged": 4, "params": True, "status": "TERMINATED"}  # tune.mlflow_sync's
+    # an entry as tune.mlflow_sync writes it
+    entry = {"run": "0123456789abcdef", "logged": 4, "params": True, "status": "TERMINATED"}
     (exp / "mlflow_runs.json").write_text(json.dumps({
         "http://mlflow.example:5000": {"parent": "p", "experiment_id": "7", "slots": {"s0000": entry}},
-        "sqlite:////data/mlflow.db": {"parent": "q", "experiment_id": "1", "slots": {"s0001": {**entry, "run": "fe"}}}}))
+        "sqlite:////data/mlflow.db": {"parent": "q", "experiment_id": "1",
+                                      "slots": {"s0001": {**entry, "run": "fe"}}}}))
     lines = "\n".join(html.reproduce_section(read_experiment(exp)))
     assert "[01234567](http://mlflow.example:5000/#/experiments/7/runs/0123456789abcdef)" in lines
     assert "`fe` in `sqlite:////data/mlflow.db`" in lines
