@@ -358,8 +358,6 @@ class Config:
                 values[milestones] = scale_milestones(values[milestones], values[epochs],
                                                       _as_int(epochs, flat[epochs]))
         values.update(flat)
-        if preset in PRESETS and any(values[s] != PRESETS[preset][s] for s in _SWITCHES):
-            values["preset"] = "custom"
         if DATASETS[dataset] is not None:
             if "num_classes" in flat and _as_int("num_classes", flat["num_classes"]) != DATASETS[dataset]:
                 raise _err("num_classes", flat["num_classes"], f"{DATASETS[dataset]} for {dataset}")

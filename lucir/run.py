@@ -360,8 +360,7 @@ def run_members(configs: list[Config], states: list[dict | None] | None = None, 
                 on_checkpoint({
                     "phase": _phase, "config_ids": ids, "epoch": ts.epoch,
                     "head": [_head_spec(net) for net in model.nets],
-                    "model": [{k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
-                              for net in model.nets],
+                    "model": [_cpu_state(net) for net in model.nets],
                     "optimizer": ts.optimizer, "scheduler": ts.scheduler, "gen": gen.get_state(),
                     "train_seconds": _before + time.perf_counter() - _t0}, last)
 
@@ -459,12 +458,17 @@ def _head_rows(model: IncrementalNet) -> torch.Tensor:
     return h.weight().detach() if isinstance(h, CosineHead) else h.weight.detach()
 
 
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights as contiguous CPU copies (training goes on changing the model in place)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
 def phase_state(cfg: Config, phase: int, model: IncrementalNet, memory: Memory, acc_cnn, acc_nme,
                 results: list[dict]) -> dict:
     """The run state after ``phase`` (module docstring: its keys), with CPU copies of the weights."""
     return {
         "phase": phase, "config": cfg.identity(), "base_key": cfg.base_key(),
-        "model": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()},
+        "model": _cpu_state(model),
         "head": _head_spec(model), "memory": memory.to_dict(),
         "acc_cnn": [list(r) for r in acc_cnn], "acc_nme": [list(r) for r in acc_nme],
         "results": [dict(r) for r in results], "rng": torch.get_rng_state(), "format": 1,

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,14 +169,16 @@ def section_packed(a, deadline: float) -> dict:
     rows, cmds = [], []
     for n in sizes:
         folder = Path(a.work) / "packed" / str(n)
-        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)  # a reused --work: old *.ready files would open the barrier
+        folder.mkdir(parents=True)
         argvs = [lucir(*bench_args(a, "--sections", "train_inc", "--only", VARIANT,
                                    *([] if a.dry_run else ["--steps", "10", "--rounds", "5"]),
                                    "--barrier", f"{folder}:{n}", "--json", str(folder / f"{i}.json"), threads=1))
                  for i in range(n)]
         cmds.append(f"{n} x concurrently: {shown(argvs[0])}")
-        procs = [subprocess.Popen(v, stdout=open(folder / f"{i}.log", "w"), stderr=subprocess.STDOUT, cwd=REPO,
-                                  env=env(), start_new_session=True) for i, v in enumerate(argvs)]
+        logs = [open(folder / f"{i}.log", "w") for i in range(n)]
+        procs = [subprocess.Popen(v, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env(), start_new_session=True)
+                 for v, f in zip(argvs, logs)]
         status = "ok"
         for p in procs:
             try:
@@ -187,6 +190,8 @@ def section_packed(a, deadline: float) -> dict:
                     if q.poll() is None:
                         os.killpg(q.pid, signal.SIGKILL)
                 break
+        for f in logs:
+            f.close()
         rates = [r["sections"]["train_inc"]["variants"][VARIANT]["images_per_s"]
                  for r in (read_json(folder / f"{i}.json") for i in range(n)) if r]
         row = {"N": n, "status": status, "processes": len(rates), "log": str(folder / "0.log")}
@@ -248,9 +253,7 @@ def section_accuracy(a, deadline: float) -> dict:
     if not a.dry_run and root is None:
         return {**res, "status": "skipped: CIFAR-100 not found (--data-root, $LUCIR_DATA, ../shared/data, "
                                  "shared/data, data); see docs/gpu/README.md"}
-    from lucir.config import FIELD_SECTION
-
-    det = has_det = "deterministic" in FIELD_SECTION
+    det = True
     out, log = Path(a.work) / "accuracy", Path(a.work) / "accuracy-train.log"
     t0 = time.time()
     for attempt in (1, 2):
@@ -273,7 +276,7 @@ def section_accuracy(a, deadline: float) -> dict:
               for p in results.get("phases", [])]
     if status != "ok":
         status += f" after {len(phases)} of {(results.get('config') or {}).get('phases', 5) + 1} phases"
-    return {**res, "status": status, "command": shown(argv), "deterministic": det if has_det else "not in this trainer",
+    return {**res, "status": status, "command": shown(argv), "deterministic": det,
             "phases": phases, "complete": status == "ok", "wall_seconds": time.time() - t0,
             "config": results.get("config")}
 
@@ -287,7 +290,7 @@ def _pct(x) -> str:
     return "" if x is None else f"{100 * x:.1f}%"
 
 
-def bench_tables(doc: dict | None, cols=("images/s", "of peak", "peak MB")) -> list[str]:
+def bench_tables(doc: dict | None) -> list[str]:
     lines = []
     for name, sec in (doc or {}).get("sections", {}).items():
         lines += [f"**{name}**: {sec['title']}" + (f" ({sec['gflop_per_image']:.4f} GFLOP/image)"
@@ -412,9 +415,10 @@ def main(argv=None) -> int:
             t0 = time.time()
             st["status"] = run(argv, Path(a.work) / f"{s}.log", timeout)
             st["seconds"] = time.time() - t0
-            if st["status"] == "ok" and read_json(out / f"{s}.json") is None:
-                st["status"] = f"failed: {s}.json not written"
-        inner = (read_json(out / f"{s}.json") or {}).get("status")
+        doc = read_json(out / f"{s}.json")
+        if st["status"] == "ok" and doc is None:
+            st["status"] = f"failed: {s}.json not written"
+        inner = (doc or {}).get("status")
         if st["status"] == "ok" and inner and inner != "ok":  # the accuracy run's own outcome
             st["status"] = inner
         status[s] = st

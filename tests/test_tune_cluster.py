@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tune_fixtures import free_port, lucir_in_process
 import yaml
 
 from tune.cluster import ClusterConfigError, validate_cluster_yaml
@@ -93,24 +94,17 @@ def test_cluster_address_follows_init_ray(monkeypatch):
     assert cluster_address(None) == "10.0.0.2:6379" and cluster_address("local") is None
 
 
-def _lucir(capsys, *argv) -> tuple[int, str]:
-    from lucir.cli import main
-
-    rc = main(list(argv))
-    return rc, capsys.readouterr().err
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cmd", ["ablate", "search"])
 def test_cluster_address_refuses_a_relative_or_default_out(cmd, tmp_path, monkeypatch, capsys):
     """Refused before any Ray work (the address is a closed port: nothing may connect to it)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    closed = f"127.0.0.1:{_free_port()}"
+    closed = f"127.0.0.1:{free_port()}"
     for argv, env in (([], None), (["--out", "experiments/x"], None), ([], closed)):
         if env:
             monkeypatch.setenv("RAY_ADDRESS", env)
-        rc, err = _lucir(capsys, cmd, *(["--address", closed] if not env else []), *argv, "--no-mlflow")
+        rc, err = lucir_in_process(capsys, cmd, *(["--address", closed] if not env else []), *argv, "--no-mlflow")
         assert rc == 2, err
         assert "--out" in err and "absolute path on storage shared by every node" in err and closed in err
     assert not (tmp_path / "experiments").exists()
@@ -118,7 +112,7 @@ def test_cluster_address_refuses_a_relative_or_default_out(cmd, tmp_path, monkey
 
 @pytest.mark.timeout(120)
 def test_gpus_per_trial_above_one_is_refused(tmp_path, capsys):
-    rc, err = _lucir(capsys, "ablate", "--gpus-per-trial", "2", "--out", str(tmp_path / "x"), "--no-mlflow")
+    rc, err = lucir_in_process(capsys, "ablate", "--gpus-per-trial", "2", "--out", str(tmp_path / "x"), "--no-mlflow")
     assert rc == 2 and "--gpus-per-trial=2.0" in err and "allowed 0 (CPU), a fraction in (0, 1]" in err
     assert not (tmp_path / "x").exists()
 
@@ -133,19 +127,13 @@ def test_cluster_address_never_downloads_on_the_driver(tmp_path, monkeypatch, ca
     monkeypatch.setattr(torchvision.datasets, "CIFAR100", no_download)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     missing = tmp_path / "cifar"
-    rc, err = _lucir(capsys, "ablate", "--address", f"127.0.0.1:{_free_port()}", "--out", str(tmp_path / "x"),
+    rc, err = lucir_in_process(capsys, "ablate", "--address", f"127.0.0.1:{free_port()}", "--out", str(tmp_path / "x"),
                      "--dataset", "cifar100", "--data-root", str(missing), "--no-mlflow")
     assert rc == 2 and str(missing) in err and "cifar-100-binary" in err and "nothing is downloaded" in err
     assert not (tmp_path / "x").exists()
 
 
 # ------------------------------------------------------------------------------ two-node cluster
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _node_env() -> dict:
     # Ray 2.60 turns token authentication on for `ray start` when ~/.ray/auth_token exists (any local
     # ray.init() writes it), but a driver joining by address sends the token only when RAY_AUTH_MODE=token
@@ -206,7 +194,7 @@ def two_node_cluster(tmp_path):
     node_local = tmp_path / "node_local"
     node_local.mkdir()
     prefix = _node_local_prefix(node_local)
-    port = _free_port()
+    port = free_port()
     # a short private temp dir (Unix socket paths are limited to 107 bytes): `ray_current_cluster`
     # is written there, so nobody else's ray.init() on this machine connects to these nodes
     temp_dir = Path(f"/tmp/lrc_{uuid.uuid4().hex[:8]}")

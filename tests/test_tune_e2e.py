@@ -233,8 +233,6 @@ def test_the_python_api_runs_a_sweep_and_returns_its_long_frame(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_ctrl_c_during_base_phase_pre_training_leaves_a_folder_the_same_command_finishes(tmp_path):
-    import signal
-
     cmd = ["ablate", "--presets", "cn,lucir", "--out", str(tmp_path / "exp"), "--no-mlflow", "--set", "epochs=1",
            "--num-cpus", "2"]
     log = tmp_path / "a.log"

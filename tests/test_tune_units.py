@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tune_fixtures import free_port, lucir_in_process
 
 import lucir
 from lucir import record
@@ -116,7 +117,7 @@ def test_lucir_resume_on_a_folder_in_use_is_refused_at_once_naming_the_driver(tm
     (tmp_path / record.EXPERIMENT_FILE).write_text(json.dumps(doc))
     with DriverLock(tmp_path):
         t0 = time.monotonic()
-        rc, err = _lucir(capsys, "resume", str(tmp_path))
+        rc, err = lucir_in_process(capsys, "resume", str(tmp_path))
     assert rc == 2 and f"pid {os.getpid()} on host {socket.gethostname()}" in err and "in use by another driver" in err
     assert time.monotonic() - t0 < 10 and not ray.is_initialized()
 
@@ -250,19 +251,6 @@ def test_mlflow_sync_is_idempotent_catches_up_and_survives_a_store_that_is_down(
 
 
 # ------------------------------------------------------------------------------ fail fast, never hang
-def _lucir(capsys, *argv) -> tuple[int, str]:
-    from lucir.cli import main
-
-    rc = main(list(argv))
-    return rc, capsys.readouterr().err
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("args, message", [
     (["--grid-set", "phases=3,4"], r"grid point \{.*phases=4.*\}: phases=4 is invalid: allowed a divisor"),
     (["--presets", "lucir,nosuch"], "allowed a comma-separated list of"),
@@ -278,7 +266,7 @@ def test_bad_input_fails_before_ray_with_one_line_and_no_folder(tmp_path, monkey
     import ray
 
     monkeypatch.chdir(tmp_path)
-    rc, err = _lucir(capsys, "ablate", "--epochs", "2", "--out", "exp", *args)
+    rc, err = lucir_in_process(capsys, "ablate", "--epochs", "2", "--out", "exp", *args)
     assert rc == 2 and re.search(message, err), err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not ray.is_initialized() and not (tmp_path / "exp").exists() and not (tmp_path / "nowhere").exists()
@@ -290,7 +278,7 @@ def test_an_unusable_out_is_one_line(tmp_path, capsys):
     ro.chmod(0o500)
     try:
         for out in ["/proc/lucir-x"] + ([] if os.access(ro, os.W_OK) else [str(ro / "exp")]):  # root writes anyway
-            rc, err = _lucir(capsys, "ablate", "--epochs", "2", "--out", out, "--no-mlflow")
+            rc, err = lucir_in_process(capsys, "ablate", "--epochs", "2", "--out", out, "--no-mlflow")
             assert rc == 2 and f"--out {out} is not usable" in err and len(err.strip().splitlines()) == 1, err
     finally:
         ro.chmod(0o700)
@@ -299,10 +287,10 @@ def test_an_unusable_out_is_one_line(tmp_path, capsys):
 @pytest.mark.timeout(60)
 def test_a_dead_ray_address_and_missing_gpus_fail_within_seconds_leaving_no_folder(tmp_path, capsys):
     t0 = time.monotonic()
-    closed = f"127.0.0.1:{_free_port()}"
-    rc, err = _lucir(capsys, "ablate", "--address", closed, "--out", str(tmp_path / "a"), "--no-mlflow")
+    closed = f"127.0.0.1:{free_port()}"
+    rc, err = lucir_in_process(capsys, "ablate", "--address", closed, "--out", str(tmp_path / "a"), "--no-mlflow")
     assert rc == 2 and f"--address {closed}: no Ray cluster answers there" in err
-    rc, err = _lucir(capsys, "ablate", "--gpus-per-trial", "0.5", "--num-cpus", "1", "--out", str(tmp_path / "b"),
+    rc, err = lucir_in_process(capsys, "ablate", "--gpus-per-trial", "0.5", "--num-cpus", "1", "--out", str(tmp_path / "b"),
                      "--no-mlflow", "--epochs", "1")
     assert rc == 2 and "--gpus-per-trial 0.5: the Ray cluster has 0 GPU(s)" in err, err
     assert time.monotonic() - t0 < 30
@@ -313,7 +301,7 @@ def test_a_folder_holding_another_sweep_is_refused(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / record.EXPERIMENT_FILE).write_text("{}")
-    rc, err = _lucir(capsys, "ablate", "--epochs", "2", "--out", "exp")
+    rc, err = lucir_in_process(capsys, "ablate", "--epochs", "2", "--out", "exp")
     assert rc == 2 and "already holds another sweep" in err and "lucir resume" in err
-    rc, err = _lucir(capsys, "resume", str(tmp_path / "nothing"))
+    rc, err = lucir_in_process(capsys, "resume", str(tmp_path / "nothing"))
     assert rc == 2 and "is not a lucir experiment folder" in err

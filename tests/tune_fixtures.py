@@ -16,7 +16,6 @@ import pytest
 
 from lucir import record
 
-ROOT = Path(__file__).resolve().parents[1]
 LUCIR = [sys.executable, "-m", "lucir.cli"]
 MLFLOW_BIN = str(Path(sys.executable).with_name("mlflow"))
 
@@ -98,6 +97,14 @@ def check_mlflow(uri: str, experiment: str, exp: Path) -> None:
         assert steps == list(range(len(rec["phases"]))), (rec["trial_id"], steps)
         assert run.info.status == {"TERMINATED": "FINISHED", "PRUNED": "KILLED"}[rec["status"]]
         assert run.data.tags["lucir.status"] == rec["status"]
+
+
+def lucir_in_process(capsys, *argv) -> tuple[int, str]:
+    """``lucir ARGV`` in this process: its exit code and what it wrote to stderr."""
+    from lucir.cli import main
+
+    rc = main(list(argv))
+    return rc, capsys.readouterr().err
 
 
 def free_port() -> int:
