@@ -30,6 +30,11 @@ def _per_seed(docs: list[dict], key: str) -> dict:
     return {s: statistics.mean(v) for s, v in by.items()}
 
 
+def holds(config: dict, params: dict) -> bool:
+    """The run's ``config`` is the candidate of ``params`` (every searched value equal)."""
+    return all(config.get(k) == v for k, v in params.items())
+
+
 def verdict_text(test: dict, winner: str, other: str = "the paper defaults") -> str:
     """'not distinguishable at n = 3 (...)' / 'better than the paper defaults at n = 6 (...)': the paired
     test of ``winner`` against ``other`` in words, with the numbers that decide it."""
@@ -65,7 +70,7 @@ def confirm_summary(exp: str | os.PathLike) -> dict | None:
     docs = read_trials(folder)  # the worker's records with the driver's status on top
     rows = []
     for c in meta.get("candidates", []):
-        mine = [d for d in docs if all(d["config"].get(k) == v for k, v in c["params"].items())]
+        mine = [d for d in docs if holds(d["config"], c["params"])]
         fin = [d for d in mine if is_finished(d)]
         cnn_by, nme_by = _per_seed(fin, METRIC), _per_seed(fin, "avg_inc_acc_nme")
         cnn, nme = list(cnn_by.values()), list(nme_by.values())

@@ -156,7 +156,7 @@ def _go(exp: Path, doc: dict, runner, cfgs: list[Config]) -> int:
         with ray_session(runner):
             if old is None:
                 start(exp, doc, runner)
-            code = run(exp, runner)
+            code = run(exp, runner, checked=old is None)
     except BaseException:
         if old is None and exp.is_dir() and not any(exp.iterdir()):
             exp.rmdir()  # nothing of this sweep was written: the same command works again

@@ -36,7 +36,8 @@ from lucir.checkpoint import atomic_write_json
 log = logging.getLogger("lucir.tune")
 
 TAG_ROLE, TAG_SWEEP, TAG_TRIAL, TAG_EXP_DIR = "lucir.role", "lucir.sweep", "lucir.trial_id", "lucir.experiment_dir"
-TAG_STATUS, TAG_PARENT, TAG_BASE_CACHE = "lucir.status", "mlflow.parentRunId", "lucir.base_cache"
+TAG_STATUS, TAG_PARENT, TAG_BASE_CACHE, TAG_ERROR = ("lucir.status", "mlflow.parentRunId", "lucir.base_cache",
+                                                    "lucir.error")
 TRIAL_TAG_FIELDS = ("preset", "dataset", "base_classes", "phases", "seed")
 RUN_STATUS = {"TERMINATED": "FINISHED", "PRUNED": "KILLED", "ERROR": "FAILED", "ABANDONED": "KILLED"}
 HTTP_TIMEOUT_S = 5.0
@@ -134,8 +135,9 @@ class _Store:
             loc = (Path(self.uri[len("sqlite:///"):]).absolute().parent / "mlartifacts").as_uri()
         return self.c.create_experiment(name, artifact_location=loc)
 
-    def _find_or_create(self, slot: str | None) -> str:
-        """The run of ``slot`` (None: the sweep's parent) found by its tags, or created."""
+    def _find_or_create(self, slot: str | None, cfg: dict | None = None) -> str:
+        """The run of ``slot`` (None: the sweep's parent; ``cfg``: the slot's config) found by its tags, or
+        created."""
         if slot is None:
             where = f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_EXP_DIR}` = {_quote(str(self.exp))}"
         else:
@@ -148,7 +150,7 @@ class _Store:
                 "kind": self.doc.get("kind", "")}
         if slot is None:
             return self.c.create_run(self.exp_id, tags={**tags, TAG_ROLE: "sweep"}, run_name=self.doc["name"]).info.run_id
-        cfg = (record.read_json_dict(record.record_path(self.exp, slot)) or {}).get("config") or {}
+        cfg = cfg or {}
         tags.update({TAG_ROLE: "trial", TAG_TRIAL: slot, "lucir.trial_name": slot, TAG_PARENT: self.parent,
                      **{k: str(cfg[k]) for k in TRIAL_TAG_FIELDS if k in cfg}})
         if cfg.get("preset"):
@@ -163,10 +165,10 @@ class _Store:
         sid = rec["trial_id"]
         e = self.mine["slots"].get(sid)
         if e is None:
-            e = {"run": self._find_or_create(sid), "logged": 0, "params": False, "status": None}
+            e = {"run": self._find_or_create(sid, rec.get("config")), "logged": 0, "params": False, "status": None}
             self.mine["slots"][sid] = e
             self.save()
-        rid = e["run"]
+        rid, before = e["run"], dict(e)
         if not e["params"]:
             params = [Param(k, _param_str(v)) for k, v in sorted((rec.get("config") or {}).items())]
             for i in range(0, len(params), 100):
@@ -188,6 +190,8 @@ class _Store:
             self.c.set_tag(rid, TAG_STATUS, status)
             if rec.get("base_cache"):  # "hit" / "miss": known from the slot's first phase on
                 self.c.set_tag(rid, TAG_BASE_CACHE, rec["base_cache"])
+            if rec.get("error") or before["status"] == "ERROR":  # a failed slot's error, cleared when it reruns
+                self.c.set_tag(rid, TAG_ERROR, (rec.get("error") or "")[-4000:])
             if status in RUN_STATUS:
                 with tempfile.TemporaryDirectory() as d:
                     write_artifacts(rec, Path(d))
@@ -197,7 +201,8 @@ class _Store:
             elif e["status"] is not None:
                 self.c.update_run(rid, status="RUNNING")
             e["status"] = status
-        self.save()
+        if e != before:
+            self.save()
 
     def finish(self, done: bool) -> None:
         if done and self.mine.get("parent_status") != "FINISHED":

@@ -30,7 +30,7 @@ PROTOCOLS = ("stream", "first-task", "transfer")
 DEFAULT_TRANSFER_ORDERS = (1, 2)
 
 
-def parse_settings(items: list[str], flag: str) -> dict[str, list]:
+def parse_settings(items: list[str]) -> dict[str, list]:
     """``KEY=V1,V2`` items (repeatable) -> {key: [values]}; keys are config fields."""
     from tune.spaces import parse_grid_set
 
@@ -51,10 +51,11 @@ def plan(protocol: str, fixed: dict, tune_on: list[str], evaluate_on: list[str],
     its tuning scenario; first-task stops before the stream's end."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol {protocol!r} is invalid: allowed one of {list(PROTOCOLS)}")
-    tune = {k: v[0] for k, v in parse_settings(tune_on, "--tune-on").items()}
-    if any(len(v) > 1 for v in parse_settings(tune_on, "--tune-on").values()):
+    tune_grid = parse_settings(tune_on)
+    tune = {k: v[0] for k, v in tune_grid.items()}
+    if any(len(v) > 1 for v in tune_grid.values()):
         raise ConfigError("--tune-on takes one value per field (KEY=VALUE): a search tunes on one scenario")
-    grid = parse_settings(evaluate_on, "--evaluate-on")
+    grid = parse_settings(evaluate_on)
     if protocol != "transfer" and (tune or grid):
         raise ConfigError(f"--tune-on and --evaluate-on belong to --protocol transfer (got --protocol {protocol})")
     out = {"protocol": protocol, "tune": tune, "last_phase": None, "evaluate": [{}]}

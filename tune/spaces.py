@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -185,14 +184,6 @@ def search_corners(base_flat: dict, base: Config) -> list[dict]:
         for K in (1, cpp):
             corners.append({**base_flat, "eta_init": eta, "K": K, "margin": 0.0, "lambda_base": 0.5})
     return corners
-
-
-def fmt_value(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.6g}"
-    return str(v)
 
 
 def fuse_points(points: list[dict], cfgs: list[Config], size: int) -> list[list[dict]]:

@@ -273,14 +273,9 @@ def check_new(exp: Path, doc: dict, runner: RunnerOptions, cfgs: list[Config]) -
 
 
 def start(exp: Path, doc: dict, runner: RunnerOptions) -> None:
-    """With Ray up: the cluster checks, then ``lucir_experiment.json``; on a failed check the folder is left
-    as it was found (empty folders this sweep made are removed)."""
-    try:
-        check_cluster(exp, doc, runner)
-    except BaseException:
-        if exp.is_dir() and not any(exp.iterdir()):
-            exp.rmdir()
-        raise
+    """With Ray up: the cluster checks, then ``lucir_experiment.json`` (the caller removes the folder it made
+    when a check fails)."""
+    check_cluster(exp, doc, runner)
     atomic_write_json(exp / record.EXPERIMENT_FILE, doc)
 
 
@@ -420,9 +415,10 @@ def _pretrain(exp: Path, doc: dict, runner: RunnerOptions) -> None:
 
 
 def run(exp: str | os.PathLike, runner: RunnerOptions | None = None, *, mlflow_uri: str | None = None,
-        syncs: bool = True) -> int:
+        syncs: bool = True, checked: bool = False) -> int:
     """Run (or continue) the sweep in ``exp`` until every slot is final or failed for good; then a search's
-    confirm stage.  Returns the exit code (0: every slot final)."""
+    confirm stage.  Returns the exit code (0: every slot final).  ``checked``: ``start`` ran the cluster
+    checks in this Ray session already."""
     from ray import tune
 
     from tune import study
@@ -447,7 +443,8 @@ def run(exp: str | os.PathLike, runner: RunnerOptions | None = None, *, mlflow_u
                 print(f"lucir {doc['kind']}: {sum(len(u['slots']) for u in units)} of {len(doc['slots'])} slot(s) "
                       f"to run -> {exp}", flush=True)
                 with ray_session(runner):
-                    check_cluster(exp, doc, runner)
+                    if not checked:
+                        check_cluster(exp, doc, runner)
                     _pretrain(exp, doc, runner)
                     fn = tune.with_parameters(lucir_trainable, exp_dir=str(exp), token=lock.token,
                                               cpus=runner.cpus_per_trial, gpus=runner.gpus_per_trial,
@@ -484,12 +481,14 @@ def sync_idle(exp: str | os.PathLike) -> bool:
     uri = str(doc.get("mlflow_uri") or "")
     if "slots" not in doc or not uri or (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()):
         return False  # not a runner v3 folder, no MLflow, or a store the runner never created: nothing to mirror
+    owner = record.read_json_dict(exp / record.LOCK_FILE)
+    if owner and not (owner.get("host") == socket.gethostname() and not _pid_alive(int(owner.get("pid") or 0))):
+        return False  # a driver holds the folder (one on another host cannot be told dead at once): it syncs
     try:
-        DriverLock(exp).check()
-    except ConfigError:
+        with DriverLock(exp):
+            done = [sync(d) for d in (exp, exp / record.CONFIRM_DIR) if (d / record.EXPERIMENT_FILE).exists()]
+    except ConfigError:  # a driver started meanwhile
         return False
-    with DriverLock(exp, stale_after=0.1):
-        done = [sync(d) for d in (exp, exp / record.CONFIRM_DIR) if (d / record.EXPERIMENT_FILE).exists()]
     return all(done)
 
 
@@ -574,9 +573,10 @@ def print_summary(exp: Path, file=None) -> None:
             print_summary(exp / record.CONFIRM_DIR, file=file)
     elif len(df):
         if doc["kind"] == "confirm":
-            label = {json.dumps(c["params"], sort_keys=True): c["label"] for c in doc["candidates"]}
-            df["candidate"] = [label.get(json.dumps({k: d["config"].get(k) for k in doc["candidates"][0]["params"]},
-                                                    sort_keys=True), "?") for d in recs]
+            from analysis.confirm import holds
+
+            df["candidate"] = [next((c["label"] for c in doc["candidates"] if holds(d["config"], c["params"])), "?")
+                               for d in recs]
             keys = ["candidate"]
         else:
             keys = ["preset", *PROTOCOL_KEYS]
@@ -588,6 +588,12 @@ def print_summary(exp: Path, file=None) -> None:
                      df.groupby(keys, sort=False).size().reindex(table.index).astype(str))
         print(f"\n{doc['kind']} summary ({exp}; mean ± std over seeds, last phase, %):", file=file)
         print(table.reset_index().to_markdown(index=False), file=file)
+        if doc["kind"] == "confirm":
+            from analysis.confirm import confirm_summary
+
+            verdict = (confirm_summary(exp.parent) or {}).get("verdict")
+            if verdict:
+                print(f"verdict: {verdict['text']}", file=file)
     bad = [d["trial_id"] for d in recs if not record.is_final(d)]
     if bad:
         print(f"{len(bad)} slot(s) not finished ({', '.join(bad[:8])}{'…' if len(bad) > 8 else ''}): "

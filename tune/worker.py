@@ -217,7 +217,7 @@ def _run(exp: Path, name: str, active: list[Member], cache: BaseCache | None) ->
     def goes_on(m: Member) -> bool:
         """Record phases a kill left unrecorded, apply the pruner; False when the slot ended."""
         st = None if states is None else states[m.slot]
-        if st is not None and (len(m.rec.phases) < st["phase"] + 1 and m.phase_done(st) or m.judge()):
+        if st is not None and (m.phase_done(st) if len(m.rec.phases) < st["phase"] + 1 else m.judge()):
             m.end("PRUNED")
         elif st is not None and st["phase"] >= P:
             m.end("TERMINATED")
