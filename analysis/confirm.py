@@ -16,8 +16,9 @@ from pathlib import Path
 
 from lucir.record import CONFIRM_DIR, EXPERIMENT_FILE, OBJECTIVE, is_finished, number, read_trials
 
+from analysis.paired import ALPHA  # noqa: E402
+
 METRIC = OBJECTIVE
-ALPHA = 0.05
 
 
 def _per_seed(docs: list[dict], key: str) -> dict:

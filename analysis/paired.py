@@ -587,7 +587,7 @@ def _row_label(r: pd.Series, multi_protocol: bool, vary: Sequence[str], differ: 
     return label
 
 
-def forest_figure(table: pd.DataFrame, title: str | None = None):
+def forest_figure(table: pd.DataFrame):
     """A forest plot of a ``paired_table`` (or ``compare_table``): one row per preset (per protocol when
     there are several), the mean difference with its 95% CI as a horizontal error bar, a line at 0; one panel
     per metric. Rows without an interval (n < 3) show the mean as an open marker. None for an empty table."""
@@ -597,10 +597,10 @@ def forest_figure(table: pd.DataFrame, title: str | None = None):
     from matplotlib.ticker import MaxNLocator
 
     with style.context():
-        return _draw_forest(table, title, style, MaxNLocator)
+        return _draw_forest(table, style, MaxNLocator)
 
 
-def _draw_forest(table: pd.DataFrame, title: str | None, style, MaxNLocator):
+def _draw_forest(table: pd.DataFrame, style, MaxNLocator):
     vary = [c for c in table.columns if c not in _LABEL_COLS and c not in PAIRED_COLUMNS
             and c not in COMPARE_EXTRA]
     proto = [c for c in _LABEL_COLS if c in table]
@@ -614,7 +614,6 @@ def _draw_forest(table: pd.DataFrame, title: str | None, style, MaxNLocator):
     height = 0.75 + 0.26 * len(keys) * (1.0 if differ or not multi else 1.8)
     fig, axes = style.figure(style.COLUMN if len(metrics) <= 2 else style.PAGE, height, ncols=len(metrics),
                              sharey=True, squeeze=False)
-    no_ci: set[int] = set()
     for ax, m in zip(axes[0], metrics):
         t = table[table["metric"] == m]
         for _, r in t.iterrows():
@@ -622,9 +621,8 @@ def _draw_forest(table: pd.DataFrame, title: str | None, style, MaxNLocator):
             mean, lo, hi = float(r["mean_diff"]), float(r["ci_low"]), float(r["ci_high"])
             if math.isnan(mean):
                 continue
-            if math.isnan(lo) or math.isnan(hi):  # n < 3: the mean alone (open marker), said once in the title
+            if math.isnan(lo) or math.isnan(hi):  # n < 3: the mean alone (open marker), said in the caption
                 ax.plot([mean], [y], marker="o", mfc="white", color="0.4", ls="none")
-                no_ci.add(int(r["n"]))
                 continue
             st = style.preset_style(r["preset"])
             ax.errorbar([mean], [y], xerr=[[mean - lo], [hi - mean]], fmt=st["marker"], color=st["color"],
@@ -641,13 +639,12 @@ def _draw_forest(table: pd.DataFrame, title: str | None, style, MaxNLocator):
     return fig
 
 
-def forest_plot(table: pd.DataFrame, path: str | os.PathLike, title: str | None = None,
-                formats: Iterable[str] | None = None) -> list[Path]:
+def forest_plot(table: pd.DataFrame, path: str | os.PathLike, formats: Iterable[str] | None = None) -> list[Path]:
     """Save ``forest_figure`` as ``path`` without its extension + each of ``formats`` (default PNG, PDF,
     SVG; atomically, with ``analysis.style.save``); the PNG first; [] when empty."""
     from analysis import style
 
-    fig = forest_figure(table, title)
+    fig = forest_figure(table)
     if fig is None:
         return []
     return style.save(fig, path, formats or style.FORMATS)

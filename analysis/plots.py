@@ -37,7 +37,7 @@ from analysis.results import JOURNAL_FILE, OBJECTIVE, last_phase  # noqa: E402
 from analysis.style import fmt_value  # noqa: E402
 from analysis.tables import (GROUP, _sort_key_preset, protocol_label, searched_params, slug,  # noqa: E402
                              summary_table, varying_fields, with_memory)
-from analysis.paper import metric_name, paper_defaults, short_name  # noqa: E402
+from analysis.paper import DEFINITIONS, metric_name, paper_defaults, short_name, with_schedule  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -204,12 +204,6 @@ def accuracy_figures(df: pd.DataFrame, nme: bool = True, max_series: int = 10, m
 FIGURE_NOTES: dict[str, str] = {}
 
 
-def with_schedule(text: str, df: pd.DataFrame) -> str:
-    from analysis.paper import with_schedule as ws
-
-    return ws(text, df)
-
-
 def caption(stem: str) -> str:
     """The caption of the figure saved as ``stem`` (drawn by this module in this process), '' if unknown."""
     return FIGURE_NOTES.get(stem, "")
@@ -308,12 +302,6 @@ def ablation_bars(df: pd.DataFrame, out_dir: str | os.PathLike, metric: str = "a
 
 
 # --------------------------------------------------------------------------- search
-def completion_order(df: pd.DataFrame) -> pd.DataFrame:
-    """Last-phase rows of the finished trials in completion order (record time, then trial name)."""
-    last = last_phase(df)
-    return last.sort_values(["updated", "trial_name", "trial_id"], na_position="last", kind="stable")
-
-
 def trial_numbers(df: pd.DataFrame) -> pd.DataFrame:
     """One row per trial (its last reported phase, finished or not) in completion order, with ``number``
     1..N: the trial number every search figure uses (history x axis, slice colour bar)."""
@@ -746,10 +734,9 @@ def old_new_figures(df: pd.DataFrame) -> list[tuple[str, Figure]]:
                     _phase_lines(ax, g, f"acc_{which}_{c}", presets, labels=(r == 0 and j == 0))
                     _phase_axis(ax, phases)
                     ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
-                    ax.set_ylabel(f"{which}-class acc. ({k}) (%)" if j == 0 else "")
+                    ax.set_ylabel(f"{which}-class acc. ({k}) (%)")
                     if j == 1:
                         ax.tick_params(labelleft=True)
-                        ax.set_ylabel(f"new-class acc. ({k}) (%)")
                     ax.set_xlabel("phase" if r == len(rows) - 1 else "")
             outside_legend(fig, *axes[0][0].get_legend_handles_labels())
         stem = f"old_new_{slug(protocol_label(ds, base, phases, mem))}"
@@ -762,21 +749,19 @@ def old_new_figures(df: pd.DataFrame) -> list[tuple[str, Figure]]:
 
 
 def _mean_matrix(trials: list, kind: str = "cnn") -> np.ndarray | None:
-    mats = []
-    for t in trials:
-        m = t.acc_matrix_cnn if kind == "cnn" else t.acc_matrix_nme
-        if not m:
-            continue
-        w = max(len(r) for r in m)
-        mats.append(np.array([[np.nan if v is None else float(v) for v in r] + [np.nan] * (w - len(r)) for r in m]))
+    """The mean over ``trials`` of their accuracy matrices (``results.accuracy_matrix``); None when there are
+    none, or their shapes differ."""
+    import warnings
+
+    from analysis.results import accuracy_matrix
+
+    mats = [accuracy_matrix(t, kind).to_numpy(dtype=float) for t in trials
+            if (t.acc_matrix_cnn if kind == "cnn" else t.acc_matrix_nme)]
     if not mats or len({m.shape for m in mats}) != 1:
         return None
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(np.stack(mats), axis=0)
+    with warnings.catch_warnings():  # an entry NaN in every trial: NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.stack(mats), axis=0)
 
 
 def matrix_figures(df: pd.DataFrame, trials: list, kind: str = "cnn") -> list[tuple[str, Figure]]:
@@ -868,8 +853,6 @@ def forgetting_figures(df: pd.DataFrame, trials: list | None = None) -> list[tup
                     ax.axhline(0.0, color="0.3", lw=0.7, ls="--")
             axes[-1][0].set_xlabel("phase")
             outside_legend(fig, *axes[0][0].get_legend_handles_labels())
-        from analysis.paper import DEFINITIONS
-
         stem = f"forgetting_{slug(protocol_label(ds, base, phases, mem))}"
         FIGURE_NOTES[stem] = with_schedule(
             f"Forgetting and backward transfer against the phase, {protocol_label(ds, base, phases, mem)}, mean ± "
@@ -902,8 +885,6 @@ def norm_ratio_figures(df: pd.DataFrame) -> list[tuple[str, Figure]]:
             ax.set_xlabel("phase")
             ax.set_ylabel("weight norm, new / old")
             outside_legend(fig, *ax.get_legend_handles_labels())
-        from analysis.paper import DEFINITIONS
-
         stem = f"norm_ratio_{slug(protocol_label(ds, base, phases, mem))}"
         FIGURE_NOTES[stem] = with_schedule(
             f"Classifier weight norms, {protocol_label(ds, base, phases, mem)}: {DEFINITIONS['norm_ratio']}; mean ± "

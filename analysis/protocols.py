@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.confirm import holds
+from analysis.paired import t_interval, t_test_p
 from lucir import record
 
 
@@ -24,8 +26,6 @@ def _scenarios(protocol: str, evaluate: list[dict]) -> str:
 
 def protocol_row(search: str | Path) -> dict:
     """One search's row of the comparison (see the module docstring)."""
-    from scipy import stats
-
     exp = Path(search)
     doc = record.read_json_dict(exp / record.EXPERIMENT_FILE) or {}
     s = doc.get("search") or {}
@@ -48,21 +48,17 @@ def protocol_row(search: str | Path) -> dict:
     if not cdoc:
         return row
     cands = {c["label"]: c["params"] for c in cdoc.get("candidates") or []}
-    chosen = next((label for label, params in cands.items() if best and
-                   all(best["config"].get(k) == v for k, v in params.items())), "top-1")
+    chosen = next((label for label, params in cands.items() if best and holds(best["config"], params)), "top-1")
     row["chosen"] = chosen if chosen == "paper defaults" else ", ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in cands.get(chosen, {}).items())
     if "paper defaults" not in cands or chosen not in cands:
         return row
 
+    finished = [r for r in record.read_trials(conf) if record.is_finished(r)]
+
     def by_pair(params: dict) -> dict:
-        out = {}
-        for r in record.read_trials(conf):
-            c = r["config"]
-            if record.is_finished(r) and all(c.get(k) == v for k, v in params.items()):
-                out[(c.get("dataset"), c.get("class_order_seed"), c.get("base_classes"), c.get("phases"),
-                     c.get("seed"))] = record.last_value(r, record.OBJECTIVE)
-        return out
+        return {(c.get("dataset"), c.get("class_order_seed"), c.get("base_classes"), c.get("phases"), c.get("seed")):
+                record.last_value(r, record.OBJECTIVE) for r in finished if holds(c := r["config"], params)}
 
     a, b = by_pair(cands["paper defaults"]), by_pair(cands[chosen])
     keys = sorted(set(a) & set(b), key=str)
@@ -71,11 +67,10 @@ def protocol_row(search: str | Path) -> dict:
     if diffs:
         row["eval gain (test)"] = sum(diffs) / len(diffs)
     if len(diffs) >= 2:
-        sd = pd.Series(diffs).std()
-        half = stats.t.ppf(0.975, len(diffs) - 1) * sd / math.sqrt(len(diffs))
-        row["eval 95% CI"] = f"[{row['eval gain (test)'] - half:.2f}, {row['eval gain (test)'] + half:.2f}]"
+        _, sd, lo, hi = t_interval(diffs)
+        row["eval 95% CI"] = f"[{lo:.2f}, {hi:.2f}]"
         if sd > 0:
-            row["eval p (t)"] = float(stats.ttest_rel([b[k] for k in keys], [a[k] for k in keys]).pvalue)
+            row["eval p (t)"] = t_test_p(diffs)
     return row
 
 

@@ -89,9 +89,6 @@ def _confirm_frame(summary: dict) -> pd.DataFrame:
     and the paired test against the paper defaults (Holm-corrected over the candidates)."""
     from analysis.paired import _fmt_p
 
-    def ms(mean, std):
-        return tables.DASH if mean is None else (f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}")
-
     rows = []
     for r in summary["rows"]:
         t = r.get("test") or {}
@@ -99,8 +96,8 @@ def _confirm_frame(summary: dict) -> pd.DataFrame:
                      "parameters": ", ".join(f"{k}={_fmt_param(v)}" for k, v in r["params"].items()),
                      "search (val.)": tables.DASH if r["search_value"] is None else f"{r['search_value']:.2f}",
                      "n": f"{r['n']}/{r['runs']}",
-                     "test avg. inc. acc. CNN (%)": ms(r["cnn_mean"], r["cnn_std"]),
-                     "test avg. inc. acc. NME (%)": ms(r["nme_mean"], r["nme_std"]),
+                     "test avg. inc. acc. CNN (%)": tables.fmt_mean_std(r["cnn_mean"], r["cnn_std"]),
+                     "test avg. inc. acc. NME (%)": tables.fmt_mean_std(r["nme_mean"], r["nme_std"]),
                      "diff. to defaults": tables.DASH if not t else f"{t['mean_diff']:+.2f}",
                      "p (t, Holm)": tables.DASH if not t else _fmt_p(t.get("p_t_holm", math.nan)),
                      "p (sign-flip)": tables.DASH if not t else _fmt_p(t.get("p_value", math.nan))})
@@ -395,7 +392,6 @@ def _write_report(exp: Experiment, root: Path, formats: tuple[str, ...], top_k: 
               + ", ".join(f"{counts.get(s, 0)} {s}" for s in record.STATUSES
                           if counts.get(s, 0)) + ".", ""]
     if confirm_exp is not None and confirm_exp.trials:
-        c_ov = trial_overview(confirm_exp.frame)
         lines += [f"**Confirm stage: {len(c_ov)} trials**, {int(c_ov['finished'].sum())} finished "
                   "(tables `confirm_trials`, `confirm_cost`, `confirm_long.csv`).", ""]
     if val_search:

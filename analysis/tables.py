@@ -292,8 +292,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-PAIR_KEYS = ("seed", "class_order_seed")
-ALPHA = 0.05
+from analysis.paired import ALPHA, PAIR_KEYS  # noqa: E402  (one home: the paired statistics)
 
 
 def pair_values(last: pd.DataFrame, col: str) -> pd.Series:
